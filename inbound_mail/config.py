@@ -1,0 +1,245 @@
+"""Configuration: one TOML file read with :mod:`tomllib` into frozen dataclasses.
+
+Every problem -- an unknown key, a wrong type, a missing value -- raises
+:class:`~inbound_mail.errors.ConfigError` naming the file, the key path
+(``accounts[0].port``) and what was expected.  ``config.example.toml``
+documents every key read here, with its default.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+import zoneinfo
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from .errors import ConfigError
+
+__all__ = [
+    "DEFAULT_SENDERS",
+    "AccountConfig",
+    "Config",
+    "DatabaseConfig",
+    "LogConfig",
+    "MetricsConfig",
+    "ParseConfig",
+    "RetryPolicy",
+    "SinkConfig",
+    "SinkFilter",
+    "StatusConfig",
+    "default_config_path",
+    "default_db_path",
+    "load_config",
+    "parse_duration",
+]
+
+DEFAULT_SENDERS = ("smsin@agiletelecom.com",)
+TlsMode = Literal["implicit", "starttls", "none"]
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+
+
+def parse_duration(value: object) -> float:
+    """Seconds from a number or a string such as ``"30s"``, ``"10m"``, ``"2h"``, ``"7d"``."""
+    if isinstance(value, bool):
+        raise ValueError("a duration, not a boolean")
+    if isinstance(value, int | float):
+        if value < 0:
+            raise ValueError("a duration must not be negative")
+        return float(value)
+    if isinstance(value, str) and (m := _DURATION.match(value)):
+        return float(m.group(1)) * _UNITS[m.group(2)]
+    raise ValueError('a duration: seconds as a number, or a string like "30s", "10m", "2h", "7d"')
+
+
+def default_db_path() -> Path:
+    """``$STATE_DIRECTORY/inbound-mail.db`` under systemd, else ``./inbound-mail.db``."""
+    state = os.environ.get("STATE_DIRECTORY")
+    if state:
+        # systemd may pass several colon-separated directories; the first is ours.
+        return Path(state.split(":")[0]) / "inbound-mail.db"
+    return Path("inbound-mail.db")
+
+
+def default_config_path() -> Path | None:
+    """``$INBOUND_MAIL_CONFIG``, then ``./inbound-mail.toml``, then ``/etc/inbound-mail/config.toml``."""
+    env = os.environ.get("INBOUND_MAIL_CONFIG")
+    if env:
+        return Path(env)
+    for candidate in (Path("inbound-mail.toml"), Path("/etc/inbound-mail/config.toml")):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class ParseConfig:
+    senders: tuple[str, ...] = DEFAULT_SENDERS
+    timezone: str = "Europe/Rome"
+    keyword: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class DatabaseConfig:
+    path: Path = field(default_factory=default_db_path)
+    raw_retention: float = 90 * 86400.0  # seconds; 0 keeps raw emails forever
+
+
+@dataclass(frozen=True, slots=True)
+class LogConfig:
+    level: str = "INFO"
+    format: Literal["text", "json"] = "text"
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsConfig:
+    listen: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StatusConfig:
+    heartbeat_stale: float = 120.0
+    slow_delivery: float = 5.0
+    error_rate: float = 0.01
+    expect_within: Mapping[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class AccountConfig:
+    name: str
+    host: str
+    username: str
+    port: int = 993
+    tls: TlsMode = "implicit"
+    ca_file: Path | None = None
+    password_file: Path | None = None
+    password_env: str | None = None
+    password_credential: str | None = None
+    folders: tuple[str, ...] = ("INBOX",)
+    senders: tuple[str, ...] = DEFAULT_SENDERS
+    after: str = "seen"
+    max_size: int = 1024 * 1024
+    idle: bool = True
+    idle_refresh: float = 600.0
+    idle_deadline: float = 60.0
+    poll_interval: float = 60.0
+    resync_interval: float = 900.0
+    connect_timeout: float = 30.0
+    fetch_batch: int = 200
+    file: str | None = None
+    index: int = 0
+
+    def key(self, option: str) -> str:
+        return f"accounts[{self.index}].{option}"
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    retry_base: float = 5.0
+    retry_cap: float = 3600.0
+    max_attempts: int = 100
+    max_age: float = 7 * 86400.0
+
+
+@dataclass(frozen=True, slots=True)
+class SinkFilter:
+    destinations: tuple[str, ...] = ()
+    originators: tuple[str, ...] = ()
+    keywords: tuple[str, ...] = ()
+    text_regex: str | None = None
+
+    def matches(self, record: Any) -> bool:
+        """True when the record passes every condition that is set."""
+        if self.destinations and record.destination not in self.destinations:
+            return False
+        if self.originators and record.originator not in self.originators:
+            return False
+        if self.keywords and (record.keyword or "").upper() not in self.keywords:
+            return False
+        return not (self.text_regex and re.search(self.text_regex, record.text) is None)
+
+
+@dataclass(frozen=True, slots=True)
+class SinkConfig:
+    """One ``[[sinks]]`` table.  ``options`` holds the type's own keys, unchecked
+    here: the sink's ``from_config`` validates them and names ``key(option)``."""
+
+    name: str
+    type: str
+    options: Mapping[str, Any] = field(default_factory=dict)
+    filter: SinkFilter = field(default_factory=SinkFilter)
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    parallel: int = 1
+    file: str | None = None
+    index: int = 0
+
+    def key(self, option: str) -> str:
+        return f"sinks[{self.index}].{option}"
+
+    def error(self, option: str, problem: str) -> ConfigError:
+        return ConfigError(problem, file=self.file, key=self.key(option))
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    path: Path | None = None
+    database: DatabaseConfig = field(default_factory=DatabaseConfig)
+    parse: ParseConfig = field(default_factory=ParseConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    status: StatusConfig = field(default_factory=StatusConfig)
+    accounts: tuple[AccountConfig, ...] = ()
+    sinks: tuple[SinkConfig, ...] = ()
+
+    def account(self, name: str) -> AccountConfig:
+        for account in self.accounts:
+            if account.name == name:
+                return account
+        known = ", ".join(a.name for a in self.accounts) or "none configured"
+        raise ConfigError(f"no account named {name!r} (accounts: {known})", file=self._file)
+
+    def sink(self, name: str) -> SinkConfig:
+        for sink in self.sinks:
+            if sink.name == name:
+                return sink
+        known = ", ".join(s.name for s in self.sinks) or "none configured"
+        raise ConfigError(f"no sink named {name!r} (sinks: {known})", file=self._file)
+
+    @property
+    def _file(self) -> str | None:
+        return str(self.path) if self.path else None
+
+
+def load_config(path: str | Path | None, *, db_override: str | Path | None = None) -> Config:
+    """Read and validate ``path``; with None, the built-in defaults (no accounts, no sinks)."""
+    if path is None:
+        config = Config()
+    else:
+        config = _read(Path(path))
+    if db_override is not None:
+        config = _replace_db(config, Path(db_override))
+    return config
+
+
+def _replace_db(config: Config, db: Path) -> Config:
+    from dataclasses import replace
+
+    return replace(config, database=replace(config.database, path=db))
+
+
+def _read(path: Path) -> Config:
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise ConfigError("file not found", file=str(path)) from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read: {exc}", file=str(path)) from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"not valid TOML: {exc}", file=str(path)) from exc
+    from ._config_reader import build_config
+
+    return build_config(data, path)

@@ -1,0 +1,116 @@
+"""The value types that flow along the data path: source email -> outcome -> store -> sinks."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+__all__ = [
+    "DEDUP_FIELDS",
+    "EmailOrigin",
+    "ParseOutcome",
+    "Rejected",
+    "Skipped",
+    "SmsRecord",
+    "dedup_id",
+]
+
+# The fields that make two SMS "the same".  Email metadata (Message-ID, Date,
+# Subject) is deliberately left out: the provider sends one SMS under two
+# Message-IDs now and then, and that must still be stored once.
+DEDUP_FIELDS = ("originator", "destination", "date_time", "text")
+_DEDUP_DOMAIN = b"inbound-mail/sms/v1\x00"
+
+
+def dedup_id(originator: str, destination: str, date_time: str, text: str) -> str:
+    """The SMS id: SHA-256 (hex) over the length-prefixed UTF-8 fields.
+
+    Each field is preceded by its byte length as 8 big-endian bytes, so no two
+    different field tuples produce the same input to the hash (plain
+    concatenation would let ``("1", "23")`` collide with ``("12", "3")``).
+    ``surrogateescape`` keeps undecodable bytes distinct instead of failing.
+    """
+    digest = hashlib.sha256(_DEDUP_DOMAIN)
+    for value in (originator, destination, date_time, text):
+        data = value.encode("utf-8", "surrogatepass")
+        digest.update(len(data).to_bytes(8, "big"))
+        digest.update(data)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class SmsRecord:
+    """One SMS, as parsed from one provider email.
+
+    ``date_time`` is the provider's raw ``YYYYMMDDHHMMSS`` (no zone);
+    ``received_at`` is that instant in UTC, ISO-8601 with a ``Z``, computed in
+    the configured zone.  ``keyword`` is set only when keyword splitting is on
+    and the text starts with a 4-8 character alphanumeric word.
+    """
+
+    originator: str
+    destination: str
+    date_time: str
+    received_at: str
+    text: str
+    keyword: str | None = None
+    message_id: str | None = None
+    email_date: str | None = None
+    subject: str | None = None
+    sender: str | None = None
+
+    @property
+    def id(self) -> str:
+        """The dedup id, stable across emails, restarts and resends."""
+        return dedup_id(self.originator, self.destination, self.date_time, self.text)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every field plus ``id``; the shape of the JSON output and of the sinks."""
+        return {"id": self.id, **asdict(self)}
+
+
+@dataclass(frozen=True, slots=True)
+class Skipped:
+    """The email is not from a configured sender: not ours, left alone."""
+
+    reason: str
+    sender: str | None = None
+    message_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """The email comes from a configured sender but is not a valid provider email."""
+
+    reason: str
+    sender: str | None = None
+    message_id: str | None = None
+    subject: str | None = None
+
+
+ParseOutcome = SmsRecord | Skipped | Rejected
+
+
+@dataclass(frozen=True, slots=True)
+class EmailOrigin:
+    """Where one email came from: an IMAP message or a local file.
+
+    For IMAP, ``account``, ``folder``, ``uidvalidity`` and ``uid`` are set; for a
+    local export, ``path`` (and ``key``: the mbox index or Maildir key).
+    """
+
+    kind: Literal["imap", "eml", "mbox", "maildir"]
+    account: str | None = None
+    folder: str | None = None
+    uidvalidity: int | None = None
+    uid: int | None = None
+    path: str | None = None
+    key: str | None = None
+
+    def describe(self) -> str:
+        """A short human description for logs and the rejects table."""
+        if self.kind == "imap":
+            return f"imap:{self.account}/{self.folder};UIDVALIDITY={self.uidvalidity};UID={self.uid}"
+        suffix = f"#{self.key}" if self.key is not None else ""
+        return f"{self.kind}:{self.path}{suffix}"
