@@ -13,6 +13,7 @@ __all__ = [
     "Rejected",
     "Skipped",
     "SmsRecord",
+    "Tally",
     "dedup_id",
 ]
 
@@ -114,3 +115,27 @@ class EmailOrigin:
             return f"imap:{self.account}/{self.folder};UIDVALIDITY={self.uidvalidity};UID={self.uid}"
         suffix = f"#{self.key}" if self.key is not None else ""
         return f"{self.kind}:{self.path}{suffix}"
+
+
+@dataclass(slots=True)
+class Tally:
+    """Running counts over many batches (kept as numbers, so memory stays flat)."""
+
+    new: int = 0
+    duplicates: int = 0
+    skipped: int = 0
+    rejected: int = 0
+
+    @property
+    def read(self) -> int:
+        return self.new + self.duplicates + self.skipped + self.rejected
+
+    def add(self, new: int = 0, duplicates: int = 0, skipped: int = 0, rejected: int = 0) -> None:
+        self.new += new
+        self.duplicates += duplicates
+        self.skipped += skipped
+        self.rejected += rejected
+
+    def as_dict(self) -> dict[str, int]:
+        return {"read": self.read, "new": self.new, "duplicates": self.duplicates,
+                "skipped": self.skipped, "rejected": self.rejected}

@@ -2,18 +2,62 @@
 IMAP checkpoints and acknowledgements still owed, the delivery outbox and its
 attempt log.
 
-INTERFACE STUB -- the signatures and docstrings below are the contract other
-modules are written against; the bodies are to be implemented.
+Tables (the schema lives in :mod:`inbound_mail._schema`; column names are
+user-facing, for sqlite-utils and Datasette):
+
+``messages``     one row per distinct SMS, keyed by :attr:`SmsRecord.id`
+``emails``       one row per source email that carried an SMS; ``duplicate`` = 1
+                 when its SMS was already stored
+``raw_emails``   the raw bytes of ``emails`` rows, pruned after the retention
+``rejects``      provider emails that failed to parse, raw bytes included (kept
+                 forever: they are the evidence a parser fix needs)
+``checkpoints``  the last stored UID per (account, folder) under one UIDVALIDITY
+``pending_acks`` IMAP actions (seen, delete, move) owed for stored emails
+``deliveries``   the outbox: one row per (SMS, sink), ``id`` order = delivery order
+``attempts``     every delivery attempt, for statistics and post-mortems
+``state``        small key/value facts such as worker heartbeats
+
+Times are UTC ISO-8601 text with ms and ``Z``, except the outbox's scheduling
+columns (``created_at``, ``next_attempt_at``, ``delivered_at``, ``started_at``),
+which are REAL epoch seconds because the workers compute with them.
 """
 
 from __future__ import annotations
 
+import fcntl
+import json
+import math
+import os
+import sqlite3
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
-from .models import EmailOrigin, ParseOutcome, SmsRecord
+from sqlite_utils import Database
+
+from . import _schema as q
+from ._schema import connect, rollback, translate_error
+from .errors import StoreError, StoreLockedError
+from .models import EmailOrigin, ParseOutcome, Rejected, SmsRecord
+
+__all__ = [
+    "AttemptOutcome",
+    "AttemptRecord",
+    "Checkpoint",
+    "Delivery",
+    "DeliveryStatus",
+    "IngestItem",
+    "IngestResult",
+    "PendingAck",
+    "Router",
+    "Store",
+    "daemon_lock",
+    "iso",
+]
 
 DeliveryStatus = Literal["pending", "delivered", "dead"]
 AttemptOutcome = Literal["delivered", "failed", "dead"]
@@ -84,22 +128,224 @@ class Delivery:
     last_error: str | None
 
 
+@dataclass(frozen=True, slots=True)
+class AttemptRecord:
+    """One delivery attempt, for :meth:`Store.record_attempts`."""
+
+    delivery_id: int
+    outcome: AttemptOutcome
+    started_at: float
+    duration: float
+    error: str | None = None
+    next_attempt_at: float | None = None  # for "failed"; None = retry at once
+
+
+def iso(epoch: float) -> str:
+    """``epoch`` as UTC ISO-8601 with milliseconds and ``Z``: the store's text time format."""
+    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds")[:-6] + "Z"
+
+
+def _instant(value: str, *, end_of_day: bool = False) -> str:
+    """A ``received_at`` bound from a date (midnight UTC, or the next one) or an
+    ISO instant (naive = UTC), in the parser's ``YYYY-MM-DDTHH:MM:SSZ`` form so
+    that plain text comparison is time comparison."""
+    text = value.strip()
+    try:
+        if len(text) == 10:
+            day = date.fromisoformat(text) + timedelta(days=1 if end_of_day else 0)
+            moment = datetime(day.year, day.month, day.day, tzinfo=UTC)
+        else:
+            moment = datetime.fromisoformat(text)
+            if moment.tzinfo is None:
+                moment = moment.replace(tzinfo=UTC)
+    except ValueError as exc:
+        raise StoreError(
+            f"invalid date or time {value!r}: use 2024-05-01 or 2024-05-01T12:00:00Z"
+        ) from exc
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _message_filter(
+    since: str | None, until: str | None, originator: str | None, destination: str | None
+) -> tuple[str, list[Any]]:
+    """`` AND ...`` conditions on ``messages`` and their parameters."""
+    conditions: list[str] = []
+    params: list[Any] = []
+    for condition, value in (
+        ("received_at >= ?", since and _instant(since)),
+        ("received_at < ?", until and _instant(until, end_of_day=True)),
+        ("originator = ?", originator),
+        ("destination = ?", destination),
+    ):
+        if value is not None:
+            conditions.append(condition)
+            params.append(value)
+    return "".join(f" AND {c}" for c in conditions), params
+
+
+_STATUS_FILTERS = {
+    "pending": "d.status = 'pending'",
+    "failed": "d.status = 'pending' AND d.attempts > 0",
+    "dead": "d.status = 'dead'",
+    "delivered": "d.status = 'delivered'",
+}
+_BACKLOG_KEYS = ("pending", "failed", "dead", "delivered")
+_HEX = frozenset("0123456789abcdef")
+_RECORD_FIELDS = (
+    "originator", "destination", "date_time", "received_at", "text",
+    "keyword", "message_id", "email_date", "subject", "sender",
+)  # fmt: skip
+
+
+@dataclass(slots=True)
+class _Batch:
+    """The rows one ``ingest`` call writes with ``executemany`` at the end."""
+
+    stamp: str
+    now: float
+    raws: list[tuple[int | None, bytes, str]] = field(default_factory=list)
+    deliveries: list[tuple[str, str, float, float]] = field(default_factory=list)
+    rejects: list[tuple[Any, ...]] = field(default_factory=list)
+
+    def add_record(
+        self, cur: sqlite3.Cursor, item: IngestItem, record: SmsRecord, sms_id: str
+    ) -> bool:
+        """Insert the message (if new) and its email row; True if the SMS is new.
+
+        Row by row, because ``rowcount`` is what tells a new SMS from one seen
+        earlier, in this batch or before, and ``lastrowid`` links the raw bytes.
+        """
+        cur.execute(
+            q.INSERT_MESSAGE,
+            (sms_id, record.originator, record.destination, record.date_time,
+             record.received_at, record.text, record.keyword, record.message_id,
+             record.email_date, record.subject, record.sender, self.stamp),
+        )  # fmt: skip
+        new = cur.rowcount == 1
+        origin = item.origin
+        cur.execute(
+            q.INSERT_EMAIL,
+            (sms_id, record.message_id, origin.kind, origin.account, origin.folder,
+             origin.uidvalidity, origin.uid, origin.path, origin.key, self.stamp, int(not new)),
+        )  # fmt: skip
+        if cur.rowcount == 1:
+            self.raws.append((cur.lastrowid, item.raw, self.stamp))
+        return new
+
+    def add_deliveries(self, sms_id: str, sinks: Iterable[str]) -> None:
+        self.deliveries.extend((sms_id, sink, self.now, self.now) for sink in dict.fromkeys(sinks))
+
+    def add_reject(self, item: IngestItem, rejected: Rejected) -> None:
+        o = item.origin
+        self.rejects.append(
+            (rejected.reason, item.raw, self.stamp, o.describe(), o.kind, o.account, o.folder,
+             o.uidvalidity, o.uid, o.path, o.key, rejected.message_id, rejected.sender,
+             rejected.subject)
+        )  # fmt: skip
+
+    def flush(
+        self, cur: sqlite3.Cursor, checkpoint: Checkpoint | None, acks: Sequence[PendingAck]
+    ) -> None:
+        cur.executemany(q.INSERT_RAW, self.raws)
+        cur.executemany(q.INSERT_DELIVERY, self.deliveries)
+        cur.executemany(q.INSERT_REJECT, self.rejects)
+        if checkpoint is not None:
+            c = checkpoint
+            cur.execute(
+                q.UPSERT_CHECKPOINT, (c.account, c.folder, c.uidvalidity, c.last_uid, self.stamp)
+            )
+        cur.executemany(
+            q.UPSERT_ACK,
+            [(a.account, a.folder, a.uidvalidity, a.uid, a.action, self.stamp) for a in acks],
+        )
+
+
 class Store:
     """One connection to the database.  Not thread-safe: open one Store per thread."""
 
+    def __init__(
+        self,
+        conn: sqlite3.Connection,
+        path: Path,
+        *,
+        raw_retention_days: float | None,
+        clock: Callable[[], float],
+    ) -> None:
+        """Use :meth:`open`."""
+        self.path = path
+        self._conn = conn
+        self._db = Database(conn, recursive_triggers=False, execute_plugins=False)
+        self._retention_days = raw_retention_days
+        self._clock = clock
+        self._lock_fd: int | None = None
+
     @classmethod
-    def open(cls, path: str | Path, *, raw_retention_days: float | None = 90.0) -> Store:
-        """Open (creating with mode 0600, then migrating) the database at ``path``."""
-        raise NotImplementedError
+    def open(
+        cls,
+        path: str | Path,
+        *,
+        raw_retention_days: float | None = 90.0,
+        clock: Callable[[], float] = time.time,
+    ) -> Store:
+        """Open (creating with mode 0600, then migrating) the database at ``path``.
+
+        ``raw_retention_days``: how long :meth:`prune_raw` keeps the raw bytes
+        of stored emails (None or 0: forever).  ``clock`` gives epoch seconds
+        (tests pass a fake one).
+        """
+        db_path = Path(path)
+        return cls(connect(db_path), db_path, raw_retention_days=raw_retention_days, clock=clock)
+
+    @property
+    def database(self) -> Database:
+        """The connection as a :class:`sqlite_utils.Database`, for ad-hoc queries."""
+        return self._db
 
     def close(self) -> None:
-        raise NotImplementedError
+        """Close the connection and release the daemon lock, if held.  Idempotent."""
+        self._conn.close()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
     def __enter__(self) -> Store:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    # -- transactions ------------------------------------------------------
+    @contextmanager
+    def _write(self, doing: str) -> Iterator[sqlite3.Cursor]:
+        """One ``BEGIN IMMEDIATE`` transaction: committed on success, rolled back on any error."""
+        conn = self._conn
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raise translate_error(exc, self.path, doing) from exc
+        try:
+            yield conn.cursor()
+            conn.execute("COMMIT")
+        except BaseException as exc:
+            rollback(conn)
+            if isinstance(exc, sqlite3.Error):
+                raise translate_error(exc, self.path, doing) from exc
+            raise
+
+    def _rows(self, doing: str, query: str, params: Sequence[Any] = ()) -> Iterator[dict[str, Any]]:
+        """Dict rows, with sqlite3 errors (even those raised mid-iteration) translated."""
+        try:
+            yield from self._db.query(query, params)
+        except sqlite3.Error as exc:
+            raise translate_error(exc, self.path, doing) from exc
+
+    def _one(self, doing: str, query: str, params: Sequence[Any] = ()) -> Any:
+        """The first column of the first row, or None."""
+        try:
+            row = self._conn.execute(query, params).fetchone()
+        except sqlite3.Error as exc:
+            raise translate_error(exc, self.path, doing) from exc
+        return None if row is None else row[0]
 
     # -- ingestion ---------------------------------------------------------
     def ingest(
@@ -114,18 +360,60 @@ class Store:
         email that carried an SMS (duplicates included), raw bytes, rejects, one
         pending delivery per sink name ``route(record)`` yields for each NEW
         message, the checkpoint (never moved backwards within one UIDVALIDITY)
-        and the acks owed.  Skipped emails store nothing."""
-        raise NotImplementedError
+        and the acks owed.  Skipped emails store nothing.
+
+        An email recorded before (same IMAP UID, or same file and key) adds no
+        second ``emails`` or ``rejects`` row; its SMS counts as a duplicate.
+        """
+        now = self._clock()
+        batch = _Batch(stamp=iso(now), now=now)
+        result = IngestResult()
+        with self._write("cannot store a batch") as cur:
+            for item in items:
+                outcome = item.outcome
+                if isinstance(outcome, SmsRecord):
+                    sms_id = outcome.id
+                    if batch.add_record(cur, item, outcome, sms_id):
+                        result.new.append(outcome)
+                        if route is not None:
+                            batch.add_deliveries(sms_id, route(outcome))
+                    else:
+                        result.duplicates.append(outcome)
+                elif isinstance(outcome, Rejected):
+                    batch.add_reject(item, outcome)
+                    result.rejected += 1
+                else:
+                    result.skipped += 1
+            batch.flush(cur, checkpoint, acks)
+        return result
 
     # -- IMAP bookkeeping --------------------------------------------------
     def get_checkpoint(self, account: str, folder: str) -> Checkpoint | None:
-        raise NotImplementedError
+        """The checkpoint of (account, folder), or None before the first batch."""
+        rows = list(self._rows("cannot read a checkpoint", q.GET_CHECKPOINT, (account, folder)))
+        return Checkpoint(**rows[0]) if rows else None
+
+    def known_uids(
+        self, account: str, folder: str, uidvalidity: int, uids: Iterable[int]
+    ) -> set[int]:
+        """Those of ``uids`` already recorded (as ``emails`` or ``rejects``) for the folder."""
+        wanted = json.dumps([int(uid) for uid in uids])
+        if wanted == "[]":
+            return set()
+        params = (account, folder, uidvalidity, wanted) * 2
+        rows = self._rows("cannot read known UIDs", q.KNOWN_UIDS, params)
+        return {int(row["uid"]) for row in rows}
 
     def pending_acks(self, account: str, folder: str) -> list[PendingAck]:
-        raise NotImplementedError
+        """Every ack owed in (account, folder), whatever its UIDVALIDITY, by UID."""
+        rows = self._rows("cannot read pending acks", q.PENDING_ACKS, (account, folder))
+        return [PendingAck(**row) for row in rows]
 
     def clear_acks(self, acks: Sequence[PendingAck]) -> None:
-        raise NotImplementedError
+        """Forget acks that were applied (or can no longer be)."""
+        keys = [(a.account, a.folder, a.uidvalidity, a.uid) for a in acks]
+        with self._write("cannot clear acks") as cur:
+            cur.executemany(q.DELETE_ACK, keys)
 
     # -- queries -------------------------------------------------------------
     def messages(
@@ -137,17 +425,40 @@ class Store:
         destination: str | None = None,
         limit: int | None = None,
     ) -> Iterator[dict[str, Any]]:
-        raise NotImplementedError
+        """Stored SMS in ``received_at`` order: ``id``, every record field, ``stored_at``.
+
+        ``since`` (inclusive) and ``until`` (exclusive) take an ISO instant
+        (naive = UTC) or a date; a date ``until`` includes that whole UTC day.
+        """
+        where, params = _message_filter(since, until, originator, destination)
+        query = f"SELECT * FROM messages WHERE true{where} ORDER BY received_at, stored_at LIMIT ?"
+        return self._rows("cannot read messages", query, [*params, _limit(limit)])
 
     def rejects(self, *, limit: int | None = None) -> Iterator[dict[str, Any]]:
-        raise NotImplementedError
+        """Rejected emails in id order, without ``raw`` but with its ``size`` in bytes."""
+        query = f"SELECT {q.REJECT_COLUMNS} FROM rejects ORDER BY id LIMIT ?"
+        return self._rows("cannot read rejects", query, (_limit(limit),))
 
     def get_reject(self, reject_id: int) -> dict[str, Any] | None:
-        raise NotImplementedError
+        """One reject with its ``raw`` bytes, or None."""
+        query = f"SELECT {q.REJECT_COLUMNS}, raw FROM rejects WHERE id = ?"
+        rows = list(self._rows("cannot read a reject", query, (reject_id,)))
+        return rows[0] if rows else None
 
     # -- outbox ----------------------------------------------------------------
-    def pending_deliveries(self, sink: str, *, limit: int = 100) -> list[Delivery]:
-        raise NotImplementedError
+    def pending_deliveries(
+        self, sink: str, *, limit: int = 100, due_by: float | None = None
+    ) -> list[Delivery]:
+        """Pending deliveries of ``sink`` in id order; with ``due_by``, only those
+        whose ``next_attempt_at`` is at or before it."""
+        due = math.inf if due_by is None else due_by
+        rows = self._rows("cannot read the outbox", q.PENDING, (sink, due, limit))
+        return [_delivery(row) for row in rows]
+
+    def next_due(self, sink: str) -> float | None:
+        """The earliest ``next_attempt_at`` among ``sink``'s pending deliveries."""
+        value = self._one("cannot read the outbox", q.NEXT_DUE, (sink,))
+        return None if value is None else float(value)
 
     def record_attempt(
         self,
@@ -159,15 +470,68 @@ class Store:
         error: str | None = None,
         next_attempt_at: float | None = None,
     ) -> None:
-        raise NotImplementedError
+        """Log one attempt and move the delivery on, in one transaction:
+        ``delivered`` -> delivered; ``failed`` -> retried at ``next_attempt_at``
+        (None: now); ``dead`` -> dead.  Every outcome counts in ``attempts``."""
+        attempt = AttemptRecord(delivery_id, outcome, started_at, duration, error, next_attempt_at)
+        self.record_attempts([attempt])
 
-    def requeue(
-        self, sink: str, *, since: str | None = None, message_id: str | None = None
-    ) -> int:
-        raise NotImplementedError
+    def record_attempts(self, attempts: Iterable[AttemptRecord]) -> None:
+        """:meth:`record_attempt` for a whole batch, in one transaction."""
+        now = self._clock()
+        with self._write("cannot record delivery attempts") as cur:
+            for a in attempts:
+                if a.outcome not in ("delivered", "failed", "dead"):
+                    raise StoreError(f"unknown attempt outcome {a.outcome!r}")
+                cur.execute(
+                    q.INSERT_ATTEMPT, (a.started_at, a.duration, a.outcome, a.error, a.delivery_id)
+                )
+                if cur.rowcount != 1:
+                    raise StoreError(f"database {self.path}: no delivery {a.delivery_id}")
+                cur.execute(
+                    q.UPDATE_DELIVERY,
+                    {"id": a.delivery_id, "outcome": a.outcome, "error": a.error,
+                     "finished": a.started_at + a.duration,
+                     "next": now if a.next_attempt_at is None else a.next_attempt_at},
+                )  # fmt: skip
+
+    def requeue(self, sink: str, *, since: str | None = None, message_id: str | None = None) -> int:
+        """Queue messages for ``sink`` again (pending, attempts 0), inserting outbox
+        rows where none exist.  ``since`` filters on ``received_at`` (ISO date or
+        instant); ``message_id`` is an SMS id or an unambiguous prefix of one;
+        neither: every message.  Returns how many deliveries were queued."""
+        now = self._clock()
+        where, params = _message_filter(since, None, None, None)
+        with self._write("cannot requeue") as cur:
+            if message_id is not None:
+                sms_id = self._resolve_prefix(cur, message_id)
+                if sms_id is None:
+                    return 0
+                where += " AND id = ?"
+                params.append(sms_id)
+            cur.execute(q.REQUEUE.format(where=where), [sink, now, now, *params])
+            return cur.rowcount
+
+    def _resolve_prefix(self, cur: sqlite3.Cursor, prefix: str) -> str | None:
+        """The one SMS id starting with ``prefix``; None if none; StoreError if several."""
+        prefix = prefix.strip().lower()
+        if not prefix or not set(prefix) <= _HEX:
+            raise StoreError(f"invalid message id {prefix!r}: hexadecimal digits expected")
+        # Ids are lowercase hex, all below "g": [prefix, prefix + "g") is the prefix range.
+        cur.execute(
+            "SELECT id FROM messages WHERE id >= ? AND id < ? LIMIT 2", (prefix, prefix + "g")
+        )
+        found = [row[0] for row in cur.fetchall()]
+        if len(found) > 1:
+            raise StoreError(f"message id prefix {prefix!r} is ambiguous: give more characters")
+        return found[0] if found else None
 
     def retry_dead(self, sink: str | None = None) -> int:
-        raise NotImplementedError
+        """Dead deliveries (of ``sink``, or of every sink) back to pending, attempts 0."""
+        now = self._clock()
+        with self._write("cannot retry dead deliveries") as cur:
+            cur.execute(q.RETRY_DEAD, (now, sink, sink))
+            return cur.rowcount
 
     def deliveries(
         self,
@@ -176,17 +540,147 @@ class Store:
         sink: str | None = None,
         limit: int | None = None,
     ) -> Iterator[dict[str, Any]]:
-        raise NotImplementedError
+        """Outbox rows in id order with their SMS fields; times as ISO text.
+
+        ``status``: ``pending`` (every queued row), ``failed`` (pending rows
+        that failed at least once), ``dead`` or ``delivered``.
+        """
+        where, params = "", []
+        if status is not None:
+            if status not in _STATUS_FILTERS:
+                raise StoreError(
+                    f"unknown delivery status {status!r}: {', '.join(_STATUS_FILTERS)}"
+                )
+            where += f" AND {_STATUS_FILTERS[status]}"
+        if sink is not None:
+            where += " AND d.sink = ?"
+            params.append(sink)
+        query = q.DELIVERIES.format(where=where)
+        return self._iso_rows(self._rows("cannot read the outbox", query, [*params, _limit(limit)]))
+
+    @staticmethod
+    def _iso_rows(rows: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        for row in rows:
+            for key in ("created_at", "next_attempt_at", "delivered_at"):
+                row[key] = None if row[key] is None else iso(row[key])
+            yield row
 
     def backlog(self) -> dict[str, dict[str, int]]:
-        raise NotImplementedError
+        """``{sink: {"pending", "failed", "dead", "delivered"}}`` counts.  ``pending``
+        counts every queued row; ``failed`` is the part of it that failed before."""
+        counts: dict[str, dict[str, int]] = {}
+        for row in self._rows("cannot read the outbox", q.BACKLOG):
+            sink = counts.setdefault(row["sink"], dict.fromkeys(_BACKLOG_KEYS, 0))
+            sink[row["status"]] += row["n"]
+            if row["status"] == "pending" and row["retried"]:
+                sink["failed"] += row["n"]
+        return counts
+
+    def delivery_stats(self, sink: str, since_epoch: float) -> dict[str, Any]:
+        """Attempts of ``sink`` started since ``since_epoch``: ``attempts``,
+        ``delivered``, ``failed``, ``dead``, ``failures`` (failed + dead) and
+        ``p95_duration`` (seconds, of delivered attempts; None without any)."""
+        doing = "cannot read delivery statistics"
+        [stats] = self._rows(doing, q.ATTEMPT_COUNTS, (sink, since_epoch))
+        stats["failures"] = stats["failed"] + stats["dead"]
+        stats["p95_duration"] = None
+        if stats["delivered"]:
+            rank = math.ceil(0.95 * stats["delivered"]) - 1
+            stats["p95_duration"] = self._one(doing, q.NTH_DURATION, (sink, since_epoch, rank))
+        return stats
+
+    def last_delivery_time(self, sink: str) -> float | None:
+        """The epoch of ``sink``'s latest successful delivery, or None."""
+        value = self._one("cannot read the outbox", q.LAST_DELIVERY, (sink,))
+        return None if value is None else float(value)
+
+    def last_message_by_destination(self) -> dict[str, str]:
+        """``{destination: received_at}`` of the latest SMS to each number."""
+        rows = self._rows("cannot read messages", q.LAST_BY_DESTINATION)
+        return {row["destination"]: row["received_at"] for row in rows}
 
     # -- housekeeping ----------------------------------------------------------
     def prune_raw(self, *, now: float | None = None) -> int:
-        raise NotImplementedError
+        """Delete the raw bytes of emails stored longer ago than the retention;
+        returns how many.  Rejects keep their raw bytes."""
+        if not self._retention_days:
+            return 0
+        cutoff = (self._clock() if now is None else now) - self._retention_days * 86400.0
+        with self._write("cannot prune raw emails") as cur:
+            cur.execute("DELETE FROM raw_emails WHERE stored_at < ?", (iso(cutoff),))
+            return cur.rowcount
 
     def set_state(self, key: str, value: str) -> None:
-        raise NotImplementedError
+        """Set one ``state`` value (heartbeats, ...)."""
+        with self._write("cannot save state") as cur:
+            cur.execute(q.SET_STATE, (key, value, iso(self._clock())))
 
     def get_state(self, key: str) -> str | None:
-        raise NotImplementedError
+        """One ``state`` value, or None."""
+        value = self._one("cannot read state", "SELECT value FROM state WHERE key = ?", (key,))
+        return None if value is None else str(value)
+
+    def state_items(self, prefix: str = "") -> dict[str, str]:
+        """Every ``state`` value whose key starts with ``prefix``."""
+        query = "SELECT key, value FROM state WHERE substr(key, 1, ?) = ? ORDER BY key"
+        rows = self._rows("cannot read state", query, (len(prefix), prefix))
+        return {row["key"]: row["value"] for row in rows}
+
+    # -- the daemon lock -------------------------------------------------------
+    def acquire_daemon_lock(self) -> None:
+        """Take this database's daemon lock (see :func:`daemon_lock`) until
+        :meth:`close` or process exit; raise :class:`StoreLockedError` if taken."""
+        if self._lock_fd is None:
+            self._lock_fd = _take_lock(self.path)
+
+
+@contextmanager
+def daemon_lock(db_path: str | Path) -> Iterator[None]:
+    """Hold the exclusive, non-blocking lock ``<db>.lock`` (created 0600) for the
+    ``with`` block, or raise :class:`StoreLockedError` naming the holder's pid.
+
+    ``flock`` locks die with their process, so a crashed daemon never leaves a
+    stale lock; the file itself stays, holding the last holder's pid.
+    """
+    fd = _take_lock(Path(db_path))
+    try:
+        yield
+    finally:
+        os.close(fd)
+
+
+def _take_lock(db_path: Path) -> int:
+    lock_path = f"{db_path}.lock"
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:
+        raise StoreError(f"cannot open the lock file {lock_path}: {exc.strerror}") from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+        os.close(fd)
+        raise StoreLockedError(
+            f"another inbound-mail daemon (pid {holder}) is running on {db_path}; stop it first"
+        ) from exc
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+def _limit(limit: int | None) -> int:
+    return -1 if limit is None else limit
+
+
+def _delivery(row: dict[str, Any]) -> Delivery:
+    fields = {name: row[name] for name in _RECORD_FIELDS}
+    return Delivery(
+        id=row["id"],
+        sink=row["sink"],
+        record=SmsRecord(**fields),
+        status=row["status"],
+        attempts=row["attempts"],
+        created_at=row["created_at"],
+        next_attempt_at=row["next_attempt_at"],
+        last_error=row["last_error"],
+    )

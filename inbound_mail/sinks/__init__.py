@@ -9,20 +9,39 @@ too, so a third-party sink is one ``pip install`` away::
 
 The entry point names a class (or any callable) with a ``from_config`` classmethod
 that takes a :class:`~inbound_mail.config.SinkConfig` and returns a :class:`Sink`.
+:class:`SinkOptions` reads and checks ``SinkConfig.options`` for it, and
+:func:`record_json` and :func:`redact_url` are the helpers the built-ins share.
 """
 
 from __future__ import annotations
 
+import json
+import re
+from collections.abc import Iterable, Mapping
 from importlib.metadata import entry_points
+from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
+from ..config import parse_duration
 from ..errors import ConfigError
 
 if TYPE_CHECKING:
     from ..config import SinkConfig
     from ..models import SmsRecord
 
-__all__ = ["ENTRY_POINT_GROUP", "DeliveryContext", "Sink", "SinkFactory", "available_sink_types", "create_sink"]
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "DeliveryContext",
+    "Sink",
+    "SinkFactory",
+    "SinkOptions",
+    "available_sink_types",
+    "create_sink",
+    "record_json",
+    "redact_url",
+    "url_secrets",
+]
 
 ENTRY_POINT_GROUP = "inbound_mail.sinks"
 
@@ -41,7 +60,7 @@ class DeliveryContext(Protocol):
 
 @runtime_checkable
 class Sink(Protocol):
-    """Delivers SMS records somewhere.  Called from one delivery worker thread.
+    """Delivers SMS records somewhere.  Called from the sink's delivery worker.
 
     ``deliver`` must either return (the record is delivered) or raise:
     :class:`~inbound_mail.errors.TemporaryDeliveryError` to be retried with
@@ -50,6 +69,11 @@ class Sink(Protocol):
     dead at once.  Any other exception counts as temporary.  Delivery is
     at-least-once: a crash between ``deliver`` and the outbox update resends
     the same record, so receivers dedup on ``record.id``.
+
+    With ``parallel = 1`` (the default) every call comes from one thread.  With
+    ``parallel = N`` up to N ``deliver`` calls run at once, from different
+    threads, so the sink must be thread-safe; ``flush`` and ``close`` are
+    always called from the worker's own thread.
     """
 
     name: str
@@ -87,24 +111,181 @@ def create_sink(config: SinkConfig) -> Sink:
     matches = [ep for ep in entry_points(group=ENTRY_POINT_GROUP) if ep.name == config.type]
     if not matches:
         available = ", ".join(available_sink_types()) or "none installed"
-        raise ConfigError(
-            f"unknown sink type {config.type!r}; available: {available}",
-            file=config.file,
-            key=config.key("type"),
-        )
+        raise config.error("type", f"unknown sink type {config.type!r}; available: {available}")
     try:
         factory = matches[0].load()
     except Exception as exc:  # a broken plugin must not take the daemon down
-        raise ConfigError(
-            f"sink type {config.type!r} failed to load: {exc}",
-            file=config.file,
-            key=config.key("type"),
-        ) from exc
+        raise config.error("type", f"sink type {config.type!r} failed to load: {exc}") from exc
     if not hasattr(factory, "from_config"):
-        raise ConfigError(
-            f"sink type {config.type!r} ({matches[0].value}) has no from_config()",
-            file=config.file,
-            key=config.key("type"),
+        raise config.error(
+            "type", f"sink type {config.type!r} ({matches[0].value}) has no from_config()"
         )
     sink: Sink = factory.from_config(config)
     return sink
+
+
+class SinkOptions:
+    """Typed, checked reads of ``SinkConfig.options`` for a ``from_config``.
+
+    Each getter raises :class:`~inbound_mail.errors.ConfigError` naming the key
+    (``sinks[0].timeout``) and what was expected; :meth:`finish` rejects the
+    keys no getter asked for, so a typo never passes silently.
+    """
+
+    def __init__(self, config: SinkConfig) -> None:
+        self.config = config
+        self._asked: set[str] = set()
+
+    def _value(self, name: str) -> object | None:
+        self._asked.add(name)
+        return self.config.options.get(name)
+
+    def error(self, name: str, problem: str) -> ConfigError:
+        """A ConfigError for option ``name``."""
+        return self.config.error(name, problem)
+
+    def optional_str(self, name: str, default: str | None = None) -> str | None:
+        """A string option, or ``default`` when unset."""
+        value = self._value(name)
+        if value is None:
+            return default
+        if not isinstance(value, str):
+            raise self.error(name, "expected a string")
+        return value
+
+    def required_str(self, name: str) -> str:
+        """A string option that must be set and not empty."""
+        value = self.optional_str(name)
+        if not value:
+            raise self.error(name, "expected a non-empty string (required)")
+        return value
+
+    def choice(self, name: str, choices: Iterable[str], default: str) -> str:
+        """A string option from a fixed set."""
+        allowed = tuple(choices)
+        value = self.optional_str(name, default)
+        if value not in allowed:
+            raise self.error(name, f"expected one of {', '.join(map(repr, allowed))}")
+        return value
+
+    def duration(self, name: str, default: float, *, positive: bool = True) -> float:
+        """Seconds, from a number or a string like ``"30s"``."""
+        value = self._value(name)
+        if value is None:
+            return default
+        try:
+            seconds = parse_duration(value)
+        except ValueError as exc:
+            raise self.error(name, f"expected {exc}") from None
+        if positive and seconds <= 0:
+            raise self.error(name, "expected a duration greater than zero")
+        return seconds
+
+    def str_table(self, name: str) -> dict[str, str]:
+        """A table whose values are all strings (e.g. headers, environment)."""
+        value = self._value(name)
+        if value is None:
+            return {}
+        if not isinstance(value, Mapping) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+        ):
+            raise self.error(name, "expected a table of strings")
+        return dict(value)
+
+    def str_list(self, name: str, *, required: bool = False) -> list[str]:
+        """An array of strings; with ``required``, a non-empty one."""
+        value = self._value(name)
+        if value is None and not required:
+            return []
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise self.error(name, "expected an array of strings")
+        if required and not value:
+            raise self.error(name, "expected a non-empty array of strings (required)")
+        return list(value)
+
+    def path(self, name: str) -> Path:
+        """A required path; relative paths are taken relative to the config file."""
+        path = Path(self.required_str(name))
+        if not path.is_absolute() and self.config.file:
+            return Path(self.config.file).parent / path
+        return path
+
+    def finish(self) -> None:
+        """Reject every option no getter asked for."""
+        for name in self.config.options:
+            if name not in self._asked:
+                known = ", ".join(sorted(self._asked))
+                raise self.error(
+                    name, f"unknown option for a {self.config.type} sink; expected one of: {known}"
+                )
+
+
+def record_json(record: SmsRecord) -> str:
+    """The record as one line of JSON (``to_dict()``, UTF-8 text kept readable).
+
+    Text that cannot be encoded as UTF-8 (a lone surrogate left by a broken
+    email) falls back to ASCII escapes, which every JSON reader accepts.
+    """
+    text = json.dumps(record.to_dict(), ensure_ascii=False)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(record.to_dict(), ensure_ascii=True)
+    return text
+
+
+# Query parameters whose values are credentials more often than not.  A
+# substring match on purpose: "api_key", "access_token", "X-Amz-Signature"...
+_SECRET_PARAM = re.compile(r"token|key|secret|pass|pwd|sig|auth|cred|session|hash", re.IGNORECASE)
+# Opaque path segments of webhook URLs (Slack, Discord, ...) are bearer tokens.
+_SECRET_SEGMENT = re.compile(
+    r"^(?=[A-Za-z0-9_-]*[A-Za-z])(?=[A-Za-z0-9_-]*[0-9])[A-Za-z0-9_-]{16,}$"
+)
+REDACTED = "***"
+
+
+def redact_url(url: str) -> str:
+    """``url`` safe for logs and stored errors: credentials replaced with ``***``.
+
+    Redacted: the userinfo (``user:pass@``), the values of query parameters
+    whose names look like credentials (token, key, secret, password, sig, auth,
+    ...), opaque path segments of 16+ letters and digits (the shape of the
+    tokens that Slack- or Discord-style webhook URLs carry in their path) and
+    the fragment, which is never sent anyway.
+    """
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        port = f":{parts.port}" if parts.port is not None else ""
+    except ValueError:
+        return REDACTED  # unparseable: it cannot be shown safely
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = f"{REDACTED}@{host}{port}" if "@" in parts.netloc else parts.netloc
+    path = "/".join(
+        REDACTED if _SECRET_SEGMENT.match(segment) else segment for segment in parts.path.split("/")
+    )
+    query = parts.query
+    if query:
+        pairs = parse_qsl(query, keep_blank_values=True)
+        query = urlencode(
+            [(k, REDACTED if _SECRET_PARAM.search(k) else v) for k, v in pairs],
+            safe="*",
+            quote_via=quote,
+        )
+    fragment = REDACTED if parts.fragment else ""
+    return urlunsplit((parts.scheme, netloc, path, query, fragment))
+
+
+def url_secrets(url: str) -> set[str]:
+    """The parts of ``url`` that :func:`redact_url` hides, to scrub them from other text."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return {url}
+    found = {parts.username or "", parts.password or "", parts.fragment}
+    pairs = parse_qsl(parts.query, keep_blank_values=True)
+    found.update(v for k, v in pairs if _SECRET_PARAM.search(k))
+    found.update(s for s in parts.path.split("/") if _SECRET_SEGMENT.match(s))
+    found.discard("")
+    return found

@@ -1,0 +1,385 @@
+"""Opening the SQLite database: file creation, pragmas, forward migrations, error translation.
+
+The schema version is ``PRAGMA user_version``: the number of entries of
+:data:`MIGRATIONS` applied.  Each migration runs in its own ``BEGIN IMMEDIATE``
+transaction together with the version bump, so a crash mid-migration leaves the
+previous version intact and two processes opening a fresh file do not both
+migrate it.  Column names are user-facing (people query the file with
+sqlite-utils and Datasette): rename nothing without a migration.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+
+from .errors import StoreError
+
+__all__ = [
+    "APPLICATION_ID",
+    "MIGRATIONS",
+    "SCHEMA_VERSION",
+    "connect",
+    "rollback",
+    "translate_error",
+]
+
+_log = logging.getLogger(__name__)
+
+# "IMSM" in ASCII: marks the file as ours, so that a mistyped path pointing at
+# some other application's database is refused instead of being migrated.
+APPLICATION_ID = 0x494D534D
+
+_V1 = [
+    """CREATE TABLE messages (
+        id TEXT PRIMARY KEY,
+        originator TEXT NOT NULL,
+        destination TEXT NOT NULL,
+        date_time TEXT NOT NULL,
+        received_at TEXT NOT NULL,
+        text TEXT NOT NULL,
+        keyword TEXT,
+        message_id TEXT,
+        email_date TEXT,
+        subject TEXT,
+        sender TEXT,
+        stored_at TEXT NOT NULL
+    )""",
+    "CREATE INDEX messages_received_at ON messages (received_at, stored_at)",
+    "CREATE INDEX messages_destination ON messages (destination, received_at)",
+    "CREATE INDEX messages_originator ON messages (originator, received_at)",
+    """CREATE TABLE emails (
+        id INTEGER PRIMARY KEY,
+        sms_id TEXT NOT NULL REFERENCES messages (id),
+        message_id TEXT,
+        kind TEXT NOT NULL,
+        account TEXT,
+        folder TEXT,
+        uidvalidity INTEGER,
+        uid INTEGER,
+        path TEXT,
+        key TEXT,
+        seen_at TEXT NOT NULL,
+        duplicate INTEGER NOT NULL CHECK (duplicate IN (0, 1))
+    )""",
+    "CREATE INDEX emails_sms_id ON emails (sms_id)",
+    # One row per source email however often it is read again: an IMAP message
+    # is (account, folder, uidvalidity, uid); a local one is (kind, path, key).
+    """CREATE UNIQUE INDEX emails_imap ON emails (account, folder, uidvalidity, uid)
+        WHERE uid IS NOT NULL""",
+    """CREATE UNIQUE INDEX emails_local ON emails (kind, path, ifnull(key, ''))
+        WHERE path IS NOT NULL""",
+    """CREATE TABLE raw_emails (
+        email_id INTEGER PRIMARY KEY REFERENCES emails (id) ON DELETE CASCADE,
+        raw BLOB NOT NULL,
+        stored_at TEXT NOT NULL
+    )""",
+    "CREATE INDEX raw_emails_stored_at ON raw_emails (stored_at)",
+    """CREATE TABLE rejects (
+        id INTEGER PRIMARY KEY,
+        reason TEXT NOT NULL,
+        raw BLOB NOT NULL,
+        rejected_at TEXT NOT NULL,
+        origin TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        account TEXT,
+        folder TEXT,
+        uidvalidity INTEGER,
+        uid INTEGER,
+        path TEXT,
+        key TEXT,
+        message_id TEXT,
+        sender TEXT,
+        subject TEXT
+    )""",
+    """CREATE UNIQUE INDEX rejects_imap ON rejects (account, folder, uidvalidity, uid)
+        WHERE uid IS NOT NULL""",
+    """CREATE UNIQUE INDEX rejects_local ON rejects (kind, path, ifnull(key, ''))
+        WHERE path IS NOT NULL""",
+    """CREATE TABLE checkpoints (
+        account TEXT NOT NULL,
+        folder TEXT NOT NULL,
+        uidvalidity INTEGER NOT NULL,
+        last_uid INTEGER NOT NULL,
+        updated_at TEXT NOT NULL,
+        PRIMARY KEY (account, folder)
+    )""",
+    """CREATE TABLE pending_acks (
+        account TEXT NOT NULL,
+        folder TEXT NOT NULL,
+        uidvalidity INTEGER NOT NULL,
+        uid INTEGER NOT NULL,
+        action TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        PRIMARY KEY (account, folder, uidvalidity, uid)
+    )""",
+    """CREATE TABLE deliveries (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        sms_id TEXT NOT NULL REFERENCES messages (id),
+        sink TEXT NOT NULL,
+        status TEXT NOT NULL CHECK (status IN ('pending', 'delivered', 'dead')),
+        attempts INTEGER NOT NULL DEFAULT 0,
+        created_at REAL NOT NULL,
+        next_attempt_at REAL NOT NULL,
+        last_error TEXT,
+        delivered_at REAL,
+        UNIQUE (sms_id, sink)
+    )""",
+    "CREATE INDEX deliveries_queue ON deliveries (sink, status, id)",
+    "CREATE INDEX deliveries_delivered_at ON deliveries (sink, delivered_at)",
+    """CREATE TABLE attempts (
+        id INTEGER PRIMARY KEY,
+        delivery_id INTEGER NOT NULL REFERENCES deliveries (id),
+        sink TEXT NOT NULL,
+        started_at REAL NOT NULL,
+        duration REAL NOT NULL,
+        outcome TEXT NOT NULL CHECK (outcome IN ('delivered', 'failed', 'dead')),
+        error TEXT
+    )""",
+    "CREATE INDEX attempts_delivery_id ON attempts (delivery_id)",
+    "CREATE INDEX attempts_sink_started_at ON attempts (sink, started_at)",
+    """CREATE TABLE state (
+        key TEXT PRIMARY KEY,
+        value TEXT NOT NULL,
+        updated_at TEXT NOT NULL
+    )""",
+    f"PRAGMA application_id = {APPLICATION_ID}",
+]
+
+
+def _migrate_v1(conn: sqlite3.Connection) -> None:
+    """The initial schema."""
+    # Statement by statement: executescript() would COMMIT the open transaction.
+    for statement in _V1:
+        conn.execute(statement)
+
+
+#: Forward migrations; ``MIGRATIONS[n]`` takes the schema from version n to n + 1.
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_migrate_v1]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+_HINTS = {
+    sqlite3.SQLITE_FULL: "the disk is full: free space on the filesystem that holds it",
+    sqlite3.SQLITE_BUSY: (
+        "the database is locked: another process held it for more than 30 s; "
+        "find it (fuser / lsof on the file) and stop it"
+    ),
+    sqlite3.SQLITE_LOCKED: "the database is locked by another statement of this process",
+    sqlite3.SQLITE_NOTADB: (
+        "the file is not an SQLite database: point database.path at an "
+        "inbound-mail database or at a new file"
+    ),
+    sqlite3.SQLITE_CORRUPT: (
+        "the database file is corrupt: restore a backup or salvage it with `sqlite3 FILE .recover`"
+    ),
+    sqlite3.SQLITE_CANTOPEN: (
+        "the file cannot be opened: check that its directory exists and is writable"
+    ),
+    sqlite3.SQLITE_READONLY: (
+        "the database is read-only: check the permissions of the file and of its "
+        "directory (SQLite creates FILE-wal and FILE-shm beside it)"
+    ),
+    sqlite3.SQLITE_PERM: "permission denied: check the permissions of the file and its directory",
+    sqlite3.SQLITE_IOERR: "an I/O error: check the disk and the filesystem",
+}
+
+
+def translate_error(exc: sqlite3.Error, path: Path | str, doing: str) -> StoreError:
+    """A :class:`StoreError` naming the file, what failed and what to fix."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    hint = _HINTS.get(code & 0xFF) if isinstance(code, int) else None
+    if hint is None and "not a database" in str(exc):
+        hint = _HINTS[sqlite3.SQLITE_NOTADB]
+    detail = f"{hint} ({exc})" if hint else str(exc)
+    return StoreError(f"database {path}: {doing}: {detail}")
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    """Create ``path`` (mode 0600) if missing, connect, set the pragmas and migrate."""
+    _create_private(path)
+    try:
+        # isolation_level=None: the sqlite3 module never opens transactions on
+        # its own; the store issues BEGIN IMMEDIATE / COMMIT itself.
+        conn = sqlite3.connect(path, timeout=30.0, isolation_level=None)
+    except sqlite3.Error as exc:
+        raise translate_error(exc, path, "cannot open") from exc
+    try:
+        _configure(conn, path)
+        _migrate(conn, path)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _create_private(path: Path) -> None:
+    """Create the file 0600 before SQLite does (it would use 0644 under the usual umask).
+
+    SQLite creates FILE-wal and FILE-shm with the mode of the database file
+    (os_unix.c copies it), so they are private too; an existing file is left
+    as it is.
+    """
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return
+    except OSError as exc:
+        raise StoreError(
+            f"database {path}: cannot create the file: {exc.strerror}; "
+            "check that the directory exists and is writable"
+        ) from exc
+    os.close(fd)
+
+
+def _configure(conn: sqlite3.Connection, path: Path) -> None:
+    try:
+        conn.execute("PRAGMA busy_timeout = 30000")
+        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        conn.execute("PRAGMA synchronous = FULL")
+        conn.execute("PRAGMA foreign_keys = ON")
+    except sqlite3.Error as exc:
+        raise translate_error(exc, path, "cannot open") from exc
+    if str(mode).lower() != "wal":
+        # Some network filesystems cannot do WAL; the store still works, slower.
+        _log.warning("database %s: journal_mode is %s, not wal", path, mode)
+
+
+def _migrate(conn: sqlite3.Connection, path: Path) -> None:
+    """Apply the missing migrations, one transaction each; refuse newer or foreign files."""
+    while True:
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raise translate_error(exc, path, "cannot open") from exc
+        try:
+            # Read inside the write transaction: another process may have
+            # migrated between our previous check and this BEGIN.
+            version = _check_version(conn, path)
+            if version >= len(MIGRATIONS):
+                conn.execute("COMMIT")
+                return
+            MIGRATIONS[version](conn)
+            conn.execute(f"PRAGMA user_version = {version + 1}")
+            conn.execute("COMMIT")
+            _log.info("database %s: migrated schema to version %d", path, version + 1)
+        except sqlite3.Error as exc:
+            rollback(conn)
+            raise translate_error(exc, path, "cannot migrate the schema") from exc
+        except BaseException:
+            rollback(conn)
+            raise
+
+
+def _check_version(conn: sqlite3.Connection, path: Path) -> int:
+    version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+    app_id = int(conn.execute("PRAGMA application_id").fetchone()[0])
+    if version > len(MIGRATIONS):
+        raise StoreError(
+            f"database {path}: schema version {version} is newer than this inbound-mail "
+            f"supports (version {len(MIGRATIONS)}); upgrade inbound-mail"
+        )
+    foreign = app_id not in (0, APPLICATION_ID)
+    if version == 0 and not foreign:
+        foreign = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0] > 0
+    if foreign:
+        raise StoreError(
+            f"database {path}: an SQLite database of another application; "
+            "point database.path at an inbound-mail database or at a new file"
+        )
+    return version
+
+
+def rollback(conn: sqlite3.Connection) -> None:
+    """Roll back the open transaction, if any, without masking the error that caused it."""
+    if conn.in_transaction:
+        try:
+            conn.execute("ROLLBACK")
+        except sqlite3.Error:
+            # The original error is the one worth reporting.
+            _log.debug("rollback failed", exc_info=True)
+
+
+# -- statements the store runs ------------------------------------------------
+# Kept beside the DDL so that a column change and the SQL that uses it move together.
+
+INSERT_MESSAGE = """INSERT OR IGNORE INTO messages (id, originator, destination, date_time,
+    received_at, text, keyword, message_id, email_date, subject, sender, stored_at)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"""
+INSERT_EMAIL = """INSERT OR IGNORE INTO emails (sms_id, message_id, kind, account, folder,
+    uidvalidity, uid, path, key, seen_at, duplicate) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"""
+INSERT_RAW = "INSERT INTO raw_emails (email_id, raw, stored_at) VALUES (?, ?, ?)"
+INSERT_REJECT = """INSERT OR IGNORE INTO rejects (reason, raw, rejected_at, origin, kind,
+    account, folder, uidvalidity, uid, path, key, message_id, sender, subject)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"""
+INSERT_DELIVERY = """INSERT OR IGNORE INTO deliveries (sms_id, sink, status, attempts,
+    created_at, next_attempt_at) VALUES (?, ?, 'pending', 0, ?, ?)"""
+UPSERT_CHECKPOINT = """INSERT INTO checkpoints (account, folder, uidvalidity, last_uid, updated_at)
+    VALUES (?, ?, ?, ?, ?)
+    ON CONFLICT (account, folder) DO UPDATE SET
+        last_uid = CASE WHEN uidvalidity = excluded.uidvalidity
+                        THEN max(last_uid, excluded.last_uid) ELSE excluded.last_uid END,
+        uidvalidity = excluded.uidvalidity,
+        updated_at = excluded.updated_at"""
+UPSERT_ACK = """INSERT INTO pending_acks (account, folder, uidvalidity, uid, action, created_at)
+    VALUES (?, ?, ?, ?, ?, ?)
+    ON CONFLICT (account, folder, uidvalidity, uid) DO UPDATE SET action = excluded.action"""
+DELETE_ACK = """DELETE FROM pending_acks
+    WHERE account = ? AND folder = ? AND uidvalidity = ? AND uid = ?"""
+GET_CHECKPOINT = """SELECT account, folder, uidvalidity, last_uid FROM checkpoints
+    WHERE account = ? AND folder = ?"""
+PENDING_ACKS = """SELECT account, folder, uidvalidity, uid, action FROM pending_acks
+    WHERE account = ? AND folder = ? ORDER BY uidvalidity, uid"""
+KNOWN_UIDS = """SELECT uid FROM emails WHERE account = ? AND folder = ? AND uidvalidity = ?
+        AND uid IS NOT NULL AND uid IN (SELECT value FROM json_each(?))
+    UNION SELECT uid FROM rejects WHERE account = ? AND folder = ? AND uidvalidity = ?
+        AND uid IS NOT NULL AND uid IN (SELECT value FROM json_each(?))"""
+REJECT_COLUMNS = """id, reason, rejected_at, origin, kind, account, folder, uidvalidity, uid,
+    path, key, message_id, sender, subject, length(raw) AS size"""
+PENDING = """SELECT d.id, d.sink, d.status, d.attempts, d.created_at, d.next_attempt_at,
+        d.last_error, m.originator, m.destination, m.date_time, m.received_at, m.text,
+        m.keyword, m.message_id, m.email_date, m.subject, m.sender
+    FROM deliveries d JOIN messages m ON m.id = d.sms_id
+    WHERE d.sink = ? AND d.status = 'pending' AND d.next_attempt_at <= ?
+    ORDER BY d.id LIMIT ?"""
+NEXT_DUE = "SELECT min(next_attempt_at) FROM deliveries WHERE sink = ? AND status = 'pending'"
+INSERT_ATTEMPT = """INSERT INTO attempts (delivery_id, sink, started_at, duration, outcome, error)
+    SELECT id, sink, ?, ?, ?, ? FROM deliveries WHERE id = ?"""
+UPDATE_DELIVERY = """UPDATE deliveries SET
+        attempts = attempts + 1,
+        status = CASE :outcome WHEN 'failed' THEN status ELSE :outcome END,
+        delivered_at = CASE :outcome WHEN 'delivered' THEN :finished ELSE delivered_at END,
+        next_attempt_at = CASE :outcome WHEN 'failed' THEN :next ELSE next_attempt_at END,
+        last_error = CASE :outcome WHEN 'delivered' THEN last_error ELSE :error END
+    WHERE id = :id"""
+# "WHERE true" keeps SQLite's parser from reading ON CONFLICT as a join constraint.
+REQUEUE = """INSERT INTO deliveries (sms_id, sink, status, attempts, created_at, next_attempt_at)
+    SELECT id, ?, 'pending', 0, ?, ? FROM messages WHERE true {where}
+    ORDER BY received_at, stored_at
+    ON CONFLICT (sms_id, sink) DO UPDATE SET status = 'pending', attempts = 0,
+        next_attempt_at = excluded.next_attempt_at, last_error = NULL, delivered_at = NULL"""
+RETRY_DEAD = """UPDATE deliveries SET status = 'pending', attempts = 0, next_attempt_at = ?,
+        last_error = NULL
+    WHERE status = 'dead' AND (? IS NULL OR sink = ?)"""
+DELIVERIES = """SELECT d.id, d.sms_id, d.sink, d.status, d.attempts, d.last_error, d.created_at,
+        d.next_attempt_at, d.delivered_at, m.originator, m.destination, m.date_time,
+        m.received_at, m.text
+    FROM deliveries d JOIN messages m ON m.id = d.sms_id WHERE true {where}
+    ORDER BY d.id LIMIT ?"""
+BACKLOG = """SELECT sink, status, attempts > 0 AS retried, count(*) AS n
+    FROM deliveries GROUP BY sink, status, retried ORDER BY sink"""
+ATTEMPT_COUNTS = """SELECT count(*) AS attempts,
+        count(*) FILTER (WHERE outcome = 'delivered') AS delivered,
+        count(*) FILTER (WHERE outcome = 'failed') AS failed,
+        count(*) FILTER (WHERE outcome = 'dead') AS dead
+    FROM attempts WHERE sink = ? AND started_at >= ?"""
+NTH_DURATION = """SELECT duration FROM attempts
+    WHERE sink = ? AND started_at >= ? AND outcome = 'delivered'
+    ORDER BY duration LIMIT 1 OFFSET ?"""
+LAST_DELIVERY = "SELECT max(delivered_at) FROM deliveries WHERE sink = ?"
+LAST_BY_DESTINATION = """SELECT destination, max(received_at) AS received_at
+    FROM messages GROUP BY destination ORDER BY destination"""
+SET_STATE = """INSERT INTO state (key, value, updated_at) VALUES (?, ?, ?)
+    ON CONFLICT (key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at"""

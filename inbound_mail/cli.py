@@ -1,0 +1,298 @@
+"""The ``inbound-mail`` command: thin click commands over the library.
+
+Library errors (:class:`~inbound_mail.errors.InboundMailError`) become
+``click.ClickException`` here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from . import __version__
+from .config import Config, default_config_path, load_config
+from .errors import InboundMailError
+from .logs import setup_logging
+from .output import FORMATS, write_rows
+
+F = TypeVar("F", bound=Callable[..., Any])
+MESSAGE_COLUMNS = ("received_at", "originator", "destination", "text", "id")
+REJECT_COLUMNS = ("id", "rejected_at", "origin", "reason")
+DELIVERY_COLUMNS = ("id", "sink", "status", "attempts", "originator", "destination", "next_attempt_at", "last_error")
+
+
+class _Group(click.Group):
+    """Turns library errors into one clear line and exit status 1."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except InboundMailError as exc:
+            raise click.ClickException(str(exc)) from exc
+
+
+@dataclass
+class _State:
+    config_path: Path | None
+    db: Path | None
+    log_level: str | None
+    log_format: str | None
+    _config: Config | None = None
+
+    def config(self) -> Config:
+        """The config file if one is given or found, else the built-in defaults."""
+        if self._config is None:
+            self._config = load_config(self.config_path or default_config_path(), db_override=self.db)
+            setup_logging(self.log_level or self._config.log.level, self.log_format or self._config.log.format)
+        return self._config
+
+
+pass_state = click.make_pass_decorator(_State)
+format_option = click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Config file [default: $INBOUND_MAIL_CONFIG, ./inbound-mail.toml, /etc/inbound-mail/config.toml].")
+@click.option("--db", type=click.Path(dir_okay=False, path_type=Path), help="SQLite database (overrides the config).")
+@click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
+@click.option("--log-format", type=click.Choice(["text", "json"]))
+@click.version_option(__version__, prog_name="inbound-mail")
+@click.pass_context
+def cli(ctx: click.Context, config_path: Path | None, db: Path | None, log_level: str | None,
+        log_format: str | None) -> None:
+    """Turn Agile Telecom's SMS-by-email feed into a reliable stream of SMS records."""
+    ctx.obj = _State(config_path, db, log_level, log_format)
+
+
+def _date(value: str | None) -> date | None:
+    if value is None:
+        return None
+    try:
+        return date.fromisoformat(value)
+    except ValueError as exc:
+        raise click.BadParameter(f"expected a date YYYY-MM-DD, got {value!r}") from exc
+
+
+def _summary(title: str, counts: dict[str, int]) -> None:
+    click.echo(f"{title}: " + ", ".join(f"{v} {k}" for k, v in counts.items()), err=True)
+
+
+# -- ingestion ------------------------------------------------------------------
+@cli.command("import")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.option("--no-deliver", is_flag=True, help="Store only; queue nothing for the configured sinks.")
+@click.option("--batch-size", default=1000, show_default=True, type=click.IntRange(1, 100_000))
+@pass_state
+def import_(state: _State, paths: tuple[Path, ...], no_deliver: bool, batch_size: int) -> None:
+    """Import .eml files, folders of them, mbox files and Maildir folders (detected by content)."""
+    from .delivery import make_router
+    from .importer import import_emails
+    from .parse import ParseOptions
+    from .sources.local import count_emails, iter_emails
+    from .store import Store
+
+    config = state.config()
+    route = None if no_deliver else make_router(config.sinks)
+    tty = sys.stderr.isatty()
+    total = count_emails(paths) if tty else None
+    not_mail: list[Path] = []
+    with Store.open(config.database.path, raw_retention_days=config.database.raw_retention / 86400 or None) as store, \
+            click.progressbar(length=total or 0, label="importing", file=sys.stderr, show_eta=True,
+                              show_pos=True, hidden=not (tty and total)) as bar:
+        emails = iter_emails(paths, on_skip=lambda path, reason: not_mail.append(Path(path)))
+        tally = import_emails(emails, store, ParseOptions.from_config(config.parse), route=route,
+                              batch_size=batch_size, on_batch=lambda r: bar.update(r.read))
+    _summary("imported", tally.as_dict() | ({"files that are not email": len(not_mail)} if not_mail else {}))
+
+
+@cli.command()
+@click.argument("file", type=click.File("rb"))
+@pass_state
+def parse(state: _State, file: Any) -> None:
+    """Show what FILE (one email, or - for stdin) parses to; writes nothing.
+
+    Exit status: 0 an SMS, 1 rejected (from the provider, but malformed), 3 skipped (not from a sender)."""
+    from .models import Rejected, Skipped
+    from .parse import ParseOptions, parse_email
+
+    outcome = parse_email(file.read(), ParseOptions.from_config(state.config().parse))
+    if isinstance(outcome, Skipped):
+        click.echo(f"skipped: {outcome.reason}")
+        sys.exit(3)
+    if isinstance(outcome, Rejected):
+        click.echo(f"rejected: {outcome.reason}")
+        sys.exit(1)
+    click.echo(json.dumps(outcome.to_dict(), ensure_ascii=False, indent=2))
+
+
+@cli.command()
+@click.option("--once", is_flag=True, help="One catch-up pass of every account and one delivery attempt, then exit.")
+@pass_state
+def run(state: _State, once: bool) -> None:
+    """Run the daemon: IDLE on every account, store each SMS once, deliver to the sinks."""
+    from .service import Daemon
+
+    daemon = Daemon(state.config())
+    if not once:
+        sys.exit(daemon.run())
+    result = daemon.run_once()
+    for account, error in result.failures.items():
+        click.echo(f"account {account!r} failed: {error}", err=True)
+    sys.exit(result.exit_code)
+
+
+@cli.command()
+@click.option("--account", required=True, help="The account's name in the config.")
+@click.option("--folder", "folders", multiple=True, help="A folder to read (repeatable) [default: the account's].")
+@click.option("--all-folders", is_flag=True, help="Every selectable folder of the account.")
+@click.option("--since", help="Only mail dated on or after this day (YYYY-MM-DD).")
+@click.option("--before", help="Only mail dated before this day (YYYY-MM-DD).")
+@click.option("--dry-run", is_flag=True, help="Fetch and parse, store nothing.")
+@click.option("--apply-after", is_flag=True, help="Also apply the account's `after` action to stored mail.")
+@click.option("--no-deliver", is_flag=True, help="Store only; queue nothing for the configured sinks.")
+@pass_state
+def backfill(state: _State, account: str, folders: tuple[str, ...], all_folders: bool, since: str | None,
+             before: str | None, dry_run: bool, apply_after: bool, no_deliver: bool) -> None:
+    """Read old mail from IMAP folders; interruptible, a rerun continues and duplicates nothing."""
+    from .backfill import BackfillRequest, run_backfill
+
+    if folders and all_folders:
+        raise click.UsageError("--folder and --all-folders exclude each other")
+    request = BackfillRequest(account, folders, all_folders, _date(since), _date(before), dry_run, apply_after,
+                              deliver=not no_deliver)
+    with click.progressbar(length=0, label="backfill", file=sys.stderr, show_eta=True, show_pos=True,
+                           hidden=not sys.stderr.isatty()) as bar:
+        def found(folder: str, count: int) -> None:
+            bar.length = (bar.length or 0) + count
+
+        totals = run_backfill(state.config(), request, on_found=found, on_batch=lambda f, r: bar.update(r.read))
+    for folder, tally in totals.items():
+        _summary(f"{folder}{' (dry run)' if dry_run else ''}", tally.as_dict())
+
+
+# -- what is stored ---------------------------------------------------------------
+@cli.command()
+@click.option("--since", help="Received on or after (YYYY-MM-DD or an ISO-8601 instant).")
+@click.option("--until", help="Received before (YYYY-MM-DD or an ISO-8601 instant).")
+@click.option("--originator")
+@click.option("--destination")
+@click.option("--limit", type=click.IntRange(min=1))
+@format_option
+@pass_state
+def messages(state: _State, since: str | None, until: str | None, originator: str | None,
+             destination: str | None, limit: int | None, fmt: str) -> None:
+    """List stored SMS, oldest first."""
+    from .store import Store
+
+    with Store.open(state.config().database.path) as store:
+        rows = store.messages(since=since, until=until, originator=originator, destination=destination, limit=limit)
+        write_rows(rows, fmt, sys.stdout, columns=MESSAGE_COLUMNS)
+
+
+@cli.command()
+@click.option("--show", "show_id", type=int, help="Print one reject's reason and raw email.")
+@click.option("--limit", type=click.IntRange(min=1))
+@format_option
+@pass_state
+def rejects(state: _State, show_id: int | None, limit: int | None, fmt: str) -> None:
+    """List emails from the provider that could not be parsed, with the reason."""
+    from .store import Store
+
+    with Store.open(state.config().database.path) as store:
+        if show_id is None:
+            write_rows(store.rejects(limit=limit), fmt, sys.stdout, columns=REJECT_COLUMNS)
+            return
+        reject = store.get_reject(show_id)
+    if reject is None:
+        raise click.ClickException(f"no reject with id {show_id}")
+    click.echo(f"reason: {reject['reason']}\norigin: {reject['origin']}\n")
+    sys.stdout.flush()
+    sys.stdout.buffer.write(reject["raw"])
+
+
+# -- deliveries -------------------------------------------------------------------
+@cli.command()
+@click.option("--status", type=click.Choice(["pending", "failed", "dead", "delivered"]))
+@click.option("--sink")
+@click.option("--limit", type=click.IntRange(min=1))
+@format_option
+@pass_state
+def deliveries(state: _State, status: str | None, sink: str | None, limit: int | None, fmt: str) -> None:
+    """List the outbox: what is owed to which sink, and why it failed."""
+    from .store import Store
+
+    with Store.open(state.config().database.path) as store:
+        write_rows(store.deliveries(status=status, sink=sink, limit=limit), fmt, sys.stdout, columns=DELIVERY_COLUMNS)
+
+
+@cli.command()
+@click.option("--sink", required=True)
+@click.option("--since", help="Only SMS received on or after (YYYY-MM-DD or ISO-8601).")
+@click.option("--id", "sms_id", help="Only this SMS id.")
+@pass_state
+def replay(state: _State, sink: str, since: str | None, sms_id: str | None) -> None:
+    """Queue stored SMS for SINK again (the running daemon sends them)."""
+    from .store import Store
+
+    config = state.config()
+    config.sink(sink)
+    with Store.open(config.database.path) as store:
+        count = store.requeue(sink, since=since, message_id=sms_id)
+    click.echo(f"queued {count} deliveries for {sink}", err=True)
+
+
+@cli.command("retry-dead")
+@click.option("--sink")
+@pass_state
+def retry_dead(state: _State, sink: str | None) -> None:
+    """Give dead deliveries a fresh set of attempts."""
+    from .store import Store
+
+    config = state.config()
+    if sink:
+        config.sink(sink)
+    with Store.open(config.database.path) as store:
+        count = store.retry_dead(sink)
+    click.echo(f"requeued {count} dead deliveries", err=True)
+
+
+@cli.command()
+@pass_state
+def sinks(state: _State) -> None:
+    """The installed sink types, the configured sinks and their backlog."""
+    from .sinks import available_sink_types
+    from .store import Store
+
+    config = state.config()
+    click.echo("types: " + ", ".join(available_sink_types()))
+    with Store.open(config.database.path) as store:
+        backlog = store.backlog()
+    rows = [{"name": s.name, "type": s.type, **backlog.get(s.name, {})} for s in config.sinks]
+    write_rows(rows, "table", sys.stdout, columns=("name", "type", "pending", "failed", "dead", "delivered"))
+
+
+# -- the demo -------------------------------------------------------------------------
+@cli.command()
+@click.option("--fixtures", type=click.Path(exists=True, file_okay=False, path_type=Path), default=Path("fixtures"),
+              show_default=True)
+@click.option("--keep", type=click.Path(file_okay=False, path_type=Path),
+              help="Keep the demo's state (database, JSON Lines, Dovecot) in this folder.")
+def demo(fixtures: Path, keep: Path | None) -> None:
+    """Start a throwaway Dovecot fed from FIXTURES, run the daemon on it, show SMS arriving."""
+    from .demo import run_demo
+
+    setup_logging("INFO", "text")
+    run_demo(fixtures, keep=keep, echo=click.echo, stop=threading.Event())
+
+
+def main() -> None:
+    cli(prog_name="inbound-mail")

@@ -1,0 +1,443 @@
+"""The outbox delivery worker: one per sink, each in its own thread with its own Store.
+
+The store writes one ``deliveries`` row per matching sink in the same
+transaction as the SMS (:func:`make_router` decides which sinks match).  A
+:class:`DeliveryWorker` sends its sink's pending rows, oldest first:
+
+- sequential (``parallel = 1``): rows go in id order, in batches (up to 100
+  rows or 1 s of work, then ``Sink.flush`` and one transaction that records
+  the attempts).  When the oldest pending row is not yet due, the worker waits
+  for it: younger rows are never sent ahead of it.
+- parallel (``parallel = N``): up to N due rows are in flight at once, in a
+  thread pool; order is not kept.
+
+A failure is retried after ``retry_base * 2**(attempt-1)`` seconds, capped at
+``retry_cap``, with full jitter (a uniform draw below that), and no sooner
+than a sink's ``retry_after``.  After ``max_attempts`` attempts, or once the row
+is ``max_age`` old, it is dead, with its last error.  A sink that raises
+anything but a DeliveryError counts as a temporary failure.  Every attempt is
+recorded and logged (``delivery.attempt``: sink, sms id, attempt, outcome,
+duration, error).  All state is in the database, so delivery resumes after
+a restart.  ``wake()`` makes an idle worker look at the outbox at once;
+otherwise it sleeps until the next row is due (re-checking every few seconds
+for rows queued by another process, e.g. ``inbound-mail replay``).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+import traceback
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from .config import RetryPolicy, SinkConfig
+from .errors import DeliveryError, PermanentDeliveryError, StoreError, TemporaryDeliveryError
+from .faults import fault_point
+from .logs import log_event
+from .models import SmsRecord
+from .sinks import Sink, create_sink
+from .store import AttemptOutcome, AttemptRecord, Delivery, Store
+
+__all__ = [
+    "AttemptContext",
+    "DeliveryPassResult",
+    "DeliveryWorker",
+    "OnAttempt",
+    "backoff_delay",
+    "deliver_due",
+    "make_router",
+]
+
+OnAttempt = Callable[[str, AttemptOutcome, float], None]
+"""An observer called after every attempt with (sink name, outcome, duration in seconds)."""
+
+BATCH_SIZE = 100
+BATCH_SECONDS = 1.0  # bounds the resends after a crash, and the time before a row is marked
+IDLE_RECHECK = 5.0  # rows queued by another process cannot wake() us
+INFLIGHT_RECHECK = 1.0
+STORE_RETRY_CAP = 60.0
+ERROR_LIMIT = 4000
+_LEVELS = {"delivered": logging.INFO, "failed": logging.WARNING, "dead": logging.ERROR}
+_log = logging.getLogger(__name__)
+
+
+def make_router(sinks: Sequence[SinkConfig]) -> Callable[[SmsRecord], list[str]]:
+    """The ``route`` for :meth:`Store.ingest`: the names of the sinks whose filter matches."""
+    pairs = [(sink.name, sink.filter) for sink in sinks]
+
+    def route(record: SmsRecord) -> list[str]:
+        return [name for name, flt in pairs if flt.matches(record)]
+
+    return route
+
+
+def backoff_delay(
+    policy: RetryPolicy,
+    attempt: int,
+    *,
+    retry_after: float | None = None,
+    rand: Callable[[], float] = random.random,
+) -> float:
+    """Seconds before the retry that follows failed attempt number ``attempt`` (1-based)."""
+    ceiling = min(policy.retry_cap, policy.retry_base * 2.0 ** min(attempt - 1, 64))
+    delay = rand() * ceiling
+    return max(delay, retry_after) if retry_after is not None else delay
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptContext:
+    """The :class:`~inbound_mail.sinks.DeliveryContext` a sink receives."""
+
+    delivery_id: int
+    attempt: int
+
+
+@dataclass(slots=True)
+class DeliveryPassResult:
+    """What a pass did: attempts by outcome."""
+
+    delivered: int = 0
+    failed: int = 0
+    dead: int = 0
+
+    @property
+    def attempted(self) -> int:
+        return self.delivered + self.failed + self.dead
+
+    def add(self, outcome: AttemptOutcome) -> None:
+        setattr(self, outcome, getattr(self, outcome) + 1)
+
+
+@dataclass(frozen=True, slots=True)
+class _Sent:
+    """One ``deliver`` call's result, before it is recorded."""
+
+    delivery: Delivery
+    started_at: float
+    duration: float
+    detail: str | None = None
+    error: str | None = None
+    permanent: bool = False
+    retry_after: float | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+@dataclass(slots=True)
+class _Pass:
+    """A run_once pass attempts rows due at its start, each once; run() has no such limit."""
+
+    due_by: float | None = None
+    attempted: set[int] | None = None
+
+    def eligible(self, row: Delivery, now: float) -> bool:
+        due = row.next_attempt_at <= (now if self.due_by is None else self.due_by)
+        return due and (self.attempted is None or row.id not in self.attempted)
+
+    def mark(self, row: Delivery) -> None:
+        if self.attempted is not None:
+            self.attempted.add(row.id)
+
+
+class DeliveryWorker:
+    """Delivers one sink's outbox.  ``run`` in a thread of its own; ``wake`` from any thread."""
+
+    def __init__(
+        self,
+        db_path: Path,
+        sink_config: SinkConfig,
+        *,
+        sink: Sink | None = None,
+        clock: Callable[[], float] = time.time,
+        log: logging.Logger | None = None,
+        on_attempt: OnAttempt | None = None,
+    ) -> None:
+        """``sink``: an already built sink (the caller closes it); None builds one
+        from ``sink_config``, which :meth:`close` closes."""
+        self.db_path = Path(db_path)
+        self.sink_config = sink_config
+        self.name = sink_config.name
+        self.sink = sink if sink is not None else create_sink(sink_config)
+        self._owns_sink = sink is None
+        self.parallel = max(1, sink_config.parallel)
+        self._clock = clock
+        self._log = log or _log
+        self._on_attempt = on_attempt
+        self._wakeup = threading.Event()
+        self._inflight: dict[Future[_Sent], Delivery] = {}
+        self.totals = DeliveryPassResult()
+        """Attempts by outcome since this worker's ``run`` started."""
+
+    def wake(self) -> None:
+        """New rows were committed: look at the outbox now."""
+        self._wakeup.set()
+
+    def close(self) -> None:
+        """Close the sink if this worker built it."""
+        if self._owns_sink:
+            self.sink.close()
+
+    # -- entry points ------------------------------------------------------------
+    def run(self, stop: threading.Event) -> None:
+        """Deliver until ``stop`` is set; the batch in flight is finished and recorded."""
+
+        # Relay stop to the wakeup event, so one wait() serves both: no polling.
+        def relay() -> None:
+            stop.wait()
+            self._wakeup.set()
+
+        threading.Thread(target=relay, name=f"sink-{self.name}-stop", daemon=True).start()
+        delay = 1.0
+        with self._pool() as pool:
+            while True:
+                try:
+                    with Store.open(self.db_path, clock=self._clock) as store:
+                        self._serve(store, stop, pool)
+                    return
+                except Exception as exc:  # the store, or a bug: log, back off, go on
+                    trace = None if isinstance(exc, StoreError) else _trace(exc)
+                    log_event(self._log, logging.ERROR, "delivery.worker_error", sink=self.name,
+                              error=_describe(exc), traceback=trace, retry_in=delay)  # fmt: skip
+                    if stop.is_set():
+                        return  # what was in flight is sent again after the restart
+                    self._wakeup.wait(delay)
+                    delay = min(delay * 2, STORE_RETRY_CAP)
+
+    def run_once(self) -> DeliveryPassResult:
+        """One attempt for every delivery due now (sequential: up to the first that
+        fails for now, since younger rows must not overtake it), then return."""
+        result = DeliveryPassResult()
+        never = threading.Event()
+        with Store.open(self.db_path, clock=self._clock) as store, self._pool() as pool:
+            batch = _Pass(due_by=self._clock(), attempted=set())
+            try:
+                if pool is None:
+                    while self._sequential_step(store, never, batch, result) == 0.0:
+                        pass
+                else:
+                    while self._parallel_step(store, never, pool, batch, result) is not None:
+                        self._wakeup.wait(INFLIGHT_RECHECK)
+                        self._wakeup.clear()
+            finally:
+                self._inflight.clear()  # unrecorded results: those rows stay pending
+        return result
+
+    # -- the loops -------------------------------------------------------------------
+    def _serve(self, store: Store, stop: threading.Event, pool: ThreadPoolExecutor | None) -> None:
+        forever = _Pass()
+        result = self.totals
+        while not stop.is_set() or self._inflight:
+            self._wakeup.clear()
+            if pool is None:
+                wait = self._sequential_step(store, stop, forever, result)
+            else:
+                wait = self._parallel_step(store, stop, pool, forever, result)
+            if wait is None:
+                return
+            # stop may have come after the clear(): then its relay set the event again.
+            if wait > 0 and (self._inflight or not stop.is_set()):
+                self._wakeup.wait(wait)
+
+    def _sequential_step(
+        self, store: Store, stop: threading.Event, batch: _Pass, result: DeliveryPassResult
+    ) -> float | None:
+        """Send one batch from the head of the queue; return how long to wait after it."""
+        sent: list[_Sent] = []
+        budget = time.monotonic() + BATCH_SECONDS
+        rows = store.pending_deliveries(self.name, limit=BATCH_SIZE)
+        for row in rows:
+            if not batch.eligible(row, self._clock()) or stop.is_set():
+                break
+            batch.mark(row)
+            sent.append(self._attempt(row))
+            if (not sent[-1].ok and not sent[-1].permanent) or time.monotonic() > budget:
+                break
+        if sent:
+            self._record(store, self._flushed(sent), result)
+            return 0.0
+        if batch.due_by is not None:  # run_once: nothing left that was due at the start
+            return None
+        return self._until(rows[0].next_attempt_at if rows else None)
+
+    def _parallel_step(
+        self,
+        store: Store,
+        stop: threading.Event,
+        pool: ThreadPoolExecutor,
+        batch: _Pass,
+        result: DeliveryPassResult,
+    ) -> float | None:
+        """Record finished sends, start due ones; return how long to wait (None: all done)."""
+        done = [future for future in self._inflight if future.done()]
+        if done:
+            self._record(store, self._flushed([f.result() for f in done]), result)
+            for future in done:
+                del self._inflight[future]
+        if not stop.is_set():
+            self._submit_due(store, pool, batch)
+        if self._inflight:
+            return INFLIGHT_RECHECK  # a completion sets the wakeup event sooner
+        if batch.due_by is not None or stop.is_set():
+            return None
+        return self._until(store.next_due(self.name))
+
+    def _submit_due(self, store: Store, pool: ThreadPoolExecutor, batch: _Pass) -> None:
+        room = self.parallel - len(self._inflight)
+        if room <= 0:
+            return
+        now = self._clock()
+        busy = {row.id for row in self._inflight.values()}
+        rows = store.pending_deliveries(
+            self.name, limit=room + len(busy), due_by=now if batch.due_by is None else batch.due_by
+        )
+        for row in [r for r in rows if r.id not in busy and batch.eligible(r, now)][:room]:
+            batch.mark(row)
+            future = pool.submit(self._attempt, row)
+            self._inflight[future] = row
+            future.add_done_callback(lambda _: self._wakeup.set())
+
+    def _until(self, due: float | None) -> float:
+        return IDLE_RECHECK if due is None else min(max(due - self._clock(), 0.0), IDLE_RECHECK)
+
+    def _pool(self) -> AbstractContextManager[ThreadPoolExecutor | None]:
+        if self.parallel == 1:
+            return nullcontext()
+        return ThreadPoolExecutor(self.parallel, thread_name_prefix=f"sink-{self.name}")
+
+    # -- one attempt ---------------------------------------------------------------
+    def _attempt(self, row: Delivery) -> _Sent:
+        started_at = self._clock()
+        begin = time.monotonic()
+        context = AttemptContext(delivery_id=row.id, attempt=row.attempts + 1)
+        try:
+            detail = self.sink.deliver(row.record, context)
+        except Exception as exc:
+            sent = _Sent(row, started_at, time.monotonic() - begin)
+            return self._failed(sent, exc)
+        return _Sent(row, started_at, time.monotonic() - begin, detail=detail)
+
+    def _failed(self, sent: _Sent, exc: Exception) -> _Sent:
+        if isinstance(exc, DeliveryError):
+            return replace(
+                sent,
+                error=str(exc) or type(exc).__name__,
+                permanent=isinstance(exc, PermanentDeliveryError),
+                retry_after=exc.retry_after if isinstance(exc, TemporaryDeliveryError) else None,
+            )
+        # A bug in the sink, or an error it did not translate: retry, and say what it was.
+        log_event(self._log, logging.WARNING, "delivery.sink_raised", sink=self.name,
+                  error_type=type(exc).__name__, error=str(exc), traceback=_trace(exc))  # fmt: skip
+        return replace(sent, error=_describe(exc))
+
+    def _flushed(self, sent: list[_Sent]) -> list[_Sent]:
+        """Flush the sink; if that fails, the batch's successes become failures."""
+        if not any(s.ok for s in sent):
+            return sent
+        try:
+            self.sink.flush()
+        except Exception as exc:
+            return [self._failed(s, exc) if s.ok else s for s in sent]
+        # ---- FAULT POINT "after-sink-2xx": the sink accepted (and flushed) the batch,
+        # ---- the outbox rows are not yet marked delivered.  A crash here resends.
+        fault_point("after-sink-2xx")
+        return sent
+
+    def _record(self, store: Store, sent: list[_Sent], result: DeliveryPassResult) -> None:
+        now = self._clock()
+        records = [self._decide(s, now) for s in sent]
+        store.record_attempts(records)
+        for s, record in zip(sent, records, strict=True):
+            result.add(record.outcome)
+            self._report(s, record)
+
+    def _decide(self, sent: _Sent, now: float) -> AttemptRecord:
+        row = sent.delivery
+        if sent.error is None:
+            return AttemptRecord(row.id, "delivered", sent.started_at, sent.duration)
+        attempt = row.attempts + 1
+        policy = self.sink_config.retry
+        error = sent.error[:ERROR_LIMIT]
+        give_up = None
+        if sent.permanent:
+            give_up = ""
+        elif attempt >= policy.max_attempts:
+            give_up = f"gave up after {attempt} attempts; last error: "
+        elif now - row.created_at >= policy.max_age:
+            give_up = f"gave up after {(now - row.created_at) / 3600:.1f}h; last error: "
+        if give_up is not None:
+            return AttemptRecord(row.id, "dead", sent.started_at, sent.duration, give_up + error)
+        delay = backoff_delay(policy, attempt, retry_after=sent.retry_after)
+        return AttemptRecord(row.id, "failed", sent.started_at, sent.duration, error, now + delay)
+
+    def _report(self, sent: _Sent, record: AttemptRecord) -> None:
+        retry_in = None
+        if record.outcome == "failed" and record.next_attempt_at is not None:
+            retry_in = round(max(record.next_attempt_at - self._clock(), 0.0), 3)
+        fields = {
+            "sink": self.name,
+            "sms": sent.delivery.record.id,
+            "delivery": sent.delivery.id,
+            "attempt": sent.delivery.attempts + 1,
+            "outcome": record.outcome,
+            "duration_ms": round(sent.duration * 1000, 1),
+            "error": record.error,
+            "detail": sent.detail if record.error is None else None,
+            "retry_in": retry_in,
+        }
+        level = _LEVELS[record.outcome]
+        log_event(
+            self._log,
+            level,
+            "delivery.attempt",
+            **{k: v for k, v in fields.items() if v is not None},
+        )
+        if self._on_attempt is not None:
+            try:
+                self._on_attempt(self.name, record.outcome, sent.duration)
+            except Exception as exc:  # an observer must never stop delivery
+                log_event(self._log, logging.WARNING, "delivery.observer_failed", sink=self.name,
+                          error=_describe(exc))  # fmt: skip
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _trace(exc: BaseException) -> str:
+    return "".join(traceback.format_exception(exc, limit=8))
+
+
+def deliver_due(
+    db_path: Path,
+    sink_configs: Sequence[SinkConfig],
+    *,
+    sinks: Mapping[str, Sink] | None = None,
+    clock: Callable[[], float] = time.time,
+    log: logging.Logger | None = None,
+    on_attempt: OnAttempt | None = None,
+) -> dict[str, DeliveryPassResult]:
+    """``run_once`` for every sink, concurrently (a slow sink does not hold up the
+    others).  ``sinks`` maps names to already built sinks; the others are built
+    from their config and closed afterwards."""
+    workers: list[DeliveryWorker] = []
+    try:
+        for config in sink_configs:
+            sink = (sinks or {}).get(config.name)
+            workers.append(DeliveryWorker(db_path, config, sink=sink, clock=clock, log=log,
+                                          on_attempt=on_attempt))  # fmt: skip
+        if not workers:
+            return {}
+        with ThreadPoolExecutor(len(workers), thread_name_prefix="deliver-due") as pool:
+            futures = {w.name: pool.submit(w.run_once) for w in workers}
+            return {name: future.result() for name, future in futures.items()}
+    finally:
+        for worker in workers:
+            worker.close()

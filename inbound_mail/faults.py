@@ -1,0 +1,45 @@
+"""Fault hooks for the fault-injection suite; inert unless ``INBOUND_MAIL_FAULT`` is set.
+
+``INBOUND_MAIL_FAULT=after-commit:3`` kills this process with SIGKILL the third
+time it reaches the point named ``after-commit``.  Several points may be armed,
+separated by commas.  The points:
+
+``after-fetch``     IMAP bodies fetched, nothing committed yet
+``after-commit``    a batch committed, its ``after`` action (seen/move/delete) not yet applied
+``after-sink-2xx``  a sink accepted a batch, the outbox rows not yet marked delivered
+``backfill-batch``  a backfill batch committed
+
+When the variable is unset, :func:`fault_point` is one dictionary lookup on an
+empty dict: nothing to pay in production.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+
+__all__ = ["fault_point"]
+
+
+def _parse(spec: str) -> dict[str, int]:
+    armed: dict[str, int] = {}
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        name, _, count = part.partition(":")
+        armed[name] = int(count) if count.isdigit() else 1
+    return armed
+
+
+_ARMED = _parse(os.environ.get("INBOUND_MAIL_FAULT", ""))
+_lock = threading.Lock()
+
+
+def fault_point(name: str) -> None:
+    """Die here (SIGKILL, no cleanup) when ``name`` is armed and its count is reached."""
+    if name not in _ARMED:
+        return
+    with _lock:
+        _ARMED[name] -= 1
+        if _ARMED[name] > 0:
+            return
+    os.kill(os.getpid(), signal.SIGKILL)

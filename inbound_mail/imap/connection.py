@@ -1,0 +1,185 @@
+"""Opening an authenticated IMAP connection: TLS, TCP keepalive, login.
+
+This is where :mod:`ssl`, :mod:`socket`, :mod:`imaplib` and imapclient errors
+enter the library; :func:`connect` turns them into the ``ImapError`` tree, each
+naming the account and telling what to do:
+
+- :class:`~inbound_mail.errors.ImapAuthError`: the server refused the login
+  (retrying will not help);
+- :class:`~inbound_mail.errors.ImapTlsError`: the certificate is not trusted,
+  the handshake failed, or a ``starttls`` server does not offer STARTTLS;
+- :class:`~inbound_mail.errors.ImapConnectionError`: refused, unreachable,
+  timed out or dropped (retry with backoff).
+
+TLS always verifies the certificate and the host name, against ``ca_file`` or
+the system's trust store; nothing here ever falls back to an unverified or
+clear-text connection on its own.
+"""
+
+from __future__ import annotations
+
+import imaplib
+import logging
+import socket
+import ssl
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+
+import imapclient
+from imapclient import IMAPClient
+from imapclient.exceptions import LoginError
+
+from ..config import AccountConfig
+from ..errors import ImapAuthError, ImapConnectionError, ImapError, ImapTlsError
+from ..logs import log_event
+
+__all__ = ["capabilities", "connect", "has_idle", "has_move", "tls_context"]
+
+_log = logging.getLogger(__name__)
+
+# Probe an idle connection after 60 s and give up after 3 unanswered probes 10 s
+# apart, so a silently dropped connection dies in about 90 s, not in hours.
+_KEEPALIVE_OPTIONS = (("TCP_KEEPIDLE", 60), ("TCP_KEEPINTVL", 10), ("TCP_KEEPCNT", 3))
+# A refused login with one of these codes is the server's trouble, not the password's.
+_TEMPORARY_LOGIN_CODES = ("[UNAVAILABLE]", "[SERVERBUG]", "[INUSE]")
+
+
+def connect(
+    account: AccountConfig, password: str, *, log: logging.Logger | None = None
+) -> IMAPClient:
+    """A logged-in :class:`IMAPClient` for ``account``, over the TLS mode it asks for.
+
+    ``tls = "implicit"`` speaks TLS from the first byte; ``"starttls"`` upgrades
+    a plain connection and fails closed if the server does not offer it;
+    ``"none"`` logs a warning, since the password then crosses the network in
+    clear text.
+    """
+    context = None if account.tls == "none" else tls_context(account)
+    with _translated_errors(account):
+        client = _open(account, context, log or _log)
+    try:
+        with _translated_errors(account):
+            client.login(account.username, password)
+    except BaseException:
+        _close(client)
+        raise
+    return client
+
+
+def tls_context(account: AccountConfig) -> ssl.SSLContext:
+    """A verifying client context: ``ca_file`` if set, else the system's trusted CAs."""
+    cafile = str(account.ca_file) if account.ca_file is not None else None
+    try:
+        return ssl.create_default_context(cafile=cafile)
+    except (OSError, ssl.SSLError) as exc:
+        raise ImapTlsError(
+            f"cannot load ca_file {account.ca_file}: {exc}", account=account.name
+        ) from exc
+
+
+def capabilities(client: IMAPClient) -> frozenset[str]:
+    """The server's capabilities, upper-case (``"IDLE"``, ``"MOVE"``, ``"AUTH=PLAIN"``)."""
+    return frozenset(
+        (cap.decode("ascii", "replace") if isinstance(cap, bytes) else str(cap)).upper()
+        for cap in client.capabilities()
+    )
+
+
+def has_idle(client: IMAPClient) -> bool:
+    """True when the server announces IDLE (RFC 2177)."""
+    return "IDLE" in capabilities(client)
+
+
+def has_move(client: IMAPClient) -> bool:
+    """True when the server announces MOVE (RFC 6851)."""
+    return "MOVE" in capabilities(client)
+
+
+def _open(
+    account: AccountConfig, context: ssl.SSLContext | None, log: logging.Logger
+) -> IMAPClient:
+    implicit = account.tls == "implicit"
+    client = IMAPClient(
+        account.host,
+        account.port,
+        ssl=implicit,
+        ssl_context=context if implicit else None,
+        timeout=account.connect_timeout,
+    )
+    try:
+        _enable_keepalive(client.socket())
+        if account.tls == "starttls":
+            _starttls(client, account, context)
+        elif account.tls == "none":
+            log_event(
+                log,
+                logging.WARNING,
+                "imap.cleartext",
+                account=account.name,
+                server=f"{account.host}:{account.port}",
+                risk='tls = "none": the password crosses the network in clear text',
+            )
+    except BaseException:
+        _close(client)
+        raise
+    return client
+
+
+def _starttls(client: IMAPClient, account: AccountConfig, context: ssl.SSLContext | None) -> None:
+    if "STARTTLS" not in capabilities(client):
+        # Fail closed: an attacker on the path can strip STARTTLS from the greeting.
+        raise ImapTlsError(
+            f'{account.host}:{account.port} does not offer STARTTLS, and tls = "starttls" '
+            "refuses to log in without TLS; use the server's implicit-TLS port "
+            '(tls = "implicit", usually 993) or fix the server',
+            account=account.name,
+        )
+    client.starttls(context)
+
+
+def _enable_keepalive(sock: socket.socket) -> None:
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for name, value in _KEEPALIVE_OPTIONS:
+        option = getattr(socket, name, None)  # Linux has all three; others vary
+        if option is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, option, value)
+
+
+@contextmanager
+def _translated_errors(account: AccountConfig) -> Iterator[None]:
+    where = f"{account.host}:{account.port}"
+    name = account.name
+    try:
+        yield
+    except ImapError:
+        raise
+    except ssl.SSLCertVerificationError as exc:
+        raise ImapTlsError(
+            f"certificate of {where} not trusted ({exc.verify_message}): set ca_file to the "
+            "CA that signed it, or fix the server certificate",
+            account=name,
+        ) from exc
+    except ssl.SSLError as exc:
+        raise ImapTlsError(f"TLS with {where} failed: {exc.reason or exc}", account=name) from exc
+    except LoginError as exc:
+        if any(code in str(exc) for code in _TEMPORARY_LOGIN_CODES):
+            raise ImapConnectionError(
+                f"{where} cannot log in user {account.username} right now: {exc}", account=name
+            ) from exc
+        raise ImapAuthError(
+            f"login refused for user {account.username} at {where}; check username and "
+            f"password (server said: {exc})",
+            account=name,
+        ) from exc
+    except (OSError, imaplib.IMAP4.abort) as exc:
+        reason = str(exc) or type(exc).__name__
+        if isinstance(exc, TimeoutError):
+            reason = f"timed out after {account.connect_timeout:g} s"
+        raise ImapConnectionError(f"cannot connect to {where}: {reason}", account=name) from exc
+    except imaplib.IMAP4.error as exc:
+        raise ImapError(f"unexpected answer from {where}: {exc}", account=name) from exc
+
+
+def _close(client: IMAPClient) -> None:
+    with suppress(OSError, imaplib.IMAP4.error, imapclient.exceptions.IMAPClientError):
+        client.shutdown()

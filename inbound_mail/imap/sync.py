@@ -1,0 +1,270 @@
+"""One catch-up pass over one IMAP folder: search, fetch, parse, store, then acknowledge.
+
+The order is what makes the feed lossless and duplicate-free:
+
+1. SELECT; read UIDVALIDITY and UIDNEXT.  Acknowledgements owed from an earlier
+   pass (stored, but the ``after`` action never confirmed) are applied first.
+2. A changed UIDVALIDITY invalidates the checkpoint: the folder is rescanned from
+   UID 1 (dedup keeps that free of duplicates) and a warning is logged.
+3. ``UID SEARCH`` for the configured senders from ``last+1:*``; UIDs at or below
+   the checkpoint are dropped (the range always returns the last message), and
+   so are UIDs already recorded, so an interrupted backfill continues.
+4. ``RFC822.SIZE`` first: a mail over ``max_size`` is rejected with its headers,
+   its body never fetched.  The rest is fetched with ``BODY.PEEK[]`` (which never
+   sets ``\\Seen``) in chunks bounded by count and bytes.
+5. Each chunk is parsed and stored in ONE transaction together with the new
+   checkpoint and the acknowledgements it now owes.
+6. Only then is ``after`` applied (seen / move / delete) -- and only to mail
+   that produced an SMS: other senders' mail and rejects are never touched.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import date
+from email.parser import BytesHeaderParser
+from email.policy import compat32
+from typing import Any
+
+from imapclient import IMAPClient
+
+from ..config import AccountConfig
+from ..faults import fault_point
+from ..logs import log_event
+from ..models import EmailOrigin, ParseOutcome, Rejected, SmsRecord, Tally
+from ..parse import ParseOptions, parse_email, sender_matches
+from ..store import Checkpoint, IngestItem, IngestResult, PendingAck, Router, Store
+from .acks import apply_acks
+
+__all__ = ["FolderSync", "SyncOptions", "SyncResult"]
+
+_CHUNK_BYTES = 8 * 1024 * 1024
+_log = logging.getLogger("inbound_mail.imap")
+
+
+@dataclass(frozen=True, slots=True)
+class SyncOptions:
+    """How a pass behaves.  The daemon uses the defaults; ``backfill`` changes them."""
+
+    since: date | None = None
+    before: date | None = None
+    apply_after: bool = True
+    move_checkpoint: bool = True
+    dry_run: bool = False
+
+
+@dataclass(slots=True)
+class SyncResult:
+    """What a pass over one folder did."""
+
+    folder: str
+    uidvalidity: int = 0
+    found: int = 0
+    tally: Tally = field(default_factory=Tally)
+    acked: int = 0
+    uidvalidity_changed: bool = False
+
+
+BatchCallback = Callable[[str, IngestResult], None]
+
+
+class FolderSync:
+    """Runs sync passes for one account over an already logged-in client."""
+
+    def __init__(
+        self,
+        client: IMAPClient,
+        account: AccountConfig,
+        store: Store,
+        parse_options: ParseOptions,
+        *,
+        route: Router | None = None,
+        on_batch: BatchCallback | None = None,
+        on_found: Callable[[str, int], None] | None = None,
+        should_stop: Callable[[], bool] = lambda: False,
+    ) -> None:
+        self.client = client
+        self.account = account
+        self.store = store
+        self.parse_options = parse_options
+        self.route = route
+        self.on_batch = on_batch
+        self.on_found = on_found
+        self.should_stop = should_stop
+
+    def sync(self, folder: str, options: SyncOptions = SyncOptions()) -> SyncResult:
+        """One pass over ``folder``; raises the client's errors for the caller to translate."""
+        readonly = options.dry_run or not options.apply_after or self.account.after == "none"
+        selected = self.client.select_folder(folder, readonly=readonly)
+        result = SyncResult(folder=folder, uidvalidity=int(selected[b"UIDVALIDITY"]))
+        if not readonly:
+            result.acked += self._apply_owed_acks(folder, result.uidvalidity)
+        last_uid = self._last_uid(folder, result, options)
+        uids = self._search(last_uid, options)
+        uids = [uid for uid in uids if uid > last_uid]
+        known = self.store.known_uids(self.account.name, folder, result.uidvalidity, uids)
+        uids = [uid for uid in uids if uid not in known]
+        result.found = len(uids)
+        if self.on_found:
+            self.on_found(folder, len(uids))
+        for chunk in self._chunks(uids):
+            if self.should_stop():  # a warm stop: the committed batches stand, the rest waits
+                break
+            batch = self._fetch_and_store(folder, result.uidvalidity, chunk, options, readonly)
+            result.tally.add(len(batch.new), len(batch.duplicates), batch.skipped, batch.rejected)
+        return result
+
+    # -- steps -------------------------------------------------------------
+    def _apply_owed_acks(self, folder: str, uidvalidity: int) -> int:
+        owed = self.store.pending_acks(self.account.name, folder)
+        if not owed:
+            return 0
+        stale = [ack for ack in owed if ack.uidvalidity != uidvalidity]
+        if stale:
+            log_event(_log, logging.WARNING, "imap.acks_dropped", account=self.account.name,
+                      folder=folder, count=len(stale), reason="UIDVALIDITY changed")
+            self.store.clear_acks(stale)
+        current = [ack for ack in owed if ack.uidvalidity == uidvalidity]
+        return self._ack(folder, current)
+
+    def _ack(self, folder: str, acks: Sequence[PendingAck]) -> int:
+        if not acks:
+            return 0
+        apply_acks(self.client, folder, acks)
+        self.store.clear_acks(acks)
+        return len(acks)
+
+    def _last_uid(self, folder: str, result: SyncResult, options: SyncOptions) -> int:
+        checkpoint = self.store.get_checkpoint(self.account.name, folder)
+        if checkpoint is None or not options.move_checkpoint:
+            return 0
+        if checkpoint.uidvalidity != result.uidvalidity:
+            result.uidvalidity_changed = True
+            log_event(_log, logging.WARNING, "imap.uidvalidity_changed", account=self.account.name,
+                      folder=folder, old=checkpoint.uidvalidity, new=result.uidvalidity,
+                      action="rescanning the folder; dedup prevents duplicates")
+            return 0
+        return checkpoint.last_uid
+
+    def _search(self, last_uid: int, options: SyncOptions) -> list[int]:
+        criteria: list[Any] = [*_senders_criteria(self.account.senders)]
+        if last_uid:
+            criteria += ["UID", f"{last_uid + 1}:*"]
+        if options.since:
+            criteria += ["SINCE", options.since]
+        if options.before:
+            criteria += ["BEFORE", options.before]
+        return sorted(int(uid) for uid in self.client.search(criteria))
+
+    def _chunks(self, uids: list[int]) -> list[list[int]]:
+        size = self.account.fetch_batch
+        return [uids[i : i + size] for i in range(0, len(uids), size)]
+
+    def _fetch_and_store(
+        self, folder: str, uidvalidity: int, uids: list[int], options: SyncOptions, readonly: bool
+    ) -> IngestResult:
+        sizes = self.client.fetch(uids, ["RFC822.SIZE"])
+        items: list[IngestItem] = []
+        small = [uid for uid in uids if int(sizes.get(uid, {}).get(b"RFC822.SIZE", 0)) <= self.account.max_size]
+        large = [uid for uid in uids if uid in sizes and uid not in small]
+        for group in _by_bytes(small, sizes):
+            items += self._fetch_bodies(folder, uidvalidity, group)
+        items += self._fetch_oversized(folder, uidvalidity, large, sizes)
+        items.sort(key=lambda item: item.origin.uid or 0)
+        fault_point("after-fetch")
+        if options.dry_run:
+            return _dry_result(items)
+        acks = self._acks_for(folder, uidvalidity, items, options, readonly)
+        checkpoint = Checkpoint(self.account.name, folder, uidvalidity, max(uids)) if options.move_checkpoint else None
+        result = self.store.ingest(items, route=self.route, checkpoint=checkpoint, acks=acks)
+        fault_point("after-commit")
+        if self.on_batch:
+            self.on_batch(folder, result)
+        self._ack(folder, acks)
+        return result
+
+    def _fetch_bodies(self, folder: str, uidvalidity: int, uids: list[int]) -> list[IngestItem]:
+        if not uids:
+            return []
+        fetched = self.client.fetch(uids, ["BODY.PEEK[]"])
+        items = []
+        for uid in uids:
+            raw = fetched.get(uid, {}).get(b"BODY[]")
+            if raw is None:  # expunged by someone else between SEARCH and FETCH
+                continue
+            items.append(IngestItem(raw, parse_email(bytes(raw), self.parse_options), self._origin(folder, uidvalidity, uid)))
+        return items
+
+    def _fetch_oversized(
+        self, folder: str, uidvalidity: int, uids: list[int], sizes: dict[int, Any]
+    ) -> list[IngestItem]:
+        if not uids:
+            return []
+        fetched = self.client.fetch(uids, ["BODY.PEEK[HEADER]"])
+        items = []
+        for uid in uids:
+            header = bytes(fetched.get(uid, {}).get(b"BODY[HEADER]", b""))
+            size = int(sizes[uid][b"RFC822.SIZE"])
+            outcome = self._oversized_outcome(header, size)
+            if outcome is not None:
+                items.append(IngestItem(header, outcome, self._origin(folder, uidvalidity, uid)))
+        return items
+
+    def _oversized_outcome(self, header: bytes, size: int) -> ParseOutcome | None:
+        message = BytesHeaderParser(policy=compat32).parsebytes(header)
+        sender = sender_matches(message.get_all("From", []), self.parse_options.senders)
+        if sender is None:
+            return None  # SEARCH FROM matched a display name: not ours, left alone
+        reason = (f"email is {size} bytes, over {self.account.key('max_size')} = {self.account.max_size}; "
+                  "only its headers were fetched (raise max_size to import it)")
+        return Rejected(reason=reason, sender=sender, message_id=(message.get("Message-ID") or "").strip() or None)
+
+    def _acks_for(
+        self, folder: str, uidvalidity: int, items: list[IngestItem], options: SyncOptions, readonly: bool
+    ) -> list[PendingAck]:
+        if readonly or not options.apply_after or self.account.after == "none":
+            return []
+        return [
+            PendingAck(self.account.name, folder, uidvalidity, item.origin.uid or 0, self.account.after)
+            for item in items
+            if isinstance(item.outcome, SmsRecord)
+        ]
+
+    def _origin(self, folder: str, uidvalidity: int, uid: int) -> EmailOrigin:
+        return EmailOrigin(kind="imap", account=self.account.name, folder=folder, uidvalidity=uidvalidity, uid=uid)
+
+
+def _senders_criteria(senders: Sequence[str]) -> list[Any]:
+    """``FROM a`` or ``OR FROM a FROM b ...``: the server narrows, the parser decides."""
+    criteria: list[Any] = ["FROM", senders[0]]
+    for sender in senders[1:]:
+        criteria = ["OR", criteria, ["FROM", sender]]
+    return criteria if len(senders) == 1 else [criteria]
+
+
+def _by_bytes(uids: list[int], sizes: dict[int, Any]) -> list[list[int]]:
+    """Split a chunk so one FETCH never holds more than ~8 MiB of bodies in memory."""
+    groups: list[list[int]] = [[]]
+    total = 0
+    for uid in uids:
+        size = int(sizes[uid][b"RFC822.SIZE"])
+        if groups[-1] and total + size > _CHUNK_BYTES:
+            groups.append([])
+            total = 0
+        groups[-1].append(uid)
+        total += size
+    return [group for group in groups if group]
+
+
+def _dry_result(items: list[IngestItem]) -> IngestResult:
+    result = IngestResult()
+    for item in items:
+        if isinstance(item.outcome, SmsRecord):
+            result.new.append(item.outcome)
+        elif isinstance(item.outcome, Rejected):
+            result.rejected += 1
+        else:
+            result.skipped += 1
+    return result

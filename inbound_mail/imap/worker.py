@@ -1,0 +1,263 @@
+"""The per-account worker: connect, catch up, then IDLE (or poll) until told to stop.
+
+One worker runs in its own thread per account, so one account's failure never
+stalls another.  Every (re)connect starts with a catch-up pass over every
+folder, so mail that arrived while disconnected is never missed.  Failures of
+any kind end the session and are retried with exponential backoff and jitter,
+capped at five minutes; the worker itself never dies.
+
+A silently dead connection is found by the IDLE deadline: after
+``idle_deadline`` seconds without a word from the server the worker ends IDLE
+with DONE, which must be answered within the socket's read timeout, re-SELECTs
+and searches; a dead socket fails there and the worker reconnects.  TCP
+keepalive on the socket is a second line of defence.
+"""
+
+from __future__ import annotations
+
+import imaplib
+import logging
+import random
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from imapclient import IMAPClient
+
+from ..config import AccountConfig
+from ..errors import ImapAuthError, ImapConnectionError, ImapError, InboundMailError
+from ..logs import log_event
+from ..parse import ParseOptions
+from ..secrets import read_password
+from ..store import IngestResult, Router, Store
+from .connection import connect
+from .sync import FolderSync, SyncOptions, SyncResult
+
+__all__ = ["AccountHealth", "AccountWorker", "backoff_delay", "imap_errors"]
+
+_log = logging.getLogger("inbound_mail.imap")
+BACKOFF_CAP = 300.0
+
+
+def backoff_delay(attempt: int, *, base: float = 1.0, cap: float = BACKOFF_CAP) -> float:
+    """Exponential backoff with jitter: ``base * 2**attempt`` capped, times 0.5-1."""
+    return min(cap, base * 2 ** min(attempt, 30)) * random.uniform(0.5, 1.0)  # noqa: S311
+
+
+@dataclass(slots=True)
+class AccountHealth:
+    """What the service, the watchdog and ``status`` know of one worker."""
+
+    state: str = "starting"
+    connected: bool = False
+    last_sync_at: float | None = None
+    last_error: str | None = None
+    reconnects: int = 0
+    idle_refreshes: int = 0
+    last_tick: float = field(default_factory=time.monotonic)
+
+    def tick(self) -> None:
+        self.last_tick = time.monotonic()
+
+
+@contextmanager
+def imap_errors(account: str) -> Iterator[None]:
+    """Translate imaplib/socket/TLS errors raised inside the block into ImapError."""
+    try:
+        yield
+    except InboundMailError:
+        raise
+    except imaplib.IMAP4.abort as exc:
+        raise ImapConnectionError(f"connection lost: {exc}", account=account) from exc
+    except imaplib.IMAP4.error as exc:
+        raise ImapError(f"the server refused a command: {exc}", account=account) from exc
+    except (OSError, ssl.SSLError, socket.timeout) as exc:
+        raise ImapConnectionError(f"connection lost: {exc or type(exc).__name__}", account=account) from exc
+
+
+class AccountWorker:
+    """Keeps one account's folders flowing into the store."""
+
+    def __init__(
+        self,
+        account: AccountConfig,
+        *,
+        db_path: Path,
+        parse_options: ParseOptions,
+        stop: threading.Event,
+        route: Router | None = None,
+        on_batch: Callable[[AccountConfig, str, IngestResult], None] | None = None,
+    ) -> None:
+        self.account = account
+        self.db_path = db_path
+        self.parse_options = parse_options
+        self.stop = stop
+        self.route = route
+        self.on_batch = on_batch
+        self.health = AccountHealth()
+        self.sync_requested = threading.Event()
+        self._attempt = 0
+
+    def request_sync(self) -> None:
+        """Ask for a full pass at the next opportunity (APScheduler's resync/poll job)."""
+        self.sync_requested.set()
+
+    # -- burst mode --------------------------------------------------------
+    def run_once(self, options: SyncOptions = SyncOptions()) -> list[SyncResult]:
+        """Connect, run one pass over every folder, log out.  Raises ImapError."""
+        with self._session() as (client, syncer), imap_errors(self.account.name):
+            return [syncer.sync(folder, options) for folder in self.account.folders]
+
+    # -- daemon mode ---------------------------------------------------------
+    def run(self) -> None:
+        """The thread's body: sessions until ``stop`` is set, backoff between them."""
+        while not self.stop.is_set():
+            try:
+                with self._session() as (client, syncer), imap_errors(self.account.name):
+                    self._serve(client, syncer)
+            except Exception as exc:  # the worker must outlive every failure
+                self._failed(exc)
+            finally:
+                self.health.connected = False
+        self._set_state("stopped")
+
+    def _failed(self, exc: Exception) -> None:
+        if self.stop.is_set():
+            return
+        delay = backoff_delay(self._attempt, base=5.0 if isinstance(exc, ImapAuthError) else 1.0)
+        self._attempt += 1
+        self.health.reconnects += 1
+        self.health.last_error = str(exc)
+        level = logging.ERROR if isinstance(exc, InboundMailError) else logging.CRITICAL
+        log_event(_log, level, "imap.disconnected", account=self.account.name, error=str(exc),
+                  error_type=type(exc).__name__, retry_in=f"{delay:.1f}s",
+                  **({} if isinstance(exc, InboundMailError) else {"bug": "unexpected error, please report"}))
+        self._set_state("backoff")
+        self.stop.wait(delay)
+
+    def _session(self) -> AbstractContextManager[tuple[IMAPClient, FolderSync]]:
+        return self.connected_syncer(on_batch=self._batch_stored)
+
+    @contextmanager
+    def connected_syncer(
+        self,
+        *,
+        on_batch: Callable[[str, IngestResult], None] | None = None,
+        on_found: Callable[[str, int], None] | None = None,
+    ) -> Iterator[tuple[IMAPClient, FolderSync]]:
+        """A logged-in client and a FolderSync over it; logs out on exit."""
+        self._set_state("connecting")
+        password = read_password(self.account)
+        client = connect(self.account, password, log=_log)
+        try:
+            with Store.open(self.db_path) as store:
+                syncer = FolderSync(client, self.account, store, self.parse_options, route=self.route,
+                                    on_batch=on_batch, on_found=on_found, should_stop=self.stop.is_set)
+                self.health.connected = True
+                self._set_state("connected")
+                yield client, syncer
+        finally:
+            _logout(client)
+
+    def _serve(self, client: IMAPClient, syncer: FolderSync) -> None:
+        use_idle = self.account.idle and client.has_capability("IDLE")
+        if self.account.idle and not use_idle:
+            log_event(_log, logging.WARNING, "imap.no_idle", account=self.account.name,
+                      action=f"polling every {self.account.poll_interval:g}s")
+        self._sync_all(syncer)
+        self._attempt = 0  # connected and caught up: the next failure starts backoff afresh
+        while not self.stop.is_set():
+            if use_idle:
+                reason = self._idle(client)
+                if reason == "news":
+                    self._sync(syncer, self.account.folders[0])
+                    continue
+            else:
+                self._set_state("polling")
+                while not self.stop.is_set() and not self.sync_requested.wait(1.0):
+                    self.health.tick()
+            if not self.stop.is_set():
+                self._sync_all(syncer)
+
+    def _sync_all(self, syncer: FolderSync) -> None:
+        self.sync_requested.clear()
+        # The IDLE folder goes last, so it is the one left selected.
+        for folder in reversed(self.account.folders):
+            self._sync(syncer, folder)
+
+    def _sync(self, syncer: FolderSync, folder: str) -> None:
+        syncer.sync(folder)
+        self.health.last_sync_at = time.time()
+        self.health.tick()
+
+    def _idle(self, client: IMAPClient) -> str:
+        """IDLE until news, a refresh, a resync request, silence past the deadline, or stop."""
+        self._set_state("idle")
+        client.idle()
+        started = heard = time.monotonic()
+        reason = "stop"
+        while not self.stop.is_set():
+            now = time.monotonic()
+            if self.sync_requested.is_set():
+                reason = "resync"
+            elif now - started >= self.account.idle_refresh:
+                reason = "refresh"
+                self.health.idle_refreshes += 1
+            elif now - heard >= self.account.idle_deadline:
+                reason = "probe"  # DONE below must be answered, or the connection is dead
+            else:
+                reason = self._idle_wait(client)
+                if reason == "heard":
+                    heard = time.monotonic()
+                if reason in ("heard", "quiet"):
+                    continue
+            break
+        client.idle_done()
+        return reason
+
+    def _idle_wait(self, client: IMAPClient) -> str:
+        waited_from = time.monotonic()
+        responses = client.idle_check(timeout=1.0)
+        self.health.tick()
+        if not responses:
+            # A readable socket with nothing parsed is EOF: probe at once.
+            return "quiet" if time.monotonic() - waited_from >= 0.5 else "probe"
+        for response in responses:
+            if len(response) >= 2 and response[0] == b"BYE":
+                raise ImapConnectionError(f"server said BYE: {response[1]!r}", account=self.account.name)
+        if any(len(r) >= 2 and r[1] in (b"EXISTS", b"RECENT") for r in responses):
+            return "news"
+        return "heard"
+
+    def _batch_stored(self, folder: str, result: IngestResult) -> None:
+        for record, status in [(r, "new") for r in result.new] + [(r, "duplicate") for r in result.duplicates]:
+            log_event(_log, logging.INFO, "sms.stored", account=self.account.name, folder=folder,
+                      originator=record.originator, destination=record.destination,
+                      date_time=record.date_time, id=record.id[:16], status=status)
+        if result.rejected:
+            log_event(_log, logging.WARNING, "sms.rejected", account=self.account.name, folder=folder,
+                      count=result.rejected, hint="see `inbound-mail rejects`")
+        if self.on_batch:
+            self.on_batch(self.account, folder, result)
+
+    def _set_state(self, state: str) -> None:
+        if state != self.health.state:
+            log_event(_log, logging.INFO, "imap.state", account=self.account.name, state=state)
+        self.health.state = state
+        self.health.tick()
+
+
+def _logout(client: IMAPClient) -> None:
+    """Log out politely, but never let a dead connection's error escape."""
+    try:
+        client.logout()
+    except Exception:
+        try:
+            client.shutdown()
+        except Exception:  # noqa: S110 -- the socket is already gone
+            pass

@@ -1,0 +1,40 @@
+"""The local import pipeline: emails from files -> parse -> store, in batches.
+
+Streaming end to end: emails are read one at a time and committed a batch at a
+time, so memory stays flat whatever the size of the export.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from itertools import islice
+
+from .models import EmailOrigin, Tally
+from .parse import ParseOptions, parse_email
+from .store import IngestItem, IngestResult, Router, Store
+
+__all__ = ["DEFAULT_BATCH", "import_emails"]
+
+DEFAULT_BATCH = 1000
+
+
+def import_emails(
+    emails: Iterable[tuple[bytes, EmailOrigin]],
+    store: Store,
+    options: ParseOptions,
+    *,
+    route: Router | None = None,
+    batch_size: int = DEFAULT_BATCH,
+    on_batch: Callable[[IngestResult], None] | None = None,
+) -> Tally:
+    """Parse and store every email; one transaction per batch.  Bad emails become
+    rejects, never exceptions; only a store failure raises (StoreError)."""
+    total = Tally()
+    iterator = iter(emails)
+    while batch := list(islice(iterator, batch_size)):
+        items = [IngestItem(raw, parse_email(raw, options), origin) for raw, origin in batch]
+        result = store.ingest(items, route=route)
+        if on_batch:
+            on_batch(result)
+        total.add(len(result.new), len(result.duplicates), result.skipped, result.rejected)
+    return total

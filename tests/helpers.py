@@ -1,0 +1,150 @@
+"""Helpers shared by the daemon tests: config files, a daemon subprocess, DB queries."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+from inbound_mail.config import AccountConfig, load_config
+from inbound_mail.service import Daemon
+from inbound_mail.testing.wait import wait_until
+
+__all__ = [
+    "DaemonProcess",
+    "count",
+    "in_process_daemon",
+    "rows",
+    "toml_value",
+    "wait_until",
+    "write_config",
+]
+
+_SKIP = {"file", "index"}
+
+
+def toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str | Path):
+        return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, Sequence):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    if isinstance(value, Mapping):
+        return "{ " + ", ".join(f"{k} = {toml_value(v)}" for k, v in value.items()) + " }"
+    raise TypeError(value)
+
+
+def _account_lines(account: AccountConfig) -> list[str]:
+    lines = ["[[accounts]]"]
+    for field in fields(account):
+        value = getattr(account, field.name)
+        if field.name not in _SKIP and value is not None:
+            lines.append(f"{field.name} = {toml_value(value)}")
+    return lines
+
+
+def write_config(
+    path: Path,
+    accounts: Sequence[AccountConfig] = (),
+    *,
+    db: Path,
+    sinks: Sequence[Mapping[str, Any]] = (),
+    extra: str = "",
+) -> Path:
+    """A config file with these accounts and sinks (each sink a flat mapping)."""
+    lines = ["[database]", f"path = {toml_value(db)}", "", extra]
+    for account in accounts:
+        lines += _account_lines(account) + [""]
+    for sink in sinks:
+        lines += ["[[sinks]]"] + [f"{k} = {toml_value(v)}" for k, v in sink.items()] + [""]
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return path
+
+
+def rows(db: Path, query: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+    if not db.exists():
+        return []
+    with sqlite3.connect(db, timeout=30) as conn:
+        return list(conn.execute(query, params))
+
+
+def count(db: Path, table: str = "messages") -> int:
+    try:
+        return int(rows(db, f"SELECT count(*) FROM {table}")[0][0]) if db.exists() else 0
+    except sqlite3.OperationalError:  # the daemon has not created the schema yet
+        return 0
+
+
+@contextmanager
+def in_process_daemon(config_path: Path) -> Iterator[Daemon]:
+    """The daemon in a thread of this process (no signal handlers); stopped after."""
+    daemon = Daemon(load_config(config_path))
+    result: list[int] = []
+    thread = threading.Thread(
+        target=lambda: result.append(daemon.run(install_signals=False)), daemon=True
+    )
+    thread.start()
+    try:
+        yield daemon
+    finally:
+        daemon.request_stop()
+        thread.join(15)
+        assert not thread.is_alive(), "the daemon did not stop within 15 s"
+    assert result == [0]
+
+
+class DaemonProcess:
+    """``inbound-mail run`` as a real subprocess, its log in a file."""
+
+    def __init__(
+        self, config: Path, *, args: Sequence[str] = ("run",), env: Mapping[str, str] | None = None
+    ):
+        self.log_path = config.with_suffix(f".{os.getpid()}.{id(self)}.log")
+        self._log = self.log_path.open("wb")
+        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "inbound_mail", "--config", str(config), *args],
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=full_env,
+        )
+
+    @property
+    def log(self) -> str:
+        return self.log_path.read_text(encoding="utf-8", errors="replace")
+
+    def wait_log(self, text: str, timeout: float = 20.0, occurrences: int = 1) -> None:
+        wait_until(
+            lambda: self.log.count(text) >= occurrences or self.proc.poll() is not None,
+            timeout,
+            message=f"{text!r} in the daemon's log",
+        )
+        assert self.log.count(text) >= occurrences, f"daemon exited early:\n{self.log}"
+
+    def signal(self, signum: int = signal.SIGTERM) -> None:
+        self.proc.send_signal(signum)
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.wait(10)
+
+    def wait(self, timeout: float = 10.0) -> int:
+        return self.proc.wait(timeout)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        self._log.close()

@@ -1,0 +1,168 @@
+"""The command sink, running real programs (the test's own Python interpreter)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from inbound_mail.config import SinkConfig
+from inbound_mail.delivery import AttemptContext
+from inbound_mail.errors import ConfigError, PermanentDeliveryError, TemporaryDeliveryError
+from inbound_mail.models import SmsRecord
+from inbound_mail.sinks import create_sink
+from inbound_mail.sinks.command import CommandSink
+from inbound_mail.testing.wait import wait_until
+
+CONTEXT = AttemptContext(delivery_id=1, attempt=1)
+SMS = SmsRecord(
+    originator="+393301234567",
+    destination="+393331234333",
+    date_time="20150525154559",
+    received_at="2015-05-25T13:45:59Z",
+    text="A1B2 hello; $(touch pwned) è",
+    keyword="A1B2",
+)
+DUMP = """
+import json, os, sys
+out = {"stdin": sys.stdin.read(), "argv": sys.argv[1:],
+       "env": {k: v for k, v in os.environ.items()}}
+open(os.environ["DUMP_TO"], "w", encoding="utf-8").write(json.dumps(out))
+"""
+
+
+def python(code: str, *args: str) -> list[str]:
+    return [sys.executable, "-c", code, *args]
+
+
+def test_exit_0_delivers_with_json_stdin_env_and_literal_argv(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dump = tmp_path / "dump.json"
+    monkeypatch.setenv("IMAP_PASSWORD", "do-not-leak")
+    monkeypatch.chdir(tmp_path)
+    sink = CommandSink("cmd", python(DUMP, "a; touch pwned", "$HOME"), env={"DUMP_TO": str(dump)})
+    assert sink.deliver(SMS, CONTEXT) == "exit 0"
+    seen = json.loads(dump.read_text(encoding="utf-8"))
+    assert json.loads(seen["stdin"]) == SMS.to_dict()
+    assert seen["argv"] == ["a; touch pwned", "$HOME"]  # no shell: nothing expanded
+    assert not (tmp_path / "pwned").exists()
+    env = seen["env"]
+    assert {k: v for k, v in env.items() if k.startswith("INBOUND_SMS_")} == {
+        "INBOUND_SMS_ID": SMS.id,
+        "INBOUND_SMS_ORIGINATOR": SMS.originator,
+        "INBOUND_SMS_DESTINATION": SMS.destination,
+        "INBOUND_SMS_DATE_TIME": SMS.date_time,
+        "INBOUND_SMS_TEXT": SMS.text,
+        "INBOUND_SMS_RECEIVED_AT": SMS.received_at,
+        "INBOUND_SMS_KEYWORD": "A1B2",
+    }
+    assert "IMAP_PASSWORD" not in env  # the daemon's environment is not passed on
+    assert env["PATH"] == os.environ["PATH"]
+
+
+def test_shell_metacharacters_are_literal(tmp_path: Path) -> None:
+    marker = tmp_path / "marker"
+    sink = CommandSink("cmd", ["/bin/echo", f"x; touch {marker}"])
+    assert sink.deliver(SMS, CONTEXT) == "exit 0"
+    assert not marker.exists()
+
+
+def test_missing_keyword_is_an_empty_variable(tmp_path: Path) -> None:
+    dump = tmp_path / "dump.json"
+    sms = SmsRecord("+39330", "+39333", "20150525154559", "2015-05-25T13:45:59Z", "hi")
+    CommandSink("cmd", python(DUMP), env={"DUMP_TO": str(dump)}).deliver(sms, CONTEXT)
+    assert json.loads(dump.read_text(encoding="utf-8"))["env"]["INBOUND_SMS_KEYWORD"] == ""
+
+
+def test_exit_75_is_temporary_with_stderr() -> None:
+    sink = CommandSink("cmd", python("import sys; sys.stderr.write('db busy'); sys.exit(75)"))
+    with pytest.raises(TemporaryDeliveryError, match=r"exit 75 \(EX_TEMPFAIL\): db busy"):
+        sink.deliver(SMS, CONTEXT)
+
+
+def test_other_exit_is_permanent_with_the_stderr_tail() -> None:
+    code = "import sys; sys.stderr.write('x' * 10000 + 'THE END'); sys.exit(1)"
+    sink = CommandSink("cmd", python(code))
+    with pytest.raises(PermanentDeliveryError) as caught:
+        sink.deliver(SMS, CONTEXT)
+    message = str(caught.value)
+    assert message.startswith("exit 1: xxx") and message.endswith("THE END")
+    assert len(message) < 2100
+
+
+def test_death_by_signal_is_permanent() -> None:
+    sink = CommandSink("cmd", python("import os, signal; os.kill(os.getpid(), signal.SIGKILL)"))
+    with pytest.raises(PermanentDeliveryError, match="killed by SIGKILL"):
+        sink.deliver(SMS, CONTEXT)
+
+
+def test_timeout_kills_the_process_group(tmp_path: Path) -> None:
+    pid_file = tmp_path / "child.pid"
+    code = f"""
+import subprocess, sys, time
+child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+open({str(pid_file)!r}, "w").write(str(child.pid))
+sys.stderr.write("started"); sys.stderr.flush()
+time.sleep(60)
+"""
+    sink = CommandSink("cmd", python(code), timeout=1.0)
+    start = time.monotonic()
+    with pytest.raises(TemporaryDeliveryError, match="timed out after 1s; process group killed"):
+        sink.deliver(SMS, CONTEXT)
+    assert time.monotonic() - start < 10
+    child = int(pid_file.read_text())
+    wait_until(lambda: not _alive(child), 5, message="the grandchild was killed too")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie waiting for its (killed) parent's reaper counts as gone.
+    status = Path(f"/proc/{pid}/stat")
+    return not (status.exists() and status.read_text().split(") ")[1].startswith("Z"))
+
+
+def test_missing_program_is_temporary(tmp_path: Path) -> None:
+    sink = CommandSink("cmd", [str(tmp_path / "not-there")])
+    with pytest.raises(TemporaryDeliveryError, match="cannot run"):
+        sink.deliver(SMS, CONTEXT)
+
+
+def test_from_config_resolves_relative_program_against_the_config_file(tmp_path: Path) -> None:
+    script = tmp_path / "hook.sh"
+    script.write_text("#!/bin/sh\ncat >/dev/null\nexit 0\n", encoding="utf-8")
+    script.chmod(0o755)
+    config = SinkConfig(
+        name="cmd",
+        type="command",
+        options={"argv": ["./hook.sh"], "timeout": "5s", "env": {"A": "b"}},
+        file=str(tmp_path / "config.toml"),
+    )
+    sink = create_sink(config)
+    assert isinstance(sink, CommandSink)
+    assert sink.argv == [str(script)] and sink.timeout == 5.0 and sink.env == {"A": "b"}
+    assert sink.deliver(SMS, CONTEXT) == "exit 0"
+
+
+@pytest.mark.parametrize(
+    ("options", "key"),
+    [
+        ({}, "argv"),
+        ({"argv": []}, "argv"),
+        ({"argv": "echo hi"}, "argv"),
+        ({"argv": ["x"], "timeout": -1}, "timeout"),
+        ({"argv": ["x"], "env": {"INBOUND_SMS_TEXT": "x"}}, "env"),
+        ({"argv": ["x"], "shell": True}, "shell"),
+    ],
+)
+def test_bad_options(options: dict[str, object], key: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        create_sink(SinkConfig(name="cmd", type="command", options=options))
+    assert caught.value.key == f"sinks[0].{key}"
