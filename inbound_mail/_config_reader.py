@@ -64,18 +64,20 @@ class _Table:
             detail = f" ({exc})" if str(exc) else ""
             raise self.error(name, f"expected {expect}, got {_show(value)}{detail}") from exc
 
-    def str(self, name: str, default: Any = _MISSING) -> Any:
+    def text(self, name: str, default: Any = _MISSING) -> Any:
         return self.get(name, "a string", _check_str, default)
 
-    def int(self, name: str, default: Any = _MISSING, minimum: int | None = None) -> Any:
+    def integer(self, name: str, default: Any = _MISSING, minimum: int | None = None) -> Any:
         expect = "an integer" + (f" >= {minimum}" if minimum is not None else "")
         return self.get(name, expect, lambda v: _check_int(v, minimum), default)
 
-    def bool(self, name: str, default: Any = _MISSING) -> Any:
+    def boolean(self, name: str, default: Any = _MISSING) -> Any:
         return self.get(name, "true or false", _check_bool, default)
 
     def duration(self, name: str, default: Any = _MISSING) -> Any:
-        return self.get(name, 'a duration (seconds, or "30s", "10m", "2h", "7d")', parse_duration, default)
+        return self.get(
+            name, 'a duration (seconds, or "30s", "10m", "2h", "7d")', parse_duration, default
+        )
 
     def str_list(self, name: str, default: Any = _MISSING) -> Any:
         return self.get(name, "a list of strings", _check_str_list, default)
@@ -118,7 +120,7 @@ def build_config(data: dict[str, Any], path: Path) -> Config:
 
 
 def _database_section(t: _Table) -> DatabaseConfig:
-    path = t.str("path", None)
+    path = t.text("path", None)
     result = DatabaseConfig(
         path=_relative_to(t, Path(path)) if path else default_db_path(),
         raw_retention=t.duration("raw_retention", 90 * 86400.0),
@@ -128,11 +130,13 @@ def _database_section(t: _Table) -> DatabaseConfig:
 
 
 def _parse_section(t: _Table) -> ParseConfig:
-    timezone = t.get("timezone", "an IANA time zone such as Europe/Rome", _check_zone, "Europe/Rome")
+    timezone = t.get(
+        "timezone", "an IANA time zone such as Europe/Rome", _check_zone, "Europe/Rome"
+    )
     result = ParseConfig(
         senders=tuple(s.lower() for s in t.str_list("senders", list(DEFAULT_SENDERS))),
         timezone=timezone,
-        keyword=t.bool("keyword", False),
+        keyword=t.boolean("keyword", False),
     )
     t.finish()
     return result
@@ -166,41 +170,52 @@ def _status_section(t: _Table) -> StatusConfig:
 
 
 def _account(t: _Table, index: int, parse: ParseConfig) -> AccountConfig:
-    tls = t.get("tls", '"implicit", "starttls" or "none"',
-                lambda v: _check_choice(v, ("implicit", "starttls", "none")), "implicit")
-    ca_file = t.str("ca_file", None)
-    password_file = t.str("password_file", None)
+    tls = t.get(
+        "tls",
+        '"implicit", "starttls" or "none"',
+        lambda v: _check_choice(v, ("implicit", "starttls", "none")),
+        "implicit",
+    )
+    ca_file = t.text("ca_file", None)
+    password_file = t.text("password_file", None)
     account = AccountConfig(
         name=t.get("name", "a name of letters, digits, '.', '_' or '-'", _check_name),
-        host=t.str("host"),
-        username=t.str("username"),
-        port=t.int("port", 993 if tls == "implicit" else 143, minimum=1),
+        host=t.text("host"),
+        username=t.text("username"),
+        port=t.integer("port", 993 if tls == "implicit" else 143, minimum=1),
         tls=tls,
         ca_file=_relative_to(t, Path(ca_file)) if ca_file else None,
         password_file=_relative_to(t, Path(password_file)) if password_file else None,
-        password_env=t.str("password_env", None),
-        password_credential=t.str("password_credential", None),
+        password_env=t.text("password_env", None),
+        password_credential=t.text("password_credential", None),
         folders=tuple(t.str_list("folders", ["INBOX"])),
         senders=tuple(s.lower() for s in t.str_list("senders", list(parse.senders))),
         after=t.get("after", '"seen", "none", "delete" or "move:FOLDER"', _check_after, "seen"),
-        max_size=t.int("max_size", 1024 * 1024, minimum=1),
-        idle=t.bool("idle", True),
+        max_size=t.integer("max_size", 1024 * 1024, minimum=1),
+        idle=t.boolean("idle", True),
         idle_refresh=t.duration("idle_refresh", 600.0),
         idle_deadline=t.duration("idle_deadline", 60.0),
         poll_interval=t.duration("poll_interval", 60.0),
         resync_interval=t.duration("resync_interval", 900.0),
         connect_timeout=t.duration("connect_timeout", 30.0),
-        fetch_batch=t.int("fetch_batch", 200, minimum=1),
+        fetch_batch=t.integer("fetch_batch", 200, minimum=1),
         file=t.file,
         index=index,
     )
     t.finish()
     if account.idle_refresh > 29 * 60:
-        raise t.error("idle_refresh", "at most 29 minutes (RFC 2177: servers may drop an IDLE after 30)")
-    secrets = [k for k in ("password_file", "password_env", "password_credential") if getattr(account, k)]
+        raise t.error(
+            "idle_refresh", "at most 29 minutes (RFC 2177: servers may drop an IDLE after 30)"
+        )
+    secrets = [
+        k for k in ("password_file", "password_env", "password_credential") if getattr(account, k)
+    ]
     if len(secrets) != 1:
-        raise t.error("password_file", "set exactly one of password_file, password_env, password_credential"
-                      + (f" (found {', '.join(secrets)})" if secrets else ""))
+        raise t.error(
+            "password_file",
+            "set exactly one of password_file, password_env, password_credential"
+            + (f" (found {', '.join(secrets)})" if secrets else ""),
+        )
     if not account.folders:
         raise t.error("folders", "at least one folder")
     return account
@@ -208,7 +223,7 @@ def _account(t: _Table, index: int, parse: ParseConfig) -> AccountConfig:
 
 def _sink(t: _Table, index: int) -> SinkConfig:
     name = t.get("name", "a name of letters, digits, '.', '_' or '-'", _check_name)
-    kind = t.str("type")
+    kind = t.text("type")
     flt = t.table("filter")
     text_regex = flt.get("text_regex", "a regular expression", _check_regex, None)
     sink_filter = SinkFilter(
@@ -221,20 +236,30 @@ def _sink(t: _Table, index: int) -> SinkConfig:
     retry = RetryPolicy(
         retry_base=t.duration("retry_base", 5.0),
         retry_cap=t.duration("retry_cap", 3600.0),
-        max_attempts=t.int("max_attempts", 100, minimum=1),
+        max_attempts=t.integer("max_attempts", 100, minimum=1),
         max_age=t.duration("max_age", 7 * 86400.0),
     )
-    parallel = t.int("parallel", 1, minimum=1)
+    parallel = t.integer("parallel", 1, minimum=1)
     options = {k: v for k, v in t.data.items() if k not in t.used}
-    return SinkConfig(name=name, type=kind, options=options, filter=sink_filter, retry=retry,
-                      parallel=parallel, file=t.file, index=index)
+    return SinkConfig(
+        name=name,
+        type=kind,
+        options=options,
+        filter=sink_filter,
+        retry=retry,
+        parallel=parallel,
+        file=t.file,
+        index=index,
+    )
 
 
 def _unique(root: _Table, section: str, names: list[str]) -> None:
     seen: set[str] = set()
     for i, name in enumerate(names):
         if name in seen:
-            raise ConfigError(f"duplicate name {name!r}", file=root.file, key=f"{section}[{i}].name")
+            raise ConfigError(
+                f"duplicate name {name!r}", file=root.file, key=f"{section}[{i}].name"
+            )
         seen.add(name)
 
 
@@ -244,8 +269,14 @@ def _relative_to(t: _Table, path: Path) -> Path:
 
 
 def _kind(value: object) -> str:
-    return {dict: "a table", list: "an array", str: "a string", bool: "a boolean",
-            int: "an integer", float: "a number"}.get(type(value), type(value).__name__)
+    return {
+        dict: "a table",
+        list: "an array",
+        str: "a string",
+        bool: "a boolean",
+        int: "an integer",
+        float: "a number",
+    }.get(type(value), type(value).__name__)
 
 
 def _show(value: object) -> str:

@@ -49,11 +49,20 @@ def run_backfill(
     """Backfill the requested folders; returns the counts per folder."""
     account = config.account(request.account)
     options = ParseOptions.from_config(config.parse, account.senders)
-    worker = AccountWorker(account, db_path=Path(config.database.path), parse_options=options,
-                           stop=stop or threading.Event(),
-                           route=make_router(config.sinks) if request.deliver else None)
-    sync_options = SyncOptions(since=request.since, before=request.before, apply_after=request.apply_after,
-                               move_checkpoint=False, dry_run=request.dry_run)
+    worker = AccountWorker(
+        account,
+        db_path=Path(config.database.path),
+        parse_options=options,
+        stop=stop or threading.Event(),
+        route=make_router(config.sinks) if request.deliver else None,
+    )
+    sync_options = SyncOptions(
+        since=request.since,
+        before=request.before,
+        apply_after=request.apply_after,
+        move_checkpoint=False,
+        dry_run=request.dry_run,
+    )
 
     def batch_done(folder: str, result: IngestResult) -> None:
         fault_point("backfill-batch")
@@ -61,9 +70,13 @@ def run_backfill(
             on_batch(folder, result)
 
     totals: dict[str, Tally] = {}
-    with worker.connected_syncer(on_batch=batch_done, on_found=on_found) as (client, syncer), \
-            imap_errors(account.name):
-        folders = list(request.folders) or (_all_folders(client) if request.all_folders else list(account.folders))
+    with (
+        worker.connected_syncer(on_batch=batch_done, on_found=on_found) as (client, syncer),
+        imap_errors(account.name),
+    ):
+        folders = list(request.folders) or (
+            _all_folders(client) if request.all_folders else list(account.folders)
+        )
         for folder in folders:
             totals[folder] = _backfill_folder(syncer, folder, sync_options)
     return totals

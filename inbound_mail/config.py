@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import re
 import tomllib
-import zoneinfo
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,7 +65,8 @@ def default_db_path() -> Path:
 
 
 def default_config_path() -> Path | None:
-    """``$INBOUND_MAIL_CONFIG``, then ``./inbound-mail.toml``, then ``/etc/inbound-mail/config.toml``."""
+    """``$INBOUND_MAIL_CONFIG``, else the first of ``./inbound-mail.toml`` and
+    ``/etc/inbound-mail/config.toml`` that exists, else None."""
     env = os.environ.get("INBOUND_MAIL_CONFIG")
     if env:
         return Path(env)
@@ -216,10 +216,7 @@ class Config:
 
 def load_config(path: str | Path | None, *, db_override: str | Path | None = None) -> Config:
     """Read and validate ``path``; with None, the built-in defaults (no accounts, no sinks)."""
-    if path is None:
-        config = Config()
-    else:
-        config = _read(Path(path))
+    config = Config() if path is None else _read(Path(path))
     if db_override is not None:
         config = _replace_db(config, Path(db_override))
     return config

@@ -4,6 +4,7 @@ runs, then a clean stop.  Everything lives in one temporary folder."""
 
 from __future__ import annotations
 
+import io
 import os
 import tempfile
 import threading
@@ -42,7 +43,9 @@ path = "-"
 """
 
 
-def run_demo(fixtures: Path, *, keep: Path | None, echo: Callable[[str], None], stop: threading.Event) -> None:
+def run_demo(
+    fixtures: Path, *, keep: Path | None, echo: Callable[[str], None], stop: threading.Event
+) -> None:
     """Run the demo end to end; ``keep`` keeps its state folder for a look afterwards."""
     if keep is not None:
         keep.mkdir(parents=True, exist_ok=True)
@@ -56,15 +59,21 @@ def _demo_in(root: Path, fixtures: Path, echo: Callable[[str], None]) -> None:
     emails = sorted(fixtures.glob("*.eml"))
     with DovecotServer(root / "dovecot", users={_USER: _PASSWORD}) as server:
         server.deliver_files(_USER, "INBOX", [path.read_bytes() for path in emails])
-        echo(f"# Dovecot on 127.0.0.1:{server.imaps_port} (TLS) holds {len(emails)} emails from {fixtures}/")
+        where = f"127.0.0.1:{server.imaps_port}"
+        echo(f"# Dovecot on {where} (TLS) holds {len(emails)} emails from {fixtures}/")
         config_path = _write_config(root, server)
         daemon = Daemon(load_config(config_path))
         threading.Thread(target=_script, args=(daemon, server, root, echo), daemon=True).start()
         daemon.run()
+    table = io.StringIO()
     with Store.open(root / "inbound-mail.db") as store:
-        echo("# stored SMS (inbound-mail messages):")
-        write_rows(store.messages(), "table", _EchoStream(echo),
-                   columns=("received_at", "originator", "destination", "text"))
+        write_rows(
+            store.messages(),
+            "table",
+            table,
+            columns=("received_at", "originator", "destination", "text"),
+        )
+    echo("# stored SMS (inbound-mail messages):\n" + table.getvalue().rstrip("\n"))
 
 
 def _write_config(root: Path, server: DovecotServer) -> Path:
@@ -73,7 +82,9 @@ def _write_config(root: Path, server: DovecotServer) -> Path:
     with os.fdopen(fd, "w") as handle:
         handle.write(_PASSWORD)
     config = root / "inbound-mail.toml"
-    config.write_text(_CONFIG.format(port=server.imaps_port, ca_file=server.ca_file, user=_USER), encoding="utf-8")
+    config.write_text(
+        _CONFIG.format(port=server.imaps_port, ca_file=server.ca_file, user=_USER), encoding="utf-8"
+    )
     return config
 
 
@@ -84,7 +95,9 @@ def _script(daemon: Daemon, server: DovecotServer, root: Path, echo: Callable[[s
         wait_until(lambda: _delivered(db) > 0 and _pending(db) == 0, timeout=60)
         echo("# caught up; appending a new SMS to the mailbox while the daemon IDLEs ...")
         before = _delivered(db)
-        raw = build_provider_email("+393471112233", "+393339998877", _now_stamp(), "Hello from the demo! \u2709")
+        raw = build_provider_email(
+            "+393471112233", "+393339998877", _now_stamp(), "Hello from the demo! \u2709"
+        )
         server.append(_USER, "INBOX", raw)
         wait_until(lambda: _delivered(db) > before, timeout=30)
         echo("# the new SMS arrived; stopping the daemon")
@@ -107,14 +120,3 @@ def _now_stamp() -> str:
     from zoneinfo import ZoneInfo
 
     return datetime.now(ZoneInfo("Europe/Rome")).strftime("%Y%m%d%H%M%S")
-
-
-class _EchoStream:
-    """A minimal text stream over ``echo``, for write_rows."""
-
-    def __init__(self, echo: Callable[[str], None]) -> None:
-        self.echo = echo
-
-    def write(self, text: str) -> int:
-        self.echo(text.rstrip("\n"))
-        return len(text)

@@ -19,7 +19,7 @@ import sys
 import time
 from typing import Any
 
-__all__ = ["KeyValueFormatter", "JsonFormatter", "log_event", "setup_logging"]
+__all__ = ["JsonFormatter", "KeyValueFormatter", "log_event", "setup_logging"]
 
 _FIELDS = "inbound_mail_fields"
 

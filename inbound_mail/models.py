@@ -112,7 +112,9 @@ class EmailOrigin:
     def describe(self) -> str:
         """A short human description for logs and the rejects table."""
         if self.kind == "imap":
-            return f"imap:{self.account}/{self.folder};UIDVALIDITY={self.uidvalidity};UID={self.uid}"
+            return (
+                f"imap:{self.account}/{self.folder};UIDVALIDITY={self.uidvalidity};UID={self.uid}"
+            )
         suffix = f"#{self.key}" if self.key is not None else ""
         return f"{self.kind}:{self.path}{suffix}"
 
@@ -137,5 +139,10 @@ class Tally:
         self.rejected += rejected
 
     def as_dict(self) -> dict[str, int]:
-        return {"read": self.read, "new": self.new, "duplicates": self.duplicates,
-                "skipped": self.skipped, "rejected": self.rejected}
+        return {
+            "read": self.read,
+            "new": self.new,
+            "duplicates": self.duplicates,
+            "skipped": self.skipped,
+            "rejected": self.rejected,
+        }

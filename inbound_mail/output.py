@@ -13,13 +13,16 @@ FORMATS = ("table", "json", "jsonl", "csv")
 _CELL = 48
 
 
-def write_rows(rows: Iterable[dict[str, Any]], fmt: str, out: TextIO, *, columns: Sequence[str]) -> int:
+def write_rows(
+    rows: Iterable[dict[str, Any]], fmt: str, out: TextIO, *, columns: Sequence[str]
+) -> int:
     """Write ``rows`` to ``out``; ``columns`` chooses the table's and the CSV's columns.
     JSON and JSON Lines carry every key.  Returns the number of rows."""
     if fmt == "jsonl":
         count = 0
-        for count, row in enumerate(rows, 1):
+        for row in rows:
             out.write(json.dumps(row, ensure_ascii=False, default=_jsonable) + "\n")
+            count += 1
         return count
     if fmt == "json":
         data = list(rows)
@@ -29,8 +32,9 @@ def write_rows(rows: Iterable[dict[str, Any]], fmt: str, out: TextIO, *, columns
         writer = csv.DictWriter(out, fieldnames=list(columns), extrasaction="ignore")
         writer.writeheader()
         count = 0
-        for count, row in enumerate(rows, 1):
+        for row in rows:
             writer.writerow({k: _cell(row.get(k), None) for k in columns})
+            count += 1
         return count
     return _table(list(rows), out, columns)
 

@@ -223,7 +223,7 @@ def sender_matches(from_values: Sequence[Any], senders: Iterable[str]) -> str | 
 
 def _parse_mail(mail: Any, options: ParseOptions) -> ParseOutcome:
     message: email.message.Message = mail.message
-    message_id = _clean(mail.message_id)
+    message_id = _clean(message.get("Message-ID"))
     from_values = message.get_all("From", [])
     address, problem = _from_address(from_values, mail.from_)
     if address is None or address not in options.senders:
@@ -366,7 +366,7 @@ def _codecs(declared: str | None) -> list[str]:
         name = None
     if name == "iso8859-1":
         name = "cp1252"  # WHATWG: the C1 range of "latin-1" mail is Windows-1252
-    return [c for c in (name, "utf-8", "cp1252") if c]
+    return list(dict.fromkeys(c for c in (name, "utf-8", "cp1252") if c))
 
 
 _NO_LABELS = "no field labels found (expected From, To, Date/Time and Body lines)"
@@ -380,7 +380,7 @@ def _fields(body: str) -> tuple[str, str, str, str] | str:
         match = _LABEL.match(line)
         if match is None:
             continue
-        label = re.sub(r"[ \t]", "", match.group(1)).lower()
+        label = match.group(1).lower().replace(" ", "").replace("\t", "")
         if label in ("body", "text"):
             text = "\n".join([line[match.end() :], *lines[index + 1 :]])
             break

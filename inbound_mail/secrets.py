@@ -91,8 +91,11 @@ def _decode(account: AccountConfig, data: bytes, where: str) -> str:
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
-        # "from None": the decode error would quote the secret's bytes.
-        raise _error(account, f"{where} is not valid UTF-8") from None
+        text = None
+    if text is None:
+        # Raised outside the except block: the decode error, even as a suppressed
+        # __context__, holds the secret's bytes.
+        raise _error(account, f"{where} is not valid UTF-8")
     # Editors and `echo` add a final newline that is not part of the password.
     for newline in ("\r\n", "\n"):
         if text.endswith(newline):

@@ -159,9 +159,12 @@ class Daemon:
                                                       "misfire_grace_time": 30})
         for worker in self.account_workers:
             account = worker.account
-            every = account.resync_interval if account.idle else account.poll_interval
-            scheduler.add_job(worker.request_sync, "interval", seconds=max(every, 1.0), jitter=min(every / 10, 30),
-                              id=f"sync-{account.name}", name=f"sync {account.name}")
+            # Whether the server has IDLE is only known once connected: the poll job
+            # is a no-op while the worker IDLEs, the resync job runs either way.
+            scheduler.add_job(worker.poll_due, "interval", seconds=max(account.poll_interval, 0.5),
+                              id=f"poll-{account.name}")
+            scheduler.add_job(worker.request_sync, "interval", seconds=max(account.resync_interval, 1.0),
+                              jitter=min(account.resync_interval / 10, 30), id=f"resync-{account.name}")
         scheduler.add_job(self._heartbeat, "interval", seconds=10, id="heartbeat", next_run_time=_now_dt())
         scheduler.add_job(self._prune, "interval", hours=6, id="prune-raw", next_run_time=_now_dt())
         scheduler.start()

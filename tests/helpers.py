@@ -65,7 +65,7 @@ def write_config(
     """A config file with these accounts and sinks (each sink a flat mapping)."""
     lines = ["[database]", f"path = {toml_value(db)}", "", extra]
     for account in accounts:
-        lines += _account_lines(account) + [""]
+        lines += [*_account_lines(account), ""]
     for sink in sinks:
         lines += ["[[sinks]]"] + [f"{k} = {toml_value(v)}" for k, v in sink.items()] + [""]
     path.write_text("\n".join(lines), encoding="utf-8")

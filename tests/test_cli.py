@@ -19,7 +19,10 @@ FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 
 
 def golden() -> list[dict[str, Any]]:
-    return [json.loads(p.read_text(encoding="utf-8")) | {"name": p.stem} for p in sorted(FIXTURES.glob("*.json"))]
+    return [
+        json.loads(p.read_text(encoding="utf-8")) | {"name": p.stem}
+        for p in sorted(FIXTURES.glob("*.json"))
+    ]
 
 
 def default_option_records() -> dict[str, dict[str, Any]]:
@@ -42,7 +45,7 @@ def db(tmp_path: Path) -> Path:
 
 
 def test_import_three_times_stores_each_sms_once_and_records_every_email(db: Path) -> None:
-    for run in range(3):
+    for _ in range(3):
         result = invoke("--db", str(db), "import", str(FIXTURES))
         assert result.exit_code == 0, result.output
         assert "imported:" in result.output
@@ -95,7 +98,9 @@ def test_no_bad_input_raises_out_of_import(db: Path, tmp_path: Path) -> None:
 @pytest.mark.parametrize("fmt", ["table", "json", "csv"])
 def test_messages_formats(db: Path, fmt: str) -> None:
     invoke("--db", str(db), "import", str(FIXTURES))
-    out = invoke("--db", str(db), "messages", "--format", fmt, "--destination", "+393331234333").output
+    out = invoke(
+        "--db", str(db), "messages", "--format", fmt, "--destination", "+393331234333"
+    ).output
     if fmt == "json":
         data = json.loads(out)
         assert data and all(row["destination"] == "+393331234333" for row in data)
@@ -109,13 +114,19 @@ def test_messages_formats(db: Path, fmt: str) -> None:
 def test_messages_filters(db: Path) -> None:
     invoke("--db", str(db), "import", str(FIXTURES))
     every = json.loads(invoke("--db", str(db), "messages", "--format", "json").output)
-    limited = json.loads(invoke("--db", str(db), "messages", "--format", "json", "--limit", "2").output)
+    limited = json.loads(
+        invoke("--db", str(db), "messages", "--format", "json", "--limit", "2").output
+    )
     assert len(limited) == 2
     newest = max(r["received_at"] for r in every)
-    since = json.loads(invoke("--db", str(db), "messages", "--format", "json", "--since", newest).output)
+    since = json.loads(
+        invoke("--db", str(db), "messages", "--format", "json", "--since", newest).output
+    )
     assert [r["received_at"] for r in since] == [newest] * len(since) and since
     origin = every[0]["originator"]
-    by_origin = json.loads(invoke("--db", str(db), "messages", "--format", "json", "--originator", origin).output)
+    by_origin = json.loads(
+        invoke("--db", str(db), "messages", "--format", "json", "--originator", origin).output
+    )
     assert by_origin and all(r["originator"] == origin for r in by_origin)
 
 
@@ -132,7 +143,9 @@ def test_rejects_list_and_show(db: Path) -> None:
     assert missing.exit_code == 1 and "no reject with id 999999" in missing.output
 
 
-def test_parse_prints_the_record_and_writes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_parse_prints_the_record_and_writes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(tmp_path)
     result = invoke("parse", str(FIXTURES / "plain_qp_crlf.eml"))
     assert result.exit_code == 0
@@ -141,8 +154,10 @@ def test_parse_prints_the_record_and_writes_nothing(tmp_path: Path, monkeypatch:
     assert list(tmp_path.iterdir()) == [], "a dry run writes nothing"
 
 
-@pytest.mark.parametrize(("fixture", "code", "word"), [("noise_newsletter", 3, "skipped"),
-                                                      ("invalid_date_time", 1, "rejected")])
+@pytest.mark.parametrize(
+    ("fixture", "code", "word"),
+    [("noise_newsletter", 3, "skipped"), ("invalid_date_time", 1, "rejected")],
+)
 def test_parse_exit_codes(fixture: str, code: int, word: str) -> None:
     result = invoke("parse", str(FIXTURES / f"{fixture}.eml"))
     assert result.exit_code == code and result.output.startswith(f"{word}: ")
@@ -153,9 +168,8 @@ def test_config_errors_are_one_clear_line(tmp_path: Path) -> None:
     config.write_text("[parse]\ntimezone = 5\n")
     result = invoke("--config", str(config), "messages")
     assert result.exit_code == 1
-    assert result.output.strip() == (
-        f"Error: {config}: parse.timezone: expected an IANA time zone such as Europe/Rome, got an integer 5"
-    )
+    expected = "parse.timezone: expected an IANA time zone such as Europe/Rome, got an integer 5"
+    assert result.output.strip() == f"Error: {config}: {expected}"
 
 
 def test_replay_names_unknown_sink(db: Path) -> None:
@@ -167,6 +181,10 @@ def test_python_dash_m_works() -> None:
     import subprocess
     import sys
 
-    out = subprocess.run([sys.executable, "-m", "inbound_mail", "--version"], capture_output=True, text=True,
-                         check=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "inbound_mail", "--version"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert out.stdout.startswith("inbound-mail, version")

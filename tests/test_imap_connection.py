@@ -216,3 +216,16 @@ def test_capability_helpers(
     closing.append(quiet_client)
     assert not has_idle(quiet_client)
     assert has_move(quiet_client)
+
+
+def test_a_temporary_auth_failure_is_a_connection_error(mailbox: Mailbox) -> None:
+    # Dovecot answers NO [UNAVAILABLE] when its password database cannot be read:
+    # the server's trouble, worth a retry, unlike a wrong password.
+    runtime = mailbox.server.runtime_dir
+    assert runtime is not None
+    (runtime / "users" / mailbox.user).chmod(0)
+
+    with pytest.raises(ImapConnectionError, match="cannot log in user .* right now") as caught:
+        connect(mailbox.account(), mailbox.password)
+
+    assert "UNAVAILABLE" in str(caught.value)

@@ -7,6 +7,7 @@ commit and the acknowledgement only means it is applied again on the next pass.
 
 from __future__ import annotations
 
+import contextlib
 from collections import defaultdict
 from collections.abc import Sequence
 
@@ -50,9 +51,7 @@ def _move(client: IMAPClient, uids: list[int], target: str) -> None:
 
 def _expunge(client: IMAPClient, uids: list[int]) -> None:
     client.add_flags(uids, [_DELETED], silent=True)
-    try:
+    # Without UIDPLUS a plain EXPUNGE would also remove other \Deleted mail of
+    # a person sharing the mailbox: leave the flag and let their client expunge.
+    with contextlib.suppress(CapabilityError):
         client.uid_expunge(uids)
-    except CapabilityError:
-        # Without UIDPLUS a plain EXPUNGE would also remove other \Deleted mail
-        # of a person sharing the mailbox: leave the flag and let their client expunge.
-        pass

@@ -123,8 +123,15 @@ class FolderSync:
             return 0
         stale = [ack for ack in owed if ack.uidvalidity != uidvalidity]
         if stale:
-            log_event(_log, logging.WARNING, "imap.acks_dropped", account=self.account.name,
-                      folder=folder, count=len(stale), reason="UIDVALIDITY changed")
+            log_event(
+                _log,
+                logging.WARNING,
+                "imap.acks_dropped",
+                account=self.account.name,
+                folder=folder,
+                count=len(stale),
+                reason="UIDVALIDITY changed",
+            )
             self.store.clear_acks(stale)
         current = [ack for ack in owed if ack.uidvalidity == uidvalidity]
         return self._ack(folder, current)
@@ -142,9 +149,16 @@ class FolderSync:
             return 0
         if checkpoint.uidvalidity != result.uidvalidity:
             result.uidvalidity_changed = True
-            log_event(_log, logging.WARNING, "imap.uidvalidity_changed", account=self.account.name,
-                      folder=folder, old=checkpoint.uidvalidity, new=result.uidvalidity,
-                      action="rescanning the folder; dedup prevents duplicates")
+            log_event(
+                _log,
+                logging.WARNING,
+                "imap.uidvalidity_changed",
+                account=self.account.name,
+                folder=folder,
+                old=checkpoint.uidvalidity,
+                new=result.uidvalidity,
+                action="rescanning the folder; dedup prevents duplicates",
+            )
             return 0
         return checkpoint.last_uid
 
@@ -167,7 +181,11 @@ class FolderSync:
     ) -> IngestResult:
         sizes = self.client.fetch(uids, ["RFC822.SIZE"])
         items: list[IngestItem] = []
-        small = [uid for uid in uids if int(sizes.get(uid, {}).get(b"RFC822.SIZE", 0)) <= self.account.max_size]
+        small = [
+            uid
+            for uid in uids
+            if int(sizes.get(uid, {}).get(b"RFC822.SIZE", 0)) <= self.account.max_size
+        ]
         large = [uid for uid in uids if uid in sizes and uid not in small]
         for group in _by_bytes(small, sizes):
             items += self._fetch_bodies(folder, uidvalidity, group)
@@ -177,7 +195,11 @@ class FolderSync:
         if options.dry_run:
             return _dry_result(items)
         acks = self._acks_for(folder, uidvalidity, items, options, readonly)
-        checkpoint = Checkpoint(self.account.name, folder, uidvalidity, max(uids)) if options.move_checkpoint else None
+        checkpoint = (
+            Checkpoint(self.account.name, folder, uidvalidity, max(uids))
+            if options.move_checkpoint
+            else None
+        )
         result = self.store.ingest(items, route=self.route, checkpoint=checkpoint, acks=acks)
         fault_point("after-commit")
         if self.on_batch:
@@ -194,7 +216,13 @@ class FolderSync:
             raw = fetched.get(uid, {}).get(b"BODY[]")
             if raw is None:  # expunged by someone else between SEARCH and FETCH
                 continue
-            items.append(IngestItem(raw, parse_email(bytes(raw), self.parse_options), self._origin(folder, uidvalidity, uid)))
+            items.append(
+                IngestItem(
+                    raw,
+                    parse_email(bytes(raw), self.parse_options),
+                    self._origin(folder, uidvalidity, uid),
+                )
+            )
         return items
 
     def _fetch_oversized(
@@ -217,23 +245,39 @@ class FolderSync:
         sender = sender_matches(message.get_all("From", []), self.parse_options.senders)
         if sender is None:
             return None  # SEARCH FROM matched a display name: not ours, left alone
-        reason = (f"email is {size} bytes, over {self.account.key('max_size')} = {self.account.max_size}; "
-                  "only its headers were fetched (raise max_size to import it)")
-        return Rejected(reason=reason, sender=sender, message_id=(message.get("Message-ID") or "").strip() or None)
+        reason = (
+            f"email is {size} bytes, over {self.account.key('max_size')} = "
+            f"{self.account.max_size}; "
+            "only its headers were fetched (raise max_size to import it)"
+        )
+        return Rejected(
+            reason=reason,
+            sender=sender,
+            message_id=(message.get("Message-ID") or "").strip() or None,
+        )
 
     def _acks_for(
-        self, folder: str, uidvalidity: int, items: list[IngestItem], options: SyncOptions, readonly: bool
+        self,
+        folder: str,
+        uidvalidity: int,
+        items: list[IngestItem],
+        options: SyncOptions,
+        readonly: bool,
     ) -> list[PendingAck]:
         if readonly or not options.apply_after or self.account.after == "none":
             return []
         return [
-            PendingAck(self.account.name, folder, uidvalidity, item.origin.uid or 0, self.account.after)
+            PendingAck(
+                self.account.name, folder, uidvalidity, item.origin.uid or 0, self.account.after
+            )
             for item in items
             if isinstance(item.outcome, SmsRecord)
         ]
 
     def _origin(self, folder: str, uidvalidity: int, uid: int) -> EmailOrigin:
-        return EmailOrigin(kind="imap", account=self.account.name, folder=folder, uidvalidity=uidvalidity, uid=uid)
+        return EmailOrigin(
+            kind="imap", account=self.account.name, folder=folder, uidvalidity=uidvalidity, uid=uid
+        )
 
 
 def _senders_criteria(senders: Sequence[str]) -> list[Any]:

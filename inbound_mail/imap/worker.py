@@ -15,10 +15,10 @@ keepalive on the socket is a second line of defence.
 
 from __future__ import annotations
 
+import contextlib
 import imaplib
 import logging
 import random
-import socket
 import ssl
 import threading
 import time
@@ -46,7 +46,7 @@ BACKOFF_CAP = 300.0
 
 def backoff_delay(attempt: int, *, base: float = 1.0, cap: float = BACKOFF_CAP) -> float:
     """Exponential backoff with jitter: ``base * 2**attempt`` capped, times 0.5-1."""
-    return min(cap, base * 2 ** min(attempt, 30)) * random.uniform(0.5, 1.0)  # noqa: S311
+    return float(min(cap, base * 2.0 ** min(attempt, 30)) * random.uniform(0.5, 1.0))  # noqa: S311
 
 
 @dataclass(slots=True)
@@ -76,8 +76,10 @@ def imap_errors(account: str) -> Iterator[None]:
         raise ImapConnectionError(f"connection lost: {exc}", account=account) from exc
     except imaplib.IMAP4.error as exc:
         raise ImapError(f"the server refused a command: {exc}", account=account) from exc
-    except (OSError, ssl.SSLError, socket.timeout) as exc:
-        raise ImapConnectionError(f"connection lost: {exc or type(exc).__name__}", account=account) from exc
+    except (TimeoutError, OSError, ssl.SSLError) as exc:
+        raise ImapConnectionError(
+            f"connection lost: {exc or type(exc).__name__}", account=account
+        ) from exc
 
 
 class AccountWorker:
@@ -104,13 +106,19 @@ class AccountWorker:
         self._attempt = 0
 
     def request_sync(self) -> None:
-        """Ask for a full pass at the next opportunity (APScheduler's resync/poll job)."""
+        """Ask for a full pass at the next opportunity (APScheduler's resync job)."""
         self.sync_requested.set()
 
+    def poll_due(self) -> None:
+        """APScheduler's poll job: a pass, but only while polling (IDLE needs none)."""
+        if self.health.state == "polling":
+            self.sync_requested.set()
+
     # -- burst mode --------------------------------------------------------
-    def run_once(self, options: SyncOptions = SyncOptions()) -> list[SyncResult]:
+    def run_once(self, options: SyncOptions | None = None) -> list[SyncResult]:
         """Connect, run one pass over every folder, log out.  Raises ImapError."""
-        with self._session() as (client, syncer), imap_errors(self.account.name):
+        options = options or SyncOptions()
+        with self._session() as (_client, syncer), imap_errors(self.account.name):
             return [syncer.sync(folder, options) for folder in self.account.folders]
 
     # -- daemon mode ---------------------------------------------------------
@@ -134,9 +142,20 @@ class AccountWorker:
         self.health.reconnects += 1
         self.health.last_error = str(exc)
         level = logging.ERROR if isinstance(exc, InboundMailError) else logging.CRITICAL
-        log_event(_log, level, "imap.disconnected", account=self.account.name, error=str(exc),
-                  error_type=type(exc).__name__, retry_in=f"{delay:.1f}s",
-                  **({} if isinstance(exc, InboundMailError) else {"bug": "unexpected error, please report"}))
+        log_event(
+            _log,
+            level,
+            "imap.disconnected",
+            account=self.account.name,
+            error=str(exc),
+            error_type=type(exc).__name__,
+            retry_in=f"{delay:.1f}s",
+            **(
+                {}
+                if isinstance(exc, InboundMailError)
+                else {"bug": "unexpected error, please report"}
+            ),
+        )
         self._set_state("backoff")
         self.stop.wait(delay)
 
@@ -156,8 +175,16 @@ class AccountWorker:
         client = connect(self.account, password, log=_log)
         try:
             with Store.open(self.db_path) as store:
-                syncer = FolderSync(client, self.account, store, self.parse_options, route=self.route,
-                                    on_batch=on_batch, on_found=on_found, should_stop=self.stop.is_set)
+                syncer = FolderSync(
+                    client,
+                    self.account,
+                    store,
+                    self.parse_options,
+                    route=self.route,
+                    on_batch=on_batch,
+                    on_found=on_found,
+                    should_stop=self.stop.is_set,
+                )
                 self.health.connected = True
                 self._set_state("connected")
                 yield client, syncer
@@ -167,8 +194,13 @@ class AccountWorker:
     def _serve(self, client: IMAPClient, syncer: FolderSync) -> None:
         use_idle = self.account.idle and client.has_capability("IDLE")
         if self.account.idle and not use_idle:
-            log_event(_log, logging.WARNING, "imap.no_idle", account=self.account.name,
-                      action=f"polling every {self.account.poll_interval:g}s")
+            log_event(
+                _log,
+                logging.WARNING,
+                "imap.no_idle",
+                account=self.account.name,
+                action=f"polling every {self.account.poll_interval:g}s",
+            )
         self._sync_all(syncer)
         self._attempt = 0  # connected and caught up: the next failure starts backoff afresh
         while not self.stop.is_set():
@@ -229,19 +261,39 @@ class AccountWorker:
             return "quiet" if time.monotonic() - waited_from >= 0.5 else "probe"
         for response in responses:
             if len(response) >= 2 and response[0] == b"BYE":
-                raise ImapConnectionError(f"server said BYE: {response[1]!r}", account=self.account.name)
+                raise ImapConnectionError(
+                    f"server said BYE: {response[1]!r}", account=self.account.name
+                )
         if any(len(r) >= 2 and r[1] in (b"EXISTS", b"RECENT") for r in responses):
             return "news"
         return "heard"
 
     def _batch_stored(self, folder: str, result: IngestResult) -> None:
-        for record, status in [(r, "new") for r in result.new] + [(r, "duplicate") for r in result.duplicates]:
-            log_event(_log, logging.INFO, "sms.stored", account=self.account.name, folder=folder,
-                      originator=record.originator, destination=record.destination,
-                      date_time=record.date_time, id=record.id[:16], status=status)
+        for record, status in [(r, "new") for r in result.new] + [
+            (r, "duplicate") for r in result.duplicates
+        ]:
+            log_event(
+                _log,
+                logging.INFO,
+                "sms.stored",
+                account=self.account.name,
+                folder=folder,
+                originator=record.originator,
+                destination=record.destination,
+                date_time=record.date_time,
+                id=record.id[:16],
+                status=status,
+            )
         if result.rejected:
-            log_event(_log, logging.WARNING, "sms.rejected", account=self.account.name, folder=folder,
-                      count=result.rejected, hint="see `inbound-mail rejects`")
+            log_event(
+                _log,
+                logging.WARNING,
+                "sms.rejected",
+                account=self.account.name,
+                folder=folder,
+                count=result.rejected,
+                hint="see `inbound-mail rejects`",
+            )
         if self.on_batch:
             self.on_batch(self.account, folder, result)
 
@@ -257,7 +309,5 @@ def _logout(client: IMAPClient) -> None:
     try:
         client.logout()
     except Exception:
-        try:
+        with contextlib.suppress(Exception):  # the socket is already gone
             client.shutdown()
-        except Exception:  # noqa: S110 -- the socket is already gone
-            pass

@@ -1,17 +1,21 @@
-"""Processes and ports of a locally started server: free ports, readiness, process groups."""
+"""A locally started server's processes and ports: free ports, a greeting probe, and a
+command run as a process group that can be ended whole."""
 
 from __future__ import annotations
 
 import os
 import signal
 import socket
+import subprocess
 import time
+import weakref
+from collections.abc import Sequence
 from contextlib import ExitStack, suppress
 from pathlib import Path
 
-__all__ = ["free_ports", "greets", "signal_group", "wait_group_gone"]
+__all__ = ["ProcessGroup", "free_ports", "greets"]
 
-_GONE_TIMEOUT = 10.0
+_END_TIMEOUT = 10.0
 
 
 def free_ports(count: int) -> tuple[int, ...]:
@@ -28,7 +32,7 @@ def free_ports(count: int) -> tuple[int, ...]:
 
 
 def greets(host: str, port: int) -> bool:
-    """True once the server sends its ``* OK`` greeting (auth is up, not just the socket)."""
+    """True once a server on ``port`` sends an IMAP ``* OK`` greeting."""
     try:
         with socket.create_connection((host, port), timeout=2) as conn:
             return conn.makefile("rb").readline().startswith(b"* OK")
@@ -36,37 +40,71 @@ def greets(host: str, port: int) -> bool:
         return False
 
 
-def signal_group(pgid: int, signum: int) -> None:
+class ProcessGroup:
+    """``argv`` started in a session of its own, output appended to ``log_path``.
+
+    Its pid is the process group of everything it forks, so :meth:`end` reaches
+    every process, and no process is left when it returns.  If the owner forgets
+    to end it, the group is killed when the interpreter exits.
+    """
+
+    def __init__(self, argv: Sequence[str], log_path: Path) -> None:
+        with open(log_path, "ab") as log:
+            # stdio detached: a server that keeps inherited descriptors would
+            # otherwise hang a caller reading ours through a pipe.
+            self._process = subprocess.Popen(
+                list(argv),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self.pid = self._process.pid
+        self._reaper = weakref.finalize(self, _signal_group, self.pid, signal.SIGKILL)
+
+    @property
+    def running(self) -> bool:
+        """True while the group leader (the command itself) is alive."""
+        return self._process.poll() is None
+
+    def end(self, signum: signal.Signals) -> None:
+        """Send ``signum`` to the whole group; SIGKILL whatever outlives a grace period."""
+        _signal_group(self.pid, signum)
+        try:
+            self._process.wait(timeout=_END_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            _signal_group(self.pid, signal.SIGKILL)
+            self._process.wait()
+        deadline = time.monotonic() + _END_TIMEOUT
+        while _group_alive(self.pid):
+            if time.monotonic() > deadline:
+                _signal_group(self.pid, signal.SIGKILL)
+                deadline = time.monotonic() + _END_TIMEOUT
+            time.sleep(0.01)
+        self._reaper.detach()
+
+
+def _signal_group(pgid: int, signum: int) -> None:
     with suppress(ProcessLookupError):
         os.killpg(pgid, signum)
 
 
-def wait_group_gone(pgid: int) -> None:
-    """Wait until no live process of the group is left; SIGKILL stragglers after a while."""
-    deadline = time.monotonic() + _GONE_TIMEOUT
-    while group_alive(pgid):
-        if time.monotonic() > deadline:
-            signal_group(pgid, signal.SIGKILL)
-            deadline = time.monotonic() + _GONE_TIMEOUT
-        time.sleep(0.01)
-
-
-def group_alive(pgid: int) -> bool:
-    """True while a process of the group runs.  Zombies do not count: once the master
+def _group_alive(pgid: int) -> bool:
+    """True while a process of the group runs.  Zombies do not count: once the leader
     is gone its children's reaper is init, which may take a second or two."""
     try:
-        stats = [path for path in Path("/proc").iterdir() if path.name.isdigit()]
+        entries = [path for path in Path("/proc").iterdir() if path.name.isdigit()]
     except OSError:
-        stats = []
-    if not stats:
+        entries = []
+    if not entries:  # no /proc: ask the kernel, zombies included
         try:
             os.killpg(pgid, 0)
         except ProcessLookupError:
             return False
         return True
-    for path in stats:
+    for entry in entries:
         try:
-            text = (path / "stat").read_text()
+            text = (entry / "stat").read_text()
         except OSError:
             continue  # exited meanwhile
         # The command name may hold spaces and parentheses: fields follow the last ")".

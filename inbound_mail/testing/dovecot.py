@@ -9,11 +9,13 @@ fresh certificate authority.  It works as root (CI) and as a normal user::
         account = server.account("sms")          # an AccountConfig that trusts server.ca_file
 
 ``root`` holds what a person may want to read: ``dovecot.conf``,
-``dovecot.log``, the certificates (``tls/``) and one password file per user
-(``secrets/``).  Sockets, the users file and the mail live in a short private
-directory under the system temp dir: Unix socket paths are limited to 108
-bytes, and as root Dovecot's unprivileged processes must be able to walk to
-the mail, which pytest's 0700 temp dirs forbid.  :meth:`close` removes it.
+``dovecot.log``, the certificates (``tls/``) and the password files that
+:meth:`DovecotServer.account` hands out (``secrets/``).  Sockets, Dovecot's
+user list and the mail live in a short private directory under the system
+temp dir (:attr:`~DovecotServer.runtime_dir`): Unix socket paths are limited
+to 108 bytes, and as root Dovecot's unprivileged processes must be able to
+walk to the mail, which pytest's 0700 temp dirs forbid.  :meth:`close`
+removes it.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ from ..config import AccountConfig, TlsMode
 from ..errors import InboundMailError
 from ._dovecot_conf import ServerIdentity, render_config
 from ._maildir import ensure_maildir, write_messages
-from ._process import free_ports, greets, signal_group, wait_group_gone
+from ._process import ProcessGroup, free_ports, greets
 from .certs import make_certificates
 from .mailbox import Mailbox
 
@@ -50,8 +52,8 @@ __all__ = ["DEFAULT_USERS", "DovecotError", "DovecotFactory", "DovecotServer", "
 DEFAULT_USERS: Mapping[str, str] = MappingProxyType({"sms": "secret"})
 _START_TIMEOUT = 10.0
 _DOVEADM_NOT_FOUND = 68  # EX_NOHOST, which doveadm uses for "not found"
-_STOP_TIMEOUT = 10.0
 _APPENDUID = re.compile(rb"APPENDUID \d+ (\d+)")
+_USER_NAME = re.compile(r"[A-Za-z0-9_@+-][A-Za-z0-9._@+-]*")
 
 
 class DovecotError(InboundMailError):
@@ -85,9 +87,8 @@ class DovecotServer:
         self._identity = ServerIdentity.current()
         self._runtime: Path | None = None
         self._ports: tuple[int, int] | None = None
-        self._process: subprocess.Popen[bytes] | None = None
+        self._process: ProcessGroup | None = None
         self._cleanup: weakref.finalize[Any, DovecotServer] | None = None
-        self._reaper: weakref.finalize[Any, DovecotServer] | None = None
         self.ca_file = self.root / "tls" / "ca.pem"
 
     # -- lifecycle ---------------------------------------------------------------
@@ -105,7 +106,7 @@ class DovecotServer:
     @property
     def running(self) -> bool:
         """True while the master process is alive."""
-        return self._process is not None and self._process.poll() is None
+        return self._process is not None and self._process.running
 
     @property
     def runtime_dir(self) -> Path | None:
@@ -115,7 +116,7 @@ class DovecotServer:
     @property
     def pid(self) -> int | None:
         """The master's pid (also its process group) while it runs."""
-        return self._process.pid if self.running and self._process else None
+        return self._process.pid if self._process is not None and self.running else None
 
     def start(self) -> None:
         """Start the master and return once it greets IMAP clients (well under 2 s).
@@ -320,19 +321,9 @@ class DovecotServer:
         return self._ports
 
     def _end(self, signum: signal.Signals) -> None:
-        process = self._process
-        if process is None:
-            return
-        signal_group(process.pid, signum)
-        try:
-            process.wait(timeout=_STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            signal_group(process.pid, signal.SIGKILL)
-            process.wait()
-        wait_group_gone(process.pid)
-        if self._reaper is not None:
-            self._reaper.detach()
-        self._process = None
+        if self._process is not None:
+            self._process.end(signum)
+            self._process = None
 
     def _prepare(self) -> None:
         if self._runtime is not None:
@@ -343,9 +334,9 @@ class DovecotServer:
         self._cleanup = weakref.finalize(self, shutil.rmtree, runtime, ignore_errors=True)
         # Dovecot's unprivileged processes (auth, imap as the mail user) walk this path.
         runtime.chmod(0o755)
-        for sub in ("run", "state", "mail", "users"):
+        for sub, mode in (("run", 0o755), ("state", 0o755), ("users", 0o755), ("mail", 0o700)):
             (runtime / sub).mkdir()
-            (runtime / sub).chmod(0o755)  # whatever the umask
+            (runtime / sub).chmod(mode)  # whatever the umask
         self._own(runtime / "mail")
         self._runtime = runtime
         for user in self._users:
@@ -368,18 +359,9 @@ class DovecotServer:
 
     def _launch(self) -> None:
         log_start = self.log_path.stat().st_size if self.log_path.exists() else 0
-        with open(self.log_path, "ab") as log:
-            # -F keeps the master in the foreground as our child; a new session
-            # makes its pid the process group of every Dovecot process.
-            self._process = subprocess.Popen(
-                [_binary("dovecot"), "-F", "-c", str(self.config_path)],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        # If the caller forgets to stop us, kill the instance when the interpreter exits.
-        self._reaper = weakref.finalize(self, signal_group, self._process.pid, signal.SIGKILL)
+        # -F keeps the master in the foreground, as our child.
+        argv = [_binary("dovecot"), "-F", "-c", str(self.config_path)]
+        self._process = ProcessGroup(argv, self.log_path)
         try:
             self._wait_ready(log_start)
         except BaseException:
@@ -390,7 +372,7 @@ class DovecotServer:
         assert self._process is not None
         deadline = time.monotonic() + _START_TIMEOUT
         while time.monotonic() < deadline:
-            if self._process.poll() is not None:
+            if not self._process.running:
                 break
             # The master binds every listener before any process can greet.
             if greets(self.host, self.imap_port):
@@ -399,7 +381,7 @@ class DovecotServer:
         new_log = self.log_path.read_bytes()[log_start:].decode("utf-8", errors="replace")
         if "Address already in use" in new_log:
             raise _PortTaken(new_log)
-        state = "exited" if self._process.poll() is not None else "did not answer"
+        state = "did not answer" if self._process.running else "exited"
         raise DovecotError(
             f"dovecot {state} within {_START_TIMEOUT:g} s "
             f"(config {self.config_path}); end of {self.log_path}:\n{self.log_tail()}"
@@ -427,11 +409,11 @@ class DovecotServer:
 
     @staticmethod
     def _check_user(user: str, password: str) -> None:
-        for value in (user, password):
-            if not value or any(ch in value for ch in ":\n\r/"):
-                raise DovecotError(
-                    "user names and passwords must be non-empty without : / or newlines"
-                )
+        # The user names a file; neither may break a passwd-file line.
+        if not _USER_NAME.fullmatch(user):
+            raise DovecotError(f"user name {user!r} must match {_USER_NAME.pattern}")
+        if not password or any(ch in password for ch in ":\r\n"):
+            raise DovecotError(f"the password of {user!r} must be non-empty, without : or newlines")
 
 
 DovecotFactory = Callable[..., DovecotServer]

@@ -1,0 +1,38 @@
+# Developer tasks.  `make test` is what the README gives and what CI runs (.ci/run).
+# Every target is idempotent: reruns skip what is already in place.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+# Written once the venv holds the package and its dev tools; pyproject.toml
+# changes make it stale, so pip runs again only then.
+STAMP  := $(VENV)/.installed
+
+.DEFAULT_GOAL := test
+.PHONY: venv deps test lint demo
+
+venv: $(STAMP)
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --upgrade 'pip>=25.1'
+	$(BIN)/python -m pip install --quiet --editable . --group dev
+	touch $@
+
+# System packages (dovecot-imapd), installed through apt only when missing.
+deps:
+	bash scripts/ensure-deps.sh
+
+# All tests, every marker included (faults, slow): nothing is deselected.
+test: deps venv
+	$(BIN)/pytest tests
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy inbound_mail
+
+demo: deps venv
+	$(BIN)/inbound-mail demo

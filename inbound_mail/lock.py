@@ -1,0 +1,47 @@
+"""The daemon lock: one inbound-mail daemon per database."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from .errors import StoreError, StoreLockedError
+
+__all__ = ["daemon_lock", "take_lock"]
+
+
+@contextmanager
+def daemon_lock(db_path: str | Path) -> Iterator[None]:
+    """Hold the exclusive, non-blocking lock ``<db>.lock`` (created 0600) for the
+    ``with`` block, or raise :class:`StoreLockedError` naming the holder's pid.
+
+    ``flock`` locks die with their process, so a crashed daemon never leaves a
+    stale lock; the file itself stays, holding the last holder's pid.
+    """
+    fd = take_lock(Path(db_path))
+    try:
+        yield
+    finally:
+        os.close(fd)
+
+
+def take_lock(db_path: Path) -> int:
+    lock_path = f"{db_path}.lock"
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:
+        raise StoreError(f"cannot open the lock file {lock_path}: {exc.strerror}") from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+        os.close(fd)
+        raise StoreLockedError(
+            f"another inbound-mail daemon (pid {holder}) is running on {db_path}; stop it first"
+        ) from exc
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
