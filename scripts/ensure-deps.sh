@@ -10,6 +10,8 @@ if ! command -v dovecot >/dev/null 2>&1 && [[ ! -x /usr/sbin/dovecot ]]; then
     missing+=(dovecot-imapd)  # pulls dovecot-core, which depends on openssl (test certificates)
 fi
 command -v make >/dev/null 2>&1 || missing+=(make)
+# Debian's python3 ships venv and ensurepip in a separate package.
+python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
 # Add further system packages here, one check each, e.g. for tests that drive
 # systemd units:  command -v systemd-run >/dev/null 2>&1 || missing+=(systemd)
 

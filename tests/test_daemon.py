@@ -12,12 +12,13 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from helpers import DaemonProcess, count, in_process_daemon, rows, wait_until, write_config
 
 from inbound_mail.config import AccountConfig
 from inbound_mail.testing.dovecot import DovecotServer
 from inbound_mail.testing.emails import build_provider_email
 from inbound_mail.testing.mailbox import Mailbox
+
+from helpers import DaemonProcess, count, in_process_daemon, rows, wait_until, write_config
 
 FAST = {"idle_deadline": 5.0, "connect_timeout": 5.0, "poll_interval": 1.0}
 

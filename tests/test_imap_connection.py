@@ -225,7 +225,7 @@ def test_a_temporary_auth_failure_is_a_connection_error(mailbox: Mailbox) -> Non
     assert runtime is not None
     (runtime / "users" / mailbox.user).chmod(0)
 
-    with pytest.raises(ImapConnectionError, match="cannot log in user .* right now") as caught:
+    with pytest.raises(ImapConnectionError, match=r"cannot log in user .* right now") as caught:
         connect(mailbox.account(), mailbox.password)
 
     assert "UNAVAILABLE" in str(caught.value)

@@ -197,6 +197,42 @@ def test_json_signature_verifies_and_id_is_stable_across_resends(
         Webhook(SECRET).verify(requests[0].body, tampered)
 
 
+@pytest.mark.parametrize("source", ["secret_file", "secret_env", "secret_credential"])
+def test_secret_from_file_env_or_credential_signs(
+    receiver: WebhookReceiver, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, source: str
+) -> None:
+    secret_path = tmp_path / "hook-secret"
+    secret_path.write_text(SECRET + "\n")
+    secret_path.chmod(0o600)
+    monkeypatch.setenv("HOOK_SECRET", SECRET)
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path))
+    value = {"secret_file": str(secret_path), "secret_env": "HOOK_SECRET",
+             "secret_credential": "hook-secret"}[source]  # fmt: skip
+    sink = create_sink(sink_config(receiver.url, format="json", **{source: value}))
+    sink.deliver(record(), CONTEXT)
+    (request,) = receiver.requests
+    assert Webhook(SECRET).verify(request.body, request.headers) == record().to_dict()
+
+
+def test_a_loose_secret_file_is_refused_without_showing_it(tmp_path: Path) -> None:
+    from inbound_mail.errors import CredentialError
+
+    secret_path = tmp_path / "hook-secret"
+    secret_path.write_text(SECRET)
+    secret_path.chmod(0o644)
+    with pytest.raises(CredentialError, match="chmod 600") as info:
+        create_sink(sink_config("http://127.0.0.1:9/", format="json", secret_file=str(secret_path)))
+    assert SECRET not in str(info.value) and "sink 'hook'" in str(info.value)
+
+
+def test_two_secret_sources_are_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="set only one of secret, secret_env") as info:
+        create_sink(
+            sink_config("http://127.0.0.1:9/", format="json", secret=SECRET, secret_env="X")
+        )
+    assert info.value.key == "sinks[0].secret_env"
+
+
 def test_json_without_secret_has_no_signature_and_any_2xx_succeeds(
     receiver: WebhookReceiver,
 ) -> None:

@@ -13,7 +13,8 @@ Two body formats:
     ``secret``, ``webhook-signature``.  Success on any 2xx.
 
 Both formats send ``X-Inbound-Mail-Id: <sms id>`` for deduplication (a header
-does not disturb form receivers) and, when ``secret`` is set, the Standard
+does not disturb form receivers) and, when a secret is set (``secret``, or
+``secret_file`` / ``secret_env`` / ``secret_credential``), the Standard
 Webhooks signature headers.  Outcomes: 2xx is delivered; 3xx is permanent
 (redirects are never followed: the config should name the final URL); 408,
 429, 5xx, timeouts and connection errors are temporary, honouring
@@ -46,6 +47,7 @@ import httpx
 
 from .. import __version__
 from ..errors import PermanentDeliveryError, TemporaryDeliveryError
+from ..secrets import read_secret
 from . import REDACTED, SinkOptions, record_json, redact_url, url_secrets
 
 if TYPE_CHECKING:
@@ -170,13 +172,14 @@ class WebhookSink:
 
     @classmethod
     def from_config(cls, config: SinkConfig) -> WebhookSink:
-        """Build from ``[[sinks]]`` options: url, format, timeout, headers, secret, success_body."""
+        """Build from ``[[sinks]]`` options: url, format, timeout, headers, secret (or
+        secret_file / secret_env / secret_credential), success_body, ca_file."""
         opts = SinkOptions(config)
         url = opts.required_str("url")
         fmt: Format = "json" if opts.choice("format", _FORMATS, "agile") == "json" else "agile"
         timeout = opts.duration("timeout", 30.0)
         headers = opts.str_table("headers")
-        secret = opts.optional_str("secret")
+        secret = _secret_option(opts, config.name)
         success_body = opts.optional_str("success_body")
         ca_file = opts.path("ca_file") if opts.optional_str("ca_file") is not None else None
         opts.finish()
@@ -348,6 +351,22 @@ def _tls_context(ca_file: str | Path) -> ssl.SSLContext:
         return ssl.create_default_context(cafile=str(ca_file))
     except (OSError, ssl.SSLError) as exc:
         raise ValueError(f"expected a readable PEM CA bundle ({exc})") from None
+
+
+def _secret_option(opts: SinkOptions, sink: str) -> str | None:
+    """The signing secret: inline (``secret``), or better, from a 0600 file, an
+    environment variable or a systemd credential, so the config holds no secret."""
+    inline = opts.optional_str("secret")
+    file = opts.path("secret_file") if opts.optional_str("secret_file") is not None else None
+    env = opts.optional_str("secret_env")
+    credential = opts.optional_str("secret_credential")
+    given = [k for k, v in (("secret", inline), ("secret_file", file), ("secret_env", env),
+                            ("secret_credential", credential)) if v is not None]  # fmt: skip
+    if len(given) > 1:
+        raise opts.error(given[1], f"set only one of {', '.join(given)}")
+    if inline is not None or not given:
+        return inline
+    return read_secret(f"sink {sink!r}", "secret", file=file, env=env, credential=credential)
 
 
 def _decode_secret(secret: str) -> bytes:

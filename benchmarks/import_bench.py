@@ -1,0 +1,262 @@
+"""``inbound-mail import`` of an mbox against the least an importer built on mail-parser spends.
+
+Variants, each in a child process of its own (wall time and peak RSS are that child's):
+
+``read``      the mbox splitter alone (``inbound_mail.sources.local.iter_emails``)
+``floor``     the same splitter + ``mailparser.parse_from_bytes`` + the four fields cut out
+              with one regex + ``executemany`` into SQLite, one transaction per 1,000
+              (WAL, ``synchronous=FULL`` like the store): nothing else
+``parse``     the splitter + ``inbound_mail.parse.parse_email``, storing nothing (diagnostic:
+              what the parser adds over bare mail-parser)
+``import``    the real CLI: ``python -m inbound_mail --db DB import MBOX``
+
+Goal: import >= 80 % of the floor's throughput; peak RSS < 150 MB and flat from 10k to 100k.
+
+    .venv/bin/python benchmarks/import_bench.py                 # 10k and 100k messages
+    .venv/bin/python benchmarks/import_bench.py --quick         # 1k and 5k, a smoke run
+    .venv/bin/python benchmarks/import_bench.py --messages 20000 --repeat 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import re
+import sqlite3
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import (  # noqa: E402
+    PROVIDER,
+    PYTHON,
+    REPO,
+    Child,
+    Table,
+    child_report,
+    machine,
+    print_machine,
+    provider_emails,
+    rate,
+    run_child,
+    save_results,
+    write_mbox,
+)
+
+GOAL_RATIO = 0.80
+GOAL_RSS_MB = 150.0
+VARIANTS = ("read", "floor", "parse", "import")
+_SUMMARY = re.compile(r"imported: (\d+) read, (\d+) new, (\d+) duplicates, (\d+) skipped, (\d+) rejected")
+
+# -- the children ---------------------------------------------------------------------------------
+
+
+def child_read(mbox: Path) -> dict[str, Any]:
+    from inbound_mail.sources.local import iter_emails
+
+    count = sum(1 for _ in iter_emails([mbox]))
+    return {"read": count}
+
+
+def child_parse(mbox: Path) -> dict[str, Any]:
+    from inbound_mail.models import Rejected, SmsRecord
+    from inbound_mail.parse import parse_email
+    from inbound_mail.sources.local import iter_emails
+
+    counts = {"read": 0, "new": 0, "skipped": 0, "rejected": 0}
+    for raw, _origin in iter_emails([mbox]):
+        outcome = parse_email(raw)
+        counts["read"] += 1
+        kind = "new" if isinstance(outcome, SmsRecord) else "rejected" if isinstance(outcome, Rejected) else "skipped"
+        counts[kind] += 1
+    return counts
+
+
+_LABELS = re.compile(r"^[ \t]*(from|to|date[ \t]*/[ \t]*time)[ \t]*[:=][ \t]*(.*?)[ \t]*$", re.I | re.M)
+_TEXT = re.compile(r"^[ \t]*(?:body|text)[ \t]*[:=][ \t]*", re.I | re.M)
+_TAGS = re.compile(r"<br>|</?p>|<[^>]*>")
+
+
+def child_floor(mbox: Path, db: Path) -> dict[str, Any]:
+    import mailparser
+
+    from inbound_mail.sources.local import iter_emails
+
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute(
+        "CREATE TABLE sms (id TEXT PRIMARY KEY, originator TEXT, destination TEXT, "
+        "date_time TEXT, text TEXT, message_id TEXT, subject TEXT)"
+    )
+    counts = {"read": 0, "new": 0, "skipped": 0, "rejected": 0}
+    rows: list[tuple[str, ...]] = []
+    for raw, _origin in iter_emails([mbox]):
+        counts["read"] += 1
+        row = _floor_row(mailparser.parse_from_bytes(raw))
+        if row is None:
+            counts["skipped"] += 1
+            continue
+        rows.append(row)
+        if len(rows) == 1000:
+            counts["new"] += _insert(conn, rows)
+    counts["new"] += _insert(conn, rows)
+    conn.close()
+    return counts
+
+
+def _floor_row(mail: Any) -> tuple[str, ...] | None:
+    if not any(address.lower() == PROVIDER for _name, address in mail.from_):
+        return None
+    body = mail.text_plain[0] if mail.text_plain else _TAGS.sub("\n", "".join(mail.text_html))
+    fields = {label.lower().replace(" ", ""): value for label, value in _LABELS.findall(body)}
+    match = _TEXT.search(body)
+    text = body[match.end() :].strip() if match else ""
+    values = (fields.get("from", ""), fields.get("to", ""), fields.get("date/time", ""), text)
+    sms_id = hashlib.sha256("\0".join(values).encode("utf-8", "surrogatepass")).hexdigest()
+    return (sms_id, *values, mail.message_id or "", mail.subject or "")
+
+
+def _insert(conn: sqlite3.Connection, rows: list[tuple[str, ...]]) -> int:
+    if not rows:
+        return 0
+    before = conn.total_changes
+    conn.execute("BEGIN")
+    conn.executemany("INSERT OR IGNORE INTO sms VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+    conn.execute("COMMIT")
+    rows.clear()
+    return conn.total_changes - before
+
+
+def run_child_mode(mode: str, mbox: Path, db: Path) -> None:
+    started = time.perf_counter()
+    if mode == "read":
+        report = child_read(mbox)
+    elif mode == "parse":
+        report = child_parse(mbox)
+    else:
+        report = child_floor(mbox, db)
+    child_report({**report, "work_seconds": time.perf_counter() - started})
+
+
+# -- the parent -------------------------------------------------------------------------------------
+
+
+def measure(variant: str, mbox: Path, work: Path) -> dict[str, Any]:
+    db = work / f"{variant}-{time.time_ns()}.db"
+    if variant == "import":
+        argv = [PYTHON, "-m", "inbound_mail", "--db", str(db), "import", str(mbox)]
+        # cwd: no stray ./inbound-mail.toml may change the defaults
+        child = run_child(argv, cwd=work, env={"INBOUND_MAIL_CONFIG": ""}).check()
+        counts = _import_counts(child)
+    else:
+        argv = [PYTHON, __file__, "--child", variant, str(mbox), str(db)]
+        child = run_child(argv, cwd=REPO).check()
+        counts = child.report()
+    size = sum(p.stat().st_size for p in work.glob(f"{db.name}*")) / 1e6
+    for path in work.glob(f"{db.name}*"):
+        path.unlink()
+    return {"variant": variant, "wall": child.wall, "rss_mb": child.max_rss_mb, "db_mb": size, **counts}
+
+
+def _import_counts(child: Child) -> dict[str, Any]:
+    match = _SUMMARY.search(child.stderr)
+    if match is None:
+        raise RuntimeError(f"no summary in the import's output:\n{child.stderr[-2000:]}")
+    read, new, duplicates, skipped, rejected = map(int, match.groups())
+    return {"read": read, "new": new, "duplicates": duplicates, "skipped": skipped, "rejected": rejected}
+
+
+def run(sizes: Sequence[int], variants: Sequence[str], repeat: int, work: Path) -> dict[str, Any]:
+    corpus = work / "corpus"
+    corpus.mkdir(exist_ok=True)
+    started = time.perf_counter()
+    for size in sizes:
+        write_mbox(corpus / f"{size}.mbox", islice(provider_emails(max(sizes)), size))
+    print(f"corpus written in {time.perf_counter() - started:.1f} s", file=sys.stderr)
+    results: dict[str, Any] = {}
+    for size in sizes:
+        mbox = corpus / f"{size}.mbox"
+        runs: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
+        for _ in range(repeat):  # interleaved, so that drifting load hits every variant alike
+            for variant in variants:
+                runs[variant].append(measure(variant, mbox, work))
+                print(f"  {size:>7,} {variant:<7} {runs[variant][-1]['wall']:.1f} s", file=sys.stderr)
+        results[str(size)] = {
+            "mbox_mb": mbox.stat().st_size / 1e6,
+            "variants": {v: _median_run(r, size) for v, r in runs.items()},
+        }
+    return results
+
+
+def _median_run(runs: list[dict[str, Any]], size: int) -> dict[str, Any]:
+    walls = [r["wall"] for r in runs]
+    best = runs[walls.index(statistics.median_low(walls))]
+    return {**best, "msg_per_s": rate(size, best["wall"]), "walls": walls}
+
+
+def render(results: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    table = Table(
+        "Import of an mbox (msg/s over every email in the file; peak RSS of the child)",
+        ["messages", "variant", "seconds", "msg/s", "vs floor", "peak RSS MB", "DB MB", "new / skipped / rejected"],
+    )
+    verdict: dict[str, Any] = {"rss_mb": {}}
+    for size, data in results.items():
+        variants = data["variants"]
+        floor = variants.get("floor", {}).get("msg_per_s")
+        for name, r in variants.items():
+            ratio = f"{r['msg_per_s'] / floor:.0%}" if floor else "-"
+            counts = "-" if name == "read" else f"{r['new']:,} / {r['skipped']:,} / {r['rejected']:,}"
+            table.add(int(size), name, f"{r['wall']:.1f}", round(r["msg_per_s"]), ratio, f"{r['rss_mb']:.0f}",
+                      f"{r['db_mb']:.0f}", counts)
+        if "import" in variants and floor:
+            verdict[f"ratio_{size}"] = variants["import"]["msg_per_s"] / floor
+            verdict["rss_mb"][size] = variants["import"]["rss_mb"]
+    ratios = [v for k, v in verdict.items() if k.startswith("ratio_")]
+    rss = list(verdict["rss_mb"].values())
+    if ratios:
+        table.notes.append(
+            f"goal: import >= {GOAL_RATIO:.0%} of the floor: {min(ratios):.0%} at worst -> "
+            + ("met" if min(ratios) >= GOAL_RATIO else "MISSED")
+        )
+    if rss:
+        flat = max(rss) - min(rss)
+        table.notes.append(
+            f"goal: peak RSS < {GOAL_RSS_MB:.0f} MB and flat: {min(rss):.0f}-{max(rss):.0f} MB "
+            f"(spread {flat:.0f} MB) -> " + ("met" if max(rss) < GOAL_RSS_MB and flat < 15 else "MISSED")
+        )
+    return table.render(), verdict
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--messages", type=int, nargs="+", help="mbox sizes [default: 10000 100000]")
+    parser.add_argument("--quick", action="store_true", help="a smoke run: 1000 and 5000 messages")
+    parser.add_argument("--repeat", type=int, default=1, help="runs per variant; the median is shown")
+    parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
+    parser.add_argument("--json", type=Path, help="write the figures here [default: results/import.json]")
+    parser.add_argument("--child", nargs=3, metavar=("MODE", "MBOX", "DB"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        run_child_mode(args.child[0], Path(args.child[1]), Path(args.child[2]))
+        return 0
+    sizes = args.messages or ([1000, 5000] if args.quick else [10_000, 100_000])
+    info = machine()
+    print_machine(info)
+    with tempfile.TemporaryDirectory(prefix="import-bench-") as tmp:
+        results = run(sorted(sizes), args.variants, args.repeat, Path(tmp))
+    text, verdict = render(results)
+    print(text)
+    save_results("import", {"machine": info, "results": results, "verdict": verdict, "table": text}, args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
