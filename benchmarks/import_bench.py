@@ -20,9 +20,7 @@ Goal: import >= 80 % of the floor's throughput; peak RSS < 150 MB and flat from 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import re
-import sqlite3
 import statistics
 import sys
 import tempfile
@@ -35,7 +33,6 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import (  # noqa: E402
-    PROVIDER,
     PYTHON,
     REPO,
     Child,
@@ -79,60 +76,24 @@ def child_parse(mbox: Path) -> dict[str, Any]:
     return counts
 
 
-_LABELS = re.compile(r"^[ \t]*(from|to|date[ \t]*/[ \t]*time)[ \t]*[:=][ \t]*(.*?)[ \t]*$", re.I | re.M)
-_TEXT = re.compile(r"^[ \t]*(?:body|text)[ \t]*[:=][ \t]*", re.I | re.M)
-_TAGS = re.compile(r"<br>|</?p>|<[^>]*>")
-
-
 def child_floor(mbox: Path, db: Path) -> dict[str, Any]:
-    import mailparser
+    from _floor import FloorDb, floor_row
 
     from inbound_mail.sources.local import iter_emails
 
-    conn = sqlite3.connect(db, isolation_level=None)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=FULL")
-    conn.execute(
-        "CREATE TABLE sms (id TEXT PRIMARY KEY, originator TEXT, destination TEXT, "
-        "date_time TEXT, text TEXT, message_id TEXT, subject TEXT)"
-    )
-    counts = {"read": 0, "new": 0, "skipped": 0, "rejected": 0}
-    rows: list[tuple[str, ...]] = []
+    store = FloorDb(db)
+    counts = {"read": 0, "skipped": 0, "rejected": 0}
     for raw, _origin in iter_emails([mbox]):
         counts["read"] += 1
-        row = _floor_row(mailparser.parse_from_bytes(raw))
+        row = floor_row(raw)
         if row is None:
             counts["skipped"] += 1
             continue
-        rows.append(row)
-        if len(rows) == 1000:
-            counts["new"] += _insert(conn, rows)
-    counts["new"] += _insert(conn, rows)
-    conn.close()
-    return counts
-
-
-def _floor_row(mail: Any) -> tuple[str, ...] | None:
-    if not any(address.lower() == PROVIDER for _name, address in mail.from_):
-        return None
-    body = mail.text_plain[0] if mail.text_plain else _TAGS.sub("\n", "".join(mail.text_html))
-    fields = {label.lower().replace(" ", ""): value for label, value in _LABELS.findall(body)}
-    match = _TEXT.search(body)
-    text = body[match.end() :].strip() if match else ""
-    values = (fields.get("from", ""), fields.get("to", ""), fields.get("date/time", ""), text)
-    sms_id = hashlib.sha256("\0".join(values).encode("utf-8", "surrogatepass")).hexdigest()
-    return (sms_id, *values, mail.message_id or "", mail.subject or "")
-
-
-def _insert(conn: sqlite3.Connection, rows: list[tuple[str, ...]]) -> int:
-    if not rows:
-        return 0
-    before = conn.total_changes
-    conn.execute("BEGIN")
-    conn.executemany("INSERT OR IGNORE INTO sms VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
-    conn.execute("COMMIT")
-    rows.clear()
-    return conn.total_changes - before
+        store.add(row)
+        if len(store.rows) == 1000:
+            store.flush()
+    store.close()
+    return {**counts, "new": store.inserted}
 
 
 def run_child_mode(mode: str, mbox: Path, db: Path) -> None:

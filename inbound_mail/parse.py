@@ -67,7 +67,10 @@ Date/Time
 
 Rejected besides missing or invalid fields
     A body over :data:`MAX_BODY_CHARS` characters, or one holding a NUL
-    character (corruption: no SMS carries one).
+    character (corruption: no SMS carries one).  A To value that is not a phone
+    number (``+`` and 3-20 digits), or a From value that is neither a number nor
+    a printable sender ID of at most 32 characters: IMAP servers turn NUL bytes
+    into 0x80, so a corrupt email can reach us that way too.
 
 Keyword
     With ``keyword`` on, a first word of 4 to 8 ASCII letters or digits followed
@@ -234,6 +237,8 @@ def _parse_mail(mail: Any, options: ParseOptions) -> ParseOutcome:
     if isinstance(fields, str):
         return Rejected(reason=fields, sender=address, message_id=message_id, subject=subject)
     originator, destination, date_time, text = fields
+    if problem := _invalid_numbers(originator, destination):
+        return Rejected(reason=problem, sender=address, message_id=message_id, subject=subject)
     try:
         received_at = to_utc_iso(date_time, options.timezone)
     except ValueError as exc:
@@ -372,6 +377,9 @@ def _codecs(declared: str | None) -> list[str]:
 _NO_LABELS = "no field labels found (expected From, To, Date/Time and Body lines)"
 
 
+_PHONE = re.compile(r"\+?[0-9]{3,20}\Z")
+
+
 def _fields(body: str) -> tuple[str, str, str, str] | str:
     lines = body.replace("\r\n", "\n").replace("\r", "\n").split("\n")
     values: dict[str, str] = {}
@@ -399,6 +407,16 @@ def _fields(body: str) -> tuple[str, str, str, str] | str:
             return f"field {name} is empty"
     assert text is not None
     return values["from"], values["to"], values["date/time"], normalise_text(text)
+
+
+def _invalid_numbers(originator: str, destination: str) -> str | None:
+    """Why the From/To values cannot be an SMS's, or None.  The destination is a
+    rented number, so digits; the originator may also be an alphanumeric sender ID."""
+    if not _PHONE.match(destination):
+        return f"field To {destination!r} is not a phone number"
+    if len(originator) > 32 or not originator.isprintable() or "\ufffd" in originator:
+        return f"field From {originator!r} is neither a phone number nor a sender ID"
+    return None
 
 
 def _keyword(text: str) -> str | None:

@@ -1,0 +1,221 @@
+"""Push latency and idle CPU of the daemon, beside a bare imapclient IDLE, in one run.
+
+The daemon (``inbound-mail run``, a child process) IDLEs on a folder with a
+``jsonl`` sink writing into a FIFO.  A bare imapclient IDLE session in a thread
+of this process watches the same folder.  Then, one message at a time (a gap of
+50-150 ms after each has been seen everywhere), this process APPENDs a provider
+email and timestamps (``time.monotonic``, one clock for every process here):
+
+- ``raw``     APPEND completed -> ``* N EXISTS`` on the bare IDLE session
+- ``commit``  APPEND completed -> the SMS row visible in SQLite (polled every 5 ms)
+- ``sink``    APPEND completed -> its JSON line read from the FIFO
+
+Afterwards both the daemon and a bare IDLE child process wait ``idle_window``
+seconds with nothing arriving; their CPU seconds come from ``/proc/PID/stat``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from _common import PYTHON, REPO, proc_cpu_seconds, proc_peak_rss_mb, toml_table
+from _imap_children import connect
+
+from inbound_mail.parse import parse_email
+from inbound_mail.testing.dovecot import DovecotServer
+from inbound_mail.testing.emails import build_provider_email
+
+_POLL = 0.005
+_SEEN_TIMEOUT = 10.0
+
+
+@dataclass(slots=True)
+class PushResult:
+    raw_ms: list[float] = field(default_factory=list)
+    commit_ms: list[float] = field(default_factory=list)
+    sink_ms: list[float] = field(default_factory=list)
+    missed: dict[str, int] = field(default_factory=lambda: {"raw": 0, "commit": 0, "sink": 0})
+    idle_window: float = 0.0
+    daemon_cpu_s: float = 0.0
+    baseline_cpu_s: float = 0.0
+    daemon_rss_mb: float = 0.0
+
+
+class _Watcher(threading.Thread):
+    """Records when each awaited key shows up; subclasses feed ``seen``."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name=name, daemon=True)
+        self.times: dict[Any, float] = {}
+        self.ready = threading.Event()
+        self.stop = threading.Event()
+
+    def seen(self, key: Any) -> None:
+        self.times.setdefault(key, time.monotonic())
+
+
+class _RawIdle(_Watcher):
+    def __init__(self, spec: dict[str, Any]) -> None:
+        super().__init__("raw-idle")
+        self.spec = spec
+        self.exists_at_start = 0
+
+    def run(self) -> None:
+        client = connect(self.spec)
+        selected = client.select_folder("INBOX")
+        self.exists_at_start = int(selected[b"EXISTS"])
+        client.idle()
+        self.ready.set()
+        while not self.stop.is_set():
+            for response in client.idle_check(timeout=0.2):
+                if len(response) >= 2 and response[1] == b"EXISTS":
+                    self.seen(int(response[0]))
+        client.idle_done()
+        client.logout()
+
+
+class _FifoReader(_Watcher):
+    def __init__(self, path: Path) -> None:
+        super().__init__("fifo-reader")
+        self.path = path
+
+    def run(self) -> None:
+        self.ready.set()
+        with self.path.open("rb") as fifo:  # blocks until the sink opens it
+            for line in fifo:
+                self.seen(json.loads(line)["id"])
+
+
+def _write_config(server: DovecotServer, user: str, work: Path, fifo: Path) -> Path:
+    account = server.account(user)
+    path = work / "push.toml"
+    path.write_text(
+        toml_table("[database]", {"path": work / "push.db"})
+        + toml_table("[log]", {"level": "INFO"})
+        + toml_table(
+            "[[accounts]]",
+            {"name": user, "host": account.host, "port": account.port, "username": user,
+             "tls": account.tls, "ca_file": account.ca_file, "password_file": account.password_file,
+             "folders": ["INBOX"], "after": "seen"},
+        )  # fmt: skip
+        + toml_table("[[sinks]]", {"name": "fifo", "type": "jsonl", "path": fifo}),
+        encoding="utf-8",
+    )
+    return path
+
+
+def _wait(predicate: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"not within {timeout:g} s: {what}")
+        time.sleep(0.05)
+
+
+def measure_push(
+    server: DovecotServer, user: str, work: Path, *, count: int, idle_window: float
+) -> PushResult:
+    """Run the whole measurement; see the module docstring."""
+    spec = {"host": server.host, "port": server.imaps_port, "username": user,
+            "password": server.password(user), "ca_file": str(server.ca_file)}  # fmt: skip
+    fifo = work / "push.fifo"
+    os.mkfifo(fifo)
+    config = _write_config(server, user, work, fifo)
+    log_path = work / "push-daemon.log"
+    reader, raw = _FifoReader(fifo), _RawIdle(spec)
+    for watcher in (reader, raw):
+        watcher.start()
+        watcher.ready.wait(30)
+    with log_path.open("wb") as log:
+        daemon = subprocess.Popen(
+            [PYTHON, "-m", "inbound_mail", "--config", str(config), "run"],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
+        )  # fmt: skip
+    try:
+        _wait(lambda: b"state=idle" in log_path.read_bytes(), 30, "the daemon IDLEs")
+        result = PushResult()
+        _append_loop(server, user, work / "push.db", count, raw, reader, result)
+        time.sleep(2.0)  # the last acks and deliveries settle
+        _idle_cpu(daemon.pid, spec, idle_window, result)
+        result.daemon_rss_mb = proc_peak_rss_mb(daemon.pid)
+    finally:
+        raw.stop.set()
+        daemon.send_signal(signal.SIGTERM)
+        daemon.wait(30)
+    return result
+
+
+def _append_loop(
+    server: DovecotServer, user: str, db: Path, count: int, raw: _RawIdle,
+    reader: _FifoReader, result: PushResult,
+) -> None:  # fmt: skip
+    rng = random.Random(7)
+    with server.session(user) as client:
+        for index in range(count):
+            email = build_provider_email(
+                "+393301234567", "+393331234333", "20240501120000", f"push {index} {time.time_ns()}"
+            )
+            sms_id = parse_email(email).id  # type: ignore[union-attr]
+            seq = raw.exists_at_start + index + 1
+            client.append("INBOX", email)
+            appended = time.monotonic()
+            committed = _poll_row(db, sms_id, appended + _SEEN_TIMEOUT)
+            _record(result, "commit", committed, appended)
+            deadline = appended + _SEEN_TIMEOUT
+            while time.monotonic() < deadline and (seq not in raw.times or sms_id not in reader.times):
+                time.sleep(_POLL)
+            _record(result, "raw", raw.times.get(seq), appended)
+            _record(result, "sink", reader.times.get(sms_id), appended)
+            time.sleep(rng.uniform(0.05, 0.15))
+
+
+def _record(result: PushResult, kind: str, when: float | None, appended: float) -> None:
+    if when is None:
+        result.missed[kind] += 1
+    else:
+        getattr(result, f"{kind}_ms").append((when - appended) * 1000)
+
+
+def _poll_row(db: Path, sms_id: str, deadline: float) -> float | None:
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+    try:
+        while time.monotonic() < deadline:
+            if conn.execute("SELECT 1 FROM messages WHERE id = ?", (sms_id,)).fetchone():
+                return time.monotonic()
+            time.sleep(_POLL)
+    finally:
+        conn.close()
+    return None
+
+
+def _idle_cpu(daemon_pid: int, spec: dict[str, Any], window: float, result: PushResult) -> None:
+    spec_path = Path(f"/tmp/idle-spec-{os.getpid()}.json")
+    spec_path.write_text(json.dumps(spec))
+    baseline = subprocess.Popen(
+        [PYTHON, str(Path(__file__).with_name("_imap_children.py")), "idle", str(spec_path)],
+        stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, cwd=REPO,
+    )  # fmt: skip
+    try:
+        assert baseline.stdout is not None
+        baseline.stdout.readline()  # "idling"
+        time.sleep(1.0)
+        before = proc_cpu_seconds(daemon_pid), proc_cpu_seconds(baseline.pid)
+        time.sleep(window)
+        after = proc_cpu_seconds(daemon_pid), proc_cpu_seconds(baseline.pid)
+    finally:
+        baseline.kill()
+        baseline.wait()
+        spec_path.unlink(missing_ok=True)
+    result.idle_window = window
+    result.daemon_cpu_s = after[0] - before[0]
+    result.baseline_cpu_s = after[1] - before[1]
