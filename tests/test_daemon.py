@@ -298,3 +298,18 @@ def test_backfill_killed_midway_then_rerun_stores_every_sms_once(
     assert not any("\\Seen" in f for f in mailbox.flags().values()), (
         "backfill never changes the mailbox"
     )
+
+
+def test_one_failing_account_never_stalls_another(
+    mailbox: Mailbox, dovecot: DovecotServer, tmp_path: Path
+) -> None:
+    db = tmp_path / "sms.db"
+    broken = account_for(dovecot.new_mailbox("broken"), name="broken", port=1)  # nothing listens
+    good = account_for(mailbox, name="good")
+    config = write_config(tmp_path / "c.toml", [broken, good], db=db)
+    with in_process_daemon(config) as daemon:
+        wait_until(lambda: daemon.account_workers[1].health.state == "idle")
+        mailbox.append(sms(1))
+        wait_until(lambda: count(db) == 1, 5)
+        assert daemon.account_workers[0].health.state == "backoff"
+    assert texts(db) == ["hello 1"]

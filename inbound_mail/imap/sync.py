@@ -167,9 +167,9 @@ class FolderSync:
         if last_uid:
             criteria += ["UID", f"{last_uid + 1}:*"]
         if options.since:
-            criteria += ["SINCE", options.since]
+            criteria += ["SENTSINCE", options.since]
         if options.before:
-            criteria += ["BEFORE", options.before]
+            criteria += ["SENTBEFORE", options.before]
         return sorted(int(uid) for uid in self.client.search(criteria))
 
     def _chunks(self, uids: list[int]) -> list[list[int]]:
