@@ -175,6 +175,8 @@ class DeliveryWorker:
         self._inflight: dict[Future[_Sent], Delivery] = {}
         self.totals = DeliveryPassResult()
         """Attempts by outcome since this worker's ``run`` started."""
+        self.last_tick = time.monotonic()
+        """When ``run``'s loop last came round (monotonic): the watchdog's sign of life."""
 
     def wake(self) -> None:
         """New rows were committed: look at the outbox now."""
@@ -235,6 +237,7 @@ class DeliveryWorker:
         forever = _Pass()
         result = self.totals
         while not stop.is_set() or self._inflight:
+            self.last_tick = time.monotonic()
             self._wakeup.clear()
             if pool is None:
                 wait = self._sequential_step(store, stop, forever, result)

@@ -2,12 +2,17 @@
 
 ``INBOUND_MAIL_FAULT=after-commit:3`` kills this process with SIGKILL the third
 time it reaches the point named ``after-commit``.  Several points may be armed,
-separated by commas.  The points:
+separated by commas.  The points where :func:`fault_point` kills:
 
 ``after-fetch``     IMAP bodies fetched, nothing committed yet
 ``after-commit``    a batch committed, its ``after`` action (seen/move/delete) not yet applied
 ``after-sink-2xx``  a sink accepted a batch, the outbox rows not yet marked delivered
 ``backfill-batch``  a backfill batch committed
+
+and the one where :func:`fault_stall` hangs the calling thread for good, the
+way a wedged socket read would (the systemd watchdog test needs it):
+
+``stall-idle``      an IMAP worker waiting in IDLE
 
 When the variable is unset, :func:`fault_point` is one dictionary lookup on an
 empty dict: nothing to pay in production.
@@ -19,7 +24,7 @@ import os
 import signal
 import threading
 
-__all__ = ["fault_point"]
+__all__ = ["fault_point", "fault_stall"]
 
 
 def _parse(spec: str) -> dict[str, int]:
@@ -34,12 +39,21 @@ _ARMED = _parse(os.environ.get("INBOUND_MAIL_FAULT", ""))
 _lock = threading.Lock()
 
 
-def fault_point(name: str) -> None:
-    """Die here (SIGKILL, no cleanup) when ``name`` is armed and its count is reached."""
+def _reached(name: str) -> bool:
     if name not in _ARMED:
-        return
+        return False
     with _lock:
         _ARMED[name] -= 1
-        if _ARMED[name] > 0:
-            return
-    os.kill(os.getpid(), signal.SIGKILL)
+        return _ARMED[name] <= 0
+
+
+def fault_point(name: str) -> None:
+    """Die here (SIGKILL, no cleanup) when ``name`` is armed and its count is reached."""
+    if _reached(name):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def fault_stall(name: str) -> None:
+    """Block the calling thread forever when ``name`` is armed and its count is reached."""
+    if _reached(name):
+        threading.Event().wait()

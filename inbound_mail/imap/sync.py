@@ -102,6 +102,9 @@ class FolderSync:
         if not readonly:
             result.acked += self._apply_owed_acks(folder, result.uidvalidity)
         last_uid = self._last_uid(folder, result, options)
+        uid_next = int(selected.get(b"UIDNEXT", 0))
+        if last_uid and 0 < uid_next <= last_uid + 1:
+            return result  # nothing arrived since the checkpoint: no SEARCH needed
         uids = self._search(last_uid, options)
         uids = [uid for uid in uids if uid > last_uid]
         known = self.store.known_uids(self.account.name, folder, result.uidvalidity, uids)

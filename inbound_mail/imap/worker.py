@@ -31,6 +31,7 @@ from imapclient import IMAPClient
 
 from ..config import AccountConfig
 from ..errors import ImapAuthError, ImapConnectionError, ImapError, InboundMailError
+from ..faults import fault_stall
 from ..logs import log_event
 from ..parse import ParseOptions
 from ..secrets import read_password
@@ -253,6 +254,7 @@ class AccountWorker:
         return reason
 
     def _idle_wait(self, client: IMAPClient) -> str:
+        fault_stall("stall-idle")
         waited_from = time.monotonic()
         responses = client.idle_check(timeout=1.0)
         self.health.tick()
@@ -269,6 +271,7 @@ class AccountWorker:
         return "heard"
 
     def _batch_stored(self, folder: str, result: IngestResult) -> None:
+        self.health.tick()  # a long catch-up pass is progress too, for the watchdog
         for record, status in [(r, "new") for r in result.new] + [
             (r, "duplicate") for r in result.duplicates
         ]:

@@ -1,17 +1,22 @@
-"""Fixtures of the fault suite; the harness itself is in ``harness.py``."""
+"""Fixtures of the fault suite; the harness itself is in ``harness.py``.
+
+The shared Dovecot is the session's (``tests/conftest.py``): tests whose fault
+does not kill the server take a new user on it (``fault_run``); tests that kill
+it start their own (``fresh_dovecot``) and wrap it with ``fault_runs``.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from harness import FaultRun
+from harness import FaultRun, FaultRunFactory
 
+from inbound_mail.testing.dovecot import DovecotServer
 from inbound_mail.testing.mailbox import Mailbox
+from inbound_mail.testing.proxy import FaultProxy
 from inbound_mail.testing.webhook_receiver import WebhookReceiver
-
-FaultRunFactory = Callable[[Mailbox], FaultRun]
 
 
 @pytest.fixture
@@ -41,3 +46,17 @@ def fault_runs(
 def fault_run(fault_runs: FaultRunFactory, mailbox: Mailbox) -> FaultRun:
     """A FaultRun on a new user of the session's shared Dovecot."""
     return fault_runs(mailbox)
+
+
+@pytest.fixture
+def dovecot_proxy(dovecot: DovecotServer) -> Iterator[FaultProxy]:
+    """A FaultProxy in front of the shared Dovecot's clear-text port."""
+    with FaultProxy(dovecot.host, dovecot.imap_port) as proxy:
+        yield proxy
+
+
+@pytest.fixture
+def dovecot_tls_proxy(dovecot: DovecotServer) -> Iterator[FaultProxy]:
+    """A FaultProxy in front of the shared Dovecot's implicit-TLS port."""
+    with FaultProxy(dovecot.host, dovecot.imaps_port) as proxy:
+        yield proxy

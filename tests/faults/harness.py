@@ -19,7 +19,7 @@ import signal
 import sqlite3
 import subprocess
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,7 @@ from inbound_mail.testing.webhook_receiver import WebhookReceiver
 
 from helpers import DaemonProcess, rows, write_config
 
-__all__ = ["FAST_ACCOUNT", "FAST_SINK", "FaultRun"]
+__all__ = ["FAST_ACCOUNT", "FAST_SINK", "FaultRun", "FaultRunFactory"]
 
 FAST_ACCOUNT: Mapping[str, Any] = {
     "idle_deadline": 3.0,
@@ -137,7 +137,7 @@ class FaultRun:
         """Wait for the armed fault point to SIGKILL the daemon."""
         try:
             code = self.daemon.wait(timeout)
-        except Exception:
+        except subprocess.TimeoutExpired:
             raise AssertionError(
                 f"the fault did not fire within {timeout:g} s\n{self.logs()}"
             ) from None
@@ -148,7 +148,7 @@ class FaultRun:
         self.daemon.signal(signal.SIGTERM)
         try:
             code = self.daemon.wait(STOP_TIMEOUT)
-        except Exception:
+        except subprocess.TimeoutExpired:
             raise AssertionError(
                 f"no exit {STOP_TIMEOUT:g} s after SIGTERM\n{self.logs()}"
             ) from None
@@ -215,3 +215,7 @@ class FaultRun:
     def close(self) -> None:
         for daemon in self.daemons:
             daemon.close()
+
+
+FaultRunFactory = Callable[[Mailbox], FaultRun]
+"""The ``fault_runs`` fixture: a FaultRun on any mailbox."""
