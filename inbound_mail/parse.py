@@ -91,7 +91,7 @@ import codecs
 import email.message
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from datetime import UTC, datetime
 from email.header import decode_header, make_header
 from email.parser import BytesHeaderParser
@@ -165,9 +165,19 @@ def parse_email(raw: bytes, options: ParseOptions = DEFAULT_OPTIONS) -> ParseOut
     except Exception as exc:  # mail-parser gave up (e.g. absurd MIME nesting)
         return _failed(raw, options, f"cannot parse the MIME structure: {_describe(exc)}")
     try:
-        return _parse_mail(mail, options)
+        return _storable(_parse_mail(mail, options))
     except Exception as exc:  # a bug here must cost one email, never the daemon
         return _failed(raw, options, f"internal parser error: {_describe(exc)}")
+
+
+def _storable(outcome: ParseOutcome) -> ParseOutcome:
+    """Replace lone surrogates (undecodable header bytes) with U+FFFD: SQLite and
+    JSON cannot encode them, and one such email must never block a batch."""
+    changes: dict[str, Any] = {}
+    for name, value in ((f.name, getattr(outcome, f.name)) for f in fields(outcome)):
+        if isinstance(value, str) and _SURROGATE.search(value):
+            changes[name] = _SURROGATE.sub("\ufffd", value)
+    return replace(outcome, **changes) if changes else outcome
 
 
 def normalise_text(text: str) -> str:
@@ -377,6 +387,7 @@ def _codecs(declared: str | None) -> list[str]:
 _NO_LABELS = "no field labels found (expected From, To, Date/Time and Body lines)"
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
 _PHONE = re.compile(r"\+?[0-9]{3,20}\Z")
 
 

@@ -348,3 +348,19 @@ def test_metadata() -> None:
     assert rec.email_date == "2015-05-25T13:46:01Z"
     assert rec.subject == "Agile Telecom -- SMS received"
     assert rec.sender == "smsin@agiletelecom.com"
+
+
+def test_undecodable_header_bytes_never_make_an_unstorable_record(tmp_path: Path) -> None:
+    """Raw 8-bit bytes in headers must not reach SQLite as lone surrogates."""
+    import sqlite3
+
+    from inbound_mail.testing.emails import build_provider_email
+
+    raw = build_provider_email("+39347", "+39333123", "20240101120000", "hi")
+    raw = raw.replace(b"Subject: Agile Telecom -- SMS received", b"Subject: Agile \xff\xfe Telecom")
+    raw = raw.replace(b"Message-ID: <", b"Message-ID: <\xff")
+    record = parse_email(raw)
+    assert isinstance(record, SmsRecord)
+    with sqlite3.connect(tmp_path / "x.db") as conn:
+        conn.execute("CREATE TABLE t (v)")
+        conn.executemany("INSERT INTO t VALUES (?)", [(v,) for v in record.to_dict().values()])
