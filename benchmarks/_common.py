@@ -108,7 +108,9 @@ def run_child(
 ) -> Child:
     """Run ``argv``; its own rusage comes from ``wait4``.  On ``timeout`` it gets
     SIGTERM (then SIGKILL), and the result says ``timed_out``."""
-    out_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"bench-child-{os.getpid()}-{time.time_ns()}"
+    out_path = (
+        Path(os.environ.get("TMPDIR", "/tmp")) / f"bench-child-{os.getpid()}-{time.time_ns()}"
+    )
     with open(f"{out_path}.out", "w+b") as out, open(f"{out_path}.err", "w+b") as err:
         started = time.perf_counter()
         proc = subprocess.Popen(
@@ -171,11 +173,44 @@ def proc_peak_rss_mb(pid: int) -> float:
 
 # -- the corpus ---------------------------------------------------------------------------------
 
-_WORDS = (
-    "ciao grazie domani appuntamento conferma codice ordine consegna pagamento ricevuto "
-    "città perché già più caffè è però lunedì venerdì prezzo €10 sconto offerta STOP "
-    "News ON OFF info orario negozio chiuso aperto arrivo ritardo numero cliente"
-).split()
+_WORDS = [
+    "ciao",
+    "grazie",
+    "domani",
+    "appuntamento",
+    "conferma",
+    "codice",
+    "ordine",
+    "consegna",
+    "pagamento",
+    "ricevuto",
+    "città",
+    "perché",
+    "già",
+    "più",
+    "caffè",
+    "è",
+    "però",
+    "lunedì",
+    "venerdì",
+    "prezzo",
+    "€10",
+    "sconto",
+    "offerta",
+    "STOP",
+    "News",
+    "ON",
+    "OFF",
+    "info",
+    "orario",
+    "negozio",
+    "chiuso",
+    "aperto",
+    "arrivo",
+    "ritardo",
+    "numero",
+    "cliente",
+]
 _ENCODINGS: tuple[Encoding, ...] = ("quoted-printable", "base64", "8bit")
 _STYLES: tuple[LabelStyle, ...] = ("colon", "tight", "equals", "tab", "upper", "text")
 
@@ -286,10 +321,15 @@ class Table:
         for row in self.rows:
             widths = [max(w, len(cell)) for w, cell in zip(widths, row, strict=False)]
         lines = [f"### {self.title}", ""]
-        lines.append("| " + " | ".join(c.ljust(w) for c, w in zip(self.columns, widths)) + " |")
+        lines.append(
+            "| " + " | ".join(c.ljust(w) for c, w in zip(self.columns, widths, strict=True)) + " |"
+        )
         lines.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
         for row in self.rows:
-            cells = [cell.rjust(w) if _numeric(cell) else cell.ljust(w) for cell, w in zip(row, widths)]
+            cells = [
+                cell.rjust(w) if _numeric(cell) else cell.ljust(w)
+                for cell, w in zip(row, widths, strict=True)
+            ]
             lines.append("| " + " | ".join(cells) + " |")
         lines += [""] + [f"- {note}" for note in self.notes]
         return "\n".join(lines).rstrip() + "\n"

@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import mailparser
-
 from _common import PROVIDER
 
 _LABELS = re.compile(

@@ -21,9 +21,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from imapclient import IMAPClient  # noqa: E402
-
-from _common import PROVIDER, child_report  # noqa: E402
+from _common import PROVIDER, child_report
+from imapclient import IMAPClient
 
 
 def connect(spec: dict[str, Any]) -> IMAPClient:

@@ -1,17 +1,20 @@
-"""Push latency and idle CPU of the daemon, beside a bare imapclient IDLE, in one run.
+"""Push latency and idle CPU of the daemon, beside a bare imapclient IDLE.
 
-The daemon (``inbound-mail run``, a child process) IDLEs on a folder with a
-``jsonl`` sink writing into a FIFO.  A bare imapclient IDLE session in a thread
-of this process watches the same folder.  Then, one message at a time (a gap of
-50-150 ms after each has been seen everywhere), this process APPENDs a provider
-email and timestamps (``time.monotonic``, one clock for every process here):
+One message at a time (after a gap of 50-150 ms), this process APPENDs a
+provider email and timestamps (``time.monotonic``: one clock for every process
+here) what follows the APPEND's completion:
 
-- ``raw``     APPEND completed -> ``* N EXISTS`` on the bare IDLE session
-- ``commit``  APPEND completed -> the SMS row visible in SQLite (polled every 5 ms)
-- ``sink``    APPEND completed -> its JSON line read from the FIFO
+- ``raw``     a bare imapclient IDLE session (a thread here, alone on the folder)
+              reads ``* N EXISTS``
+- ``commit``  the daemon (``inbound-mail run``, a child process, IDLE, ``after = "seen"``)
+              has committed the SMS: its row is visible in SQLite (polled every 5 ms)
+- ``sink``    its JSON line comes out of the daemon's ``jsonl`` sink, which writes into
+              a FIFO read by a thread here
 
-Afterwards both the daemon and a bare IDLE child process wait ``idle_window``
-seconds with nothing arriving; their CPU seconds come from ``/proc/PID/stat``.
+The bare IDLE runs first, then the daemon: side by side, the daemon's STORE
+\\Seen would start Dovecot's 0.5 s notify timer early in the bare session.
+Afterwards the daemon and a bare IDLE child process wait ``idle_window``
+seconds with nothing arriving; their CPU time comes from ``/proc/PID/stat``.
 """
 
 from __future__ import annotations
@@ -104,10 +107,18 @@ def _write_config(server: DovecotServer, user: str, work: Path, fifo: Path) -> P
         + toml_table("[log]", {"level": "INFO"})
         + toml_table(
             "[[accounts]]",
-            {"name": user, "host": account.host, "port": account.port, "username": user,
-             "tls": account.tls, "ca_file": account.ca_file, "password_file": account.password_file,
-             "folders": ["INBOX"], "after": "seen"},
-        )  # fmt: skip
+            {
+                "name": user,
+                "host": account.host,
+                "port": account.port,
+                "username": user,
+                "tls": account.tls,
+                "ca_file": account.ca_file,
+                "password_file": account.password_file,
+                "folders": ["INBOX"],
+                "after": "seen",
+            },
+        )
         + toml_table("[[sinks]]", {"name": "fifo", "type": "jsonl", "path": fifo}),
         encoding="utf-8",
     )
@@ -126,57 +137,94 @@ def measure_push(
     server: DovecotServer, user: str, work: Path, *, count: int, idle_window: float
 ) -> PushResult:
     """Run the whole measurement; see the module docstring."""
-    spec = {"host": server.host, "port": server.imaps_port, "username": user,
-            "password": server.password(user), "ca_file": str(server.ca_file)}  # fmt: skip
+    spec = {
+        "host": server.host,
+        "port": server.imaps_port,
+        "username": user,
+        "password": server.password(user),
+        "ca_file": str(server.ca_file),
+    }
+    result = PushResult()
+    # The bare IDLE runs alone first: beside the daemon, the daemon's STORE \Seen on
+    # the previous message starts Dovecot's 0.5 s notify timer early in the bare
+    # session, which then looks faster than IDLE is.
+    raw = _RawIdle(spec)
+    raw.start()
+    raw.ready.wait(30)
+    with server.session(user) as client:
+        for index in range(count):
+            seq = raw.exists_at_start + index + 1
+            appended = _append(client, index)[1]
+            _until(lambda seq=seq: seq in raw.times, appended)
+            _record(result, "raw", raw.times.get(seq), appended)
+    raw.stop.set()
+    raw.join(5)
+    _measure_daemon(server, user, work, spec, count, idle_window, result)
+    return result
+
+
+def _measure_daemon(
+    server: DovecotServer,
+    user: str,
+    work: Path,
+    spec: dict[str, Any],
+    count: int,
+    idle_window: float,
+    result: PushResult,
+) -> None:
     fifo = work / "push.fifo"
     os.mkfifo(fifo)
     config = _write_config(server, user, work, fifo)
     log_path = work / "push-daemon.log"
-    reader, raw = _FifoReader(fifo), _RawIdle(spec)
-    for watcher in (reader, raw):
-        watcher.start()
-        watcher.ready.wait(30)
+    reader = _FifoReader(fifo)
+    reader.start()
     with log_path.open("wb") as log:
         daemon = subprocess.Popen(
             [PYTHON, "-m", "inbound_mail", "--config", str(config), "run"],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
-        )  # fmt: skip
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+        )
     try:
         _wait(lambda: b"state=idle" in log_path.read_bytes(), 30, "the daemon IDLEs")
-        result = PushResult()
-        _append_loop(server, user, work / "push.db", count, raw, reader, result)
+        with server.session(user) as client:
+            for index in range(count):
+                sms_id, appended = _append(client, count + index)
+                _record(
+                    result,
+                    "commit",
+                    _poll_row(work / "push.db", sms_id, appended + _SEEN_TIMEOUT),
+                    appended,
+                )
+                _until(lambda sms_id=sms_id: sms_id in reader.times, appended)
+                _record(result, "sink", reader.times.get(sms_id), appended)
         time.sleep(2.0)  # the last acks and deliveries settle
         _idle_cpu(daemon.pid, spec, idle_window, result)
         result.daemon_rss_mb = proc_peak_rss_mb(daemon.pid)
     finally:
-        raw.stop.set()
         daemon.send_signal(signal.SIGTERM)
         daemon.wait(30)
-    return result
 
 
-def _append_loop(
-    server: DovecotServer, user: str, db: Path, count: int, raw: _RawIdle,
-    reader: _FifoReader, result: PushResult,
-) -> None:  # fmt: skip
-    rng = random.Random(7)
-    with server.session(user) as client:
-        for index in range(count):
-            email = build_provider_email(
-                "+393301234567", "+393331234333", "20240501120000", f"push {index} {time.time_ns()}"
-            )
-            sms_id = parse_email(email).id  # type: ignore[union-attr]
-            seq = raw.exists_at_start + index + 1
-            client.append("INBOX", email)
-            appended = time.monotonic()
-            committed = _poll_row(db, sms_id, appended + _SEEN_TIMEOUT)
-            _record(result, "commit", committed, appended)
-            deadline = appended + _SEEN_TIMEOUT
-            while time.monotonic() < deadline and (seq not in raw.times or sms_id not in reader.times):
-                time.sleep(_POLL)
-            _record(result, "raw", raw.times.get(seq), appended)
-            _record(result, "sink", reader.times.get(sms_id), appended)
-            time.sleep(rng.uniform(0.05, 0.15))
+_rng = random.Random(7)
+
+
+def _append(client: Any, index: int) -> tuple[str, float]:
+    """APPEND one provider email after a gap; (its SMS id, when APPEND completed)."""
+    time.sleep(_rng.uniform(0.05, 0.15))
+    email = build_provider_email(
+        "+393301234567", "+393331234333", "20240501120000", f"push {index} {time.time_ns()}"
+    )
+    sms_id = parse_email(email).id  # type: ignore[union-attr]
+    client.append("INBOX", email)
+    return sms_id, time.monotonic()
+
+
+def _until(predicate: Any, appended: float) -> None:
+    deadline = appended + _SEEN_TIMEOUT
+    while not predicate() and time.monotonic() < deadline:
+        time.sleep(_POLL)
 
 
 def _record(result: PushResult, kind: str, when: float | None, appended: float) -> None:
@@ -203,8 +251,10 @@ def _idle_cpu(daemon_pid: int, spec: dict[str, Any], window: float, result: Push
     spec_path.write_text(json.dumps(spec))
     baseline = subprocess.Popen(
         [PYTHON, str(Path(__file__).with_name("_imap_children.py")), "idle", str(spec_path)],
-        stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, cwd=REPO,
-    )  # fmt: skip
+        stdout=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        cwd=REPO,
+    )
     try:
         assert baseline.stdout is not None
         baseline.stdout.readline()  # "idling"

@@ -32,7 +32,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import (  # noqa: E402
+from _common import (
     PYTHON,
     REPO,
     Child,
@@ -50,7 +50,11 @@ from _common import (  # noqa: E402
 GOAL_RATIO = 0.80
 GOAL_RSS_MB = 150.0
 VARIANTS = ("read", "floor", "parse", "import")
-_SUMMARY = re.compile(r"imported: (\d+) read, (\d+) new, (\d+) duplicates, (\d+) skipped, (\d+) rejected")
+# Diagnostic: the CLI with bigger transactions (see README.md, "what costs").
+EXTRA_VARIANTS = ("import-batch10000",)
+_SUMMARY = re.compile(
+    r"imported: (\d+) read, (\d+) new, (\d+) duplicates, (\d+) skipped, (\d+) rejected"
+)
 
 # -- the children ---------------------------------------------------------------------------------
 
@@ -71,7 +75,13 @@ def child_parse(mbox: Path) -> dict[str, Any]:
     for raw, _origin in iter_emails([mbox]):
         outcome = parse_email(raw)
         counts["read"] += 1
-        kind = "new" if isinstance(outcome, SmsRecord) else "rejected" if isinstance(outcome, Rejected) else "skipped"
+        kind = (
+            "new"
+            if isinstance(outcome, SmsRecord)
+            else "rejected"
+            if isinstance(outcome, Rejected)
+            else "skipped"
+        )
         counts[kind] += 1
     return counts
 
@@ -107,13 +117,15 @@ def run_child_mode(mode: str, mbox: Path, db: Path) -> None:
     child_report({**report, "work_seconds": time.perf_counter() - started})
 
 
-# -- the parent -------------------------------------------------------------------------------------
+# -- the parent ------------------------------------------------------------------------------
 
 
 def measure(variant: str, mbox: Path, work: Path) -> dict[str, Any]:
     db = work / f"{variant}-{time.time_ns()}.db"
-    if variant == "import":
+    if variant.startswith("import"):
         argv = [PYTHON, "-m", "inbound_mail", "--db", str(db), "import", str(mbox)]
+        if variant != "import":
+            argv += ["--batch-size", variant.removeprefix("import-batch")]
         # cwd: no stray ./inbound-mail.toml may change the defaults
         child = run_child(argv, cwd=work, env={"INBOUND_MAIL_CONFIG": ""}).check()
         counts = _import_counts(child)
@@ -124,7 +136,13 @@ def measure(variant: str, mbox: Path, work: Path) -> dict[str, Any]:
     size = sum(p.stat().st_size for p in work.glob(f"{db.name}*")) / 1e6
     for path in work.glob(f"{db.name}*"):
         path.unlink()
-    return {"variant": variant, "wall": child.wall, "rss_mb": child.max_rss_mb, "db_mb": size, **counts}
+    return {
+        "variant": variant,
+        "wall": child.wall,
+        "rss_mb": child.max_rss_mb,
+        "db_mb": size,
+        **counts,
+    }
 
 
 def _import_counts(child: Child) -> dict[str, Any]:
@@ -132,7 +150,13 @@ def _import_counts(child: Child) -> dict[str, Any]:
     if match is None:
         raise RuntimeError(f"no summary in the import's output:\n{child.stderr[-2000:]}")
     read, new, duplicates, skipped, rejected = map(int, match.groups())
-    return {"read": read, "new": new, "duplicates": duplicates, "skipped": skipped, "rejected": rejected}
+    return {
+        "read": read,
+        "new": new,
+        "duplicates": duplicates,
+        "skipped": skipped,
+        "rejected": rejected,
+    }
 
 
 def run(sizes: Sequence[int], variants: Sequence[str], repeat: int, work: Path) -> dict[str, Any]:
@@ -149,7 +173,9 @@ def run(sizes: Sequence[int], variants: Sequence[str], repeat: int, work: Path) 
         for _ in range(repeat):  # interleaved, so that drifting load hits every variant alike
             for variant in variants:
                 runs[variant].append(measure(variant, mbox, work))
-                print(f"  {size:>7,} {variant:<7} {runs[variant][-1]['wall']:.1f} s", file=sys.stderr)
+                print(
+                    f"  {size:>7,} {variant:<7} {runs[variant][-1]['wall']:.1f} s", file=sys.stderr
+                )
         results[str(size)] = {
             "mbox_mb": mbox.stat().st_size / 1e6,
             "variants": {v: _median_run(r, size) for v, r in runs.items()},
@@ -166,7 +192,16 @@ def _median_run(runs: list[dict[str, Any]], size: int) -> dict[str, Any]:
 def render(results: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     table = Table(
         "Import of an mbox (msg/s over every email in the file; peak RSS of the child)",
-        ["messages", "variant", "seconds", "msg/s", "vs floor", "peak RSS MB", "DB MB", "new / skipped / rejected"],
+        [
+            "messages",
+            "variant",
+            "seconds",
+            "msg/s",
+            "vs floor",
+            "peak RSS MB",
+            "DB MB",
+            "new / skipped / rejected",
+        ],
     )
     verdict: dict[str, Any] = {"rss_mb": {}}
     for size, data in results.items():
@@ -174,9 +209,19 @@ def render(results: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         floor = variants.get("floor", {}).get("msg_per_s")
         for name, r in variants.items():
             ratio = f"{r['msg_per_s'] / floor:.0%}" if floor else "-"
-            counts = "-" if name == "read" else f"{r['new']:,} / {r['skipped']:,} / {r['rejected']:,}"
-            table.add(int(size), name, f"{r['wall']:.1f}", round(r["msg_per_s"]), ratio, f"{r['rss_mb']:.0f}",
-                      f"{r['db_mb']:.0f}", counts)
+            counts = (
+                "-" if name == "read" else f"{r['new']:,} / {r['skipped']:,} / {r['rejected']:,}"
+            )
+            table.add(
+                int(size),
+                name,
+                f"{r['wall']:.1f}",
+                round(r["msg_per_s"]),
+                ratio,
+                f"{r['rss_mb']:.0f}",
+                f"{r['db_mb']:.0f}",
+                counts,
+            )
         if "import" in variants and floor:
             verdict[f"ratio_{size}"] = variants["import"]["msg_per_s"] / floor
             verdict["rss_mb"][size] = variants["import"]["rss_mb"]
@@ -191,18 +236,29 @@ def render(results: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         flat = max(rss) - min(rss)
         table.notes.append(
             f"goal: peak RSS < {GOAL_RSS_MB:.0f} MB and flat: {min(rss):.0f}-{max(rss):.0f} MB "
-            f"(spread {flat:.0f} MB) -> " + ("met" if max(rss) < GOAL_RSS_MB and flat < 15 else "MISSED")
+            f"(spread {flat:.0f} MB) -> "
+            + ("met" if max(rss) < GOAL_RSS_MB and flat < 15 else "MISSED")
         )
     return table.render(), verdict
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--messages", type=int, nargs="+", help="mbox sizes [default: 10000 100000]")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--messages", type=int, nargs="+", help="mbox sizes [default: 10000 100000]"
+    )
     parser.add_argument("--quick", action="store_true", help="a smoke run: 1000 and 5000 messages")
-    parser.add_argument("--repeat", type=int, default=1, help="runs per variant; the median is shown")
-    parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
-    parser.add_argument("--json", type=Path, help="write the figures here [default: results/import.json]")
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="runs per variant; the median is shown"
+    )
+    parser.add_argument(
+        "--variants", nargs="+", choices=VARIANTS + EXTRA_VARIANTS, default=list(VARIANTS)
+    )
+    parser.add_argument(
+        "--json", type=Path, help="write the figures here [default: results/import.json]"
+    )
     parser.add_argument("--child", nargs=3, metavar=("MODE", "MBOX", "DB"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -215,7 +271,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         results = run(sorted(sizes), args.variants, args.repeat, Path(tmp))
     text, verdict = render(results)
     print(text)
-    save_results("import", {"machine": info, "results": results, "verdict": verdict, "table": text}, args.json)
+    save_results(
+        "import",
+        {"machine": info, "results": results, "verdict": verdict, "table": text},
+        args.json,
+    )
     return 0
 
 

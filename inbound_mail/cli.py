@@ -26,7 +26,16 @@ from .output import FORMATS, write_rows
 F = TypeVar("F", bound=Callable[..., Any])
 MESSAGE_COLUMNS = ("received_at", "originator", "destination", "text", "id")
 REJECT_COLUMNS = ("id", "rejected_at", "origin", "reason")
-DELIVERY_COLUMNS = ("id", "sink", "status", "attempts", "originator", "destination", "next_attempt_at", "last_error")
+DELIVERY_COLUMNS = (
+    "id",
+    "sink",
+    "status",
+    "attempts",
+    "originator",
+    "destination",
+    "next_attempt_at",
+    "last_error",
+)
 
 
 class _Group(click.Group):
@@ -50,25 +59,52 @@ class _State:
     def config(self) -> Config:
         """The config file if one is given or found, else the built-in defaults."""
         if self._config is None:
-            self._config = load_config(self.config_path or default_config_path(), db_override=self.db)
-            setup_logging(self.log_level or self._config.log.level, self.log_format or self._config.log.format)
+            self.config_path = self.config_path or default_config_path()
+            self._config = load_config(self.config_path, db_override=self.db)
+            self.apply_logging(self._config)
         return self._config
+
+    def reload(self) -> Config:
+        """The same config file read again (the daemon's SIGHUP)."""
+        return load_config(self.config_path, db_override=self.db)
+
+    def apply_logging(self, config: Config) -> None:
+        """``--log-level`` / ``--log-format`` when given, else the config's ``[log]``."""
+        setup_logging(self.log_level or config.log.level, self.log_format or config.log.format)
 
 
 pass_state = click.make_pass_decorator(_State)
-format_option = click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True)
+format_option = click.option(
+    "--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True
+)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
-              help="Config file [default: $INBOUND_MAIL_CONFIG, ./inbound-mail.toml, /etc/inbound-mail/config.toml].")
-@click.option("--db", type=click.Path(dir_okay=False, path_type=Path), help="SQLite database (overrides the config).")
-@click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Config file [default: $INBOUND_MAIL_CONFIG, ./inbound-mail.toml, "
+    "/etc/inbound-mail/config.toml].",
+)
+@click.option(
+    "--db",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="SQLite database (overrides the config).",
+)
+@click.option(
+    "--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False)
+)
 @click.option("--log-format", type=click.Choice(["text", "json"]))
 @click.version_option(__version__, prog_name="inbound-mail")
 @click.pass_context
-def cli(ctx: click.Context, config_path: Path | None, db: Path | None, log_level: str | None,
-        log_format: str | None) -> None:
+def cli(
+    ctx: click.Context,
+    config_path: Path | None,
+    db: Path | None,
+    log_level: str | None,
+    log_format: str | None,
+) -> None:
     """Turn Agile Telecom's SMS-by-email feed into a reliable stream of SMS records."""
     ctx.obj = _State(config_path, db, log_level, log_format)
 
@@ -89,7 +125,9 @@ def _summary(title: str, counts: dict[str, int]) -> None:
 # -- ingestion ------------------------------------------------------------------
 @cli.command("import")
 @click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
-@click.option("--no-deliver", is_flag=True, help="Store only; queue nothing for the configured sinks.")
+@click.option(
+    "--no-deliver", is_flag=True, help="Store only; queue nothing for the configured sinks."
+)
 @click.option("--batch-size", default=1000, show_default=True, type=click.IntRange(1, 100_000))
 @pass_state
 def import_(state: _State, paths: tuple[Path, ...], no_deliver: bool, batch_size: int) -> None:
@@ -105,13 +143,32 @@ def import_(state: _State, paths: tuple[Path, ...], no_deliver: bool, batch_size
     tty = sys.stderr.isatty()
     total = count_emails(paths) if tty else None
     not_mail: list[Path] = []
-    with Store.open(config.database.path, raw_retention_days=config.database.raw_retention / 86400 or None) as store, \
-            click.progressbar(length=total or 0, label="importing", file=sys.stderr, show_eta=True,
-                              show_pos=True, hidden=not (tty and total)) as bar:
+    with (
+        Store.open(
+            config.database.path, raw_retention_days=config.database.raw_retention / 86400 or None
+        ) as store,
+        click.progressbar(
+            length=total or 0,
+            label="importing",
+            file=sys.stderr,
+            show_eta=True,
+            show_pos=True,
+            hidden=not (tty and total),
+        ) as bar,
+    ):
         emails = iter_emails(paths, on_skip=lambda path, reason: not_mail.append(Path(path)))
-        tally = import_emails(emails, store, ParseOptions.from_config(config.parse), route=route,
-                              batch_size=batch_size, on_batch=lambda r: bar.update(r.read))
-    _summary("imported", tally.as_dict() | ({"files that are not email": len(not_mail)} if not_mail else {}))
+        tally = import_emails(
+            emails,
+            store,
+            ParseOptions.from_config(config.parse),
+            route=route,
+            batch_size=batch_size,
+            on_batch=lambda r: bar.update(r.read),
+        )
+    _summary(
+        "imported",
+        tally.as_dict() | ({"files that are not email": len(not_mail)} if not_mail else {}),
+    )
 
 
 @cli.command()
@@ -120,7 +177,8 @@ def import_(state: _State, paths: tuple[Path, ...], no_deliver: bool, batch_size
 def parse(state: _State, file: Any) -> None:
     """Show what FILE (one email, or - for stdin) parses to; writes nothing.
 
-    Exit status: 0 an SMS, 1 rejected (from the provider, but malformed), 3 skipped (not from a sender)."""
+    Exit status: 0 an SMS, 1 rejected (from the provider, but malformed), 3 skipped (not from
+    a sender)."""
     from .models import Rejected, Skipped
     from .parse import ParseOptions, parse_email
 
@@ -135,13 +193,17 @@ def parse(state: _State, file: Any) -> None:
 
 
 @cli.command()
-@click.option("--once", is_flag=True, help="One catch-up pass of every account and one delivery attempt, then exit.")
+@click.option(
+    "--once",
+    is_flag=True,
+    help="One catch-up pass of every account and one delivery attempt, then exit.",
+)
 @pass_state
 def run(state: _State, once: bool) -> None:
     """Run the daemon: IDLE on every account, store each SMS once, deliver to the sinks."""
     from .service import Daemon
 
-    daemon = Daemon(state.config())
+    daemon = Daemon(state.config(), reload=state.reload, configure_logging=state.apply_logging)
     if not once:
         sys.exit(daemon.run())
     result = daemon.run_once()
@@ -152,29 +214,64 @@ def run(state: _State, once: bool) -> None:
 
 @cli.command()
 @click.option("--account", required=True, help="The account's name in the config.")
-@click.option("--folder", "folders", multiple=True, help="A folder to read (repeatable) [default: the account's].")
+@click.option(
+    "--folder",
+    "folders",
+    multiple=True,
+    help="A folder to read (repeatable) [default: the account's].",
+)
 @click.option("--all-folders", is_flag=True, help="Every selectable folder of the account.")
 @click.option("--since", help="Only mail whose Date header is on or after this day (YYYY-MM-DD).")
 @click.option("--before", help="Only mail whose Date header is before this day (YYYY-MM-DD).")
 @click.option("--dry-run", is_flag=True, help="Fetch and parse, store nothing.")
-@click.option("--apply-after", is_flag=True, help="Also apply the account's `after` action to stored mail.")
-@click.option("--no-deliver", is_flag=True, help="Store only; queue nothing for the configured sinks.")
+@click.option(
+    "--apply-after", is_flag=True, help="Also apply the account's `after` action to stored mail."
+)
+@click.option(
+    "--no-deliver", is_flag=True, help="Store only; queue nothing for the configured sinks."
+)
 @pass_state
-def backfill(state: _State, account: str, folders: tuple[str, ...], all_folders: bool, since: str | None,
-             before: str | None, dry_run: bool, apply_after: bool, no_deliver: bool) -> None:
+def backfill(
+    state: _State,
+    account: str,
+    folders: tuple[str, ...],
+    all_folders: bool,
+    since: str | None,
+    before: str | None,
+    dry_run: bool,
+    apply_after: bool,
+    no_deliver: bool,
+) -> None:
     """Read old mail from IMAP folders; interruptible, a rerun continues and duplicates nothing."""
     from .backfill import BackfillRequest, run_backfill
 
     if folders and all_folders:
         raise click.UsageError("--folder and --all-folders exclude each other")
-    request = BackfillRequest(account, folders, all_folders, _date(since), _date(before), dry_run, apply_after,
-                              deliver=not no_deliver)
-    with click.progressbar(length=0, label="backfill", file=sys.stderr, show_eta=True, show_pos=True,
-                           hidden=not sys.stderr.isatty()) as bar:
+    request = BackfillRequest(
+        account,
+        folders,
+        all_folders,
+        _date(since),
+        _date(before),
+        dry_run,
+        apply_after,
+        deliver=not no_deliver,
+    )
+    with click.progressbar(
+        length=0,
+        label="backfill",
+        file=sys.stderr,
+        show_eta=True,
+        show_pos=True,
+        hidden=not sys.stderr.isatty(),
+    ) as bar:
+
         def found(folder: str, count: int) -> None:
             bar.length = (bar.length or 0) + count
 
-        totals = run_backfill(state.config(), request, on_found=found, on_batch=lambda f, r: bar.update(r.read))
+        totals = run_backfill(
+            state.config(), request, on_found=found, on_batch=lambda f, r: bar.update(r.read)
+        )
     for folder, tally in totals.items():
         _summary(f"{folder}{' (dry run)' if dry_run else ''}", tally.as_dict())
 
@@ -188,13 +285,22 @@ def backfill(state: _State, account: str, folders: tuple[str, ...], all_folders:
 @click.option("--limit", type=click.IntRange(min=1))
 @format_option
 @pass_state
-def messages(state: _State, since: str | None, until: str | None, originator: str | None,
-             destination: str | None, limit: int | None, fmt: str) -> None:
+def messages(
+    state: _State,
+    since: str | None,
+    until: str | None,
+    originator: str | None,
+    destination: str | None,
+    limit: int | None,
+    fmt: str,
+) -> None:
     """List stored SMS, oldest first."""
     from .store import Store
 
     with Store.open(state.config().database.path) as store:
-        rows = store.messages(since=since, until=until, originator=originator, destination=destination, limit=limit)
+        rows = store.messages(
+            since=since, until=until, originator=originator, destination=destination, limit=limit
+        )
         write_rows(rows, fmt, sys.stdout, columns=MESSAGE_COLUMNS)
 
 
@@ -226,12 +332,19 @@ def rejects(state: _State, show_id: int | None, limit: int | None, fmt: str) -> 
 @click.option("--limit", type=click.IntRange(min=1))
 @format_option
 @pass_state
-def deliveries(state: _State, status: str | None, sink: str | None, limit: int | None, fmt: str) -> None:
+def deliveries(
+    state: _State, status: str | None, sink: str | None, limit: int | None, fmt: str
+) -> None:
     """List the outbox: what is owed to which sink, and why it failed."""
     from .store import Store
 
     with Store.open(state.config().database.path) as store:
-        write_rows(store.deliveries(status=status, sink=sink, limit=limit), fmt, sys.stdout, columns=DELIVERY_COLUMNS)
+        write_rows(
+            store.deliveries(status=status, sink=sink, limit=limit),
+            fmt,
+            sys.stdout,
+            columns=DELIVERY_COLUMNS,
+        )
 
 
 @cli.command()
@@ -277,15 +390,70 @@ def sinks(state: _State) -> None:
     with Store.open(config.database.path) as store:
         backlog = store.backlog()
     rows = [{"name": s.name, "type": s.type, **backlog.get(s.name, {})} for s in config.sinks]
-    write_rows(rows, "table", sys.stdout, columns=("name", "type", "pending", "failed", "dead", "delivered"))
+    write_rows(
+        rows,
+        "table",
+        sys.stdout,
+        columns=("name", "type", "pending", "failed", "dead", "delivered"),
+    )
+
+
+# -- running as a service ----------------------------------------------------------------
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="One JSON object instead of text.")
+@pass_state
+def status(state: _State, as_json: bool) -> None:
+    """Health from the database and the daemon's heartbeat.
+
+    Exit status (Nagios): 0 OK, 1 WARNING, 2 CRITICAL; each problem is one line saying what
+    to fix."""
+    from .status import collect_status
+
+    report = collect_status(state.config())
+    click.echo(json.dumps(report.to_dict(), indent=2) if as_json else "\n".join(report.lines()))
+    sys.exit(report.exit_code)
+
+
+@cli.command()
+@click.option("--send-test", is_flag=True, help="Also deliver one test SMS to every sink.")
+@pass_state
+def check(state: _State, send_test: bool) -> None:
+    """Validate the config, then try every account (DNS, TCP, TLS, login, folders) and sink.
+
+    Nothing is sent to a sink without --send-test.  Exit status 1 if any step failed."""
+    from .check import run_checks
+
+    report = run_checks(
+        state.config(), send_test=send_test, on_line=lambda line: click.echo(line.line())
+    )
+    sys.exit(report.exit_code)
+
+
+@cli.command("systemd-unit")
+@pass_state
+def systemd_unit(state: _State) -> None:
+    """Print a hardened systemd unit for this installation (see "Install as a service")."""
+    from .systemd import unit_for_installation
+
+    unit, warnings = unit_for_installation(state.config_path)
+    click.echo(unit, nl=False)
+    for warning in warnings:
+        click.echo(f"warning: {warning}", err=True)
 
 
 # -- the demo -------------------------------------------------------------------------
 @cli.command()
-@click.option("--fixtures", type=click.Path(exists=True, file_okay=False, path_type=Path), default=Path("fixtures"),
-              show_default=True)
-@click.option("--keep", type=click.Path(file_okay=False, path_type=Path),
-              help="Keep the demo's state (database, JSON Lines, Dovecot) in this folder.")
+@click.option(
+    "--fixtures",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=Path("fixtures"),
+    show_default=True,
+)
+@click.option(
+    "--keep",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Keep the demo's state (database, JSON Lines, Dovecot) in this folder.",
+)
 def demo(fixtures: Path, keep: Path | None) -> None:
     """Start a throwaway Dovecot fed from FIXTURES, run the daemon on it, show SMS arriving."""
     from .demo import run_demo

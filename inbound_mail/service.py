@@ -4,36 +4,56 @@
 (one catch-up pass of every account, then one attempt for every due delivery).
 The first SIGTERM or SIGINT asks for a warm stop: workers finish the batch in
 hand, commit, log out, and the process exits 0.  A second signal forces the exit.
+
+SIGHUP re-reads the config.  An invalid one (or one whose secrets cannot be
+read) is refused with a log line, and the running config stays.  A valid one
+replaces every worker (:class:`~inbound_mail._generation.Generation`): the old
+ones stop warmly (batch committed, attempts recorded), then new ones start from
+the new config, in the same process.  Sink files are reopened either way
+(logrotate).  ``database.path`` and ``metrics.listen`` need a restart.
+
+Under systemd (``Type=notify``) the main thread tells the service manager how
+things stand (:mod:`inbound_mail.notify`): READY=1 once every account has
+connected or is retrying, a STATUS= line, and WATCHDOG=1 only while every
+worker shows a recent sign of life.  The heartbeat job writes what
+``inbound-mail status`` reads.
 """
 
 from __future__ import annotations
 
+import faulthandler
 import logging
 import os
 import signal
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from types import FrameType
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from .config import AccountConfig, Config
-from .delivery import DeliveryWorker, make_router
-from .errors import InboundMailError
-from .imap.worker import AccountWorker
+from ._generation import Generation, account_stalled
+from .config import AccountConfig, Config, load_config
+from .delivery import DeliveryWorker
+from .errors import ConfigError, InboundMailError
+from .imap.worker import AccountHealth, AccountWorker
 from .logs import log_event
-from .parse import ParseOptions
-from .sinks import Sink, create_sink
+from .metrics import Metrics, create_metrics
+from .notify import Health, Notifier, Supervisor, watchdog_interval
+from .secrets import read_password
+from .sinks import Sink
+from .status import ACCOUNT_PREFIX, DAEMON_KEY, HEARTBEAT_KEY, account_state, daemon_state
 from .store import IngestResult, Store, daemon_lock
 
 __all__ = ["Daemon", "OnceResult"]
 
 _log = logging.getLogger("inbound_mail.service")
 STOP_GRACE = 4.0
+RELOAD_GRACE = 35.0  # a sink's default 30 s timeout, and a little: nothing in flight is abandoned
+HEARTBEAT_INTERVAL = 10.0
 
 
 @dataclass(slots=True)
@@ -48,131 +68,173 @@ class OnceResult:
 
 
 class Daemon:
-    """Wires config, store, IMAP workers, delivery workers and the scheduler."""
+    """Wires config, store, workers, the scheduler, metrics and systemd together.
 
-    def __init__(self, config: Config) -> None:
-        self.config = config
+    ``reload`` returns a freshly read config for SIGHUP (default: the same file
+    again); ``configure_logging`` applies a reloaded config's ``[log]``.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        reload: Callable[[], Config] | None = None,
+        configure_logging: Callable[[Config], None] | None = None,
+        notifier: Notifier | None = None,
+    ) -> None:
         self.db_path = config.database.path
         self.stop = threading.Event()
-        self.route = make_router(config.sinks)
-        self.sinks: dict[str, Sink] = {}
-        self.delivery_workers: list[DeliveryWorker] = []
-        self.account_workers = [self._account_worker(account) for account in config.accounts]
-        self._threads: list[threading.Thread] = []
+        self.notifier = notifier or Notifier.from_environ()
+        self.metrics: Metrics | None = None
+        self._reload_config = reload or _same_file(config)
+        self._configure_logging = configure_logging
+        self._gen = Generation.accounts_only(config, on_batch=self._batch_stored)
+        self._scheduler: BackgroundScheduler | None = None
         self._signals = 0
+        self._reload_pending = False
+        self._started_at = time.time()
+        self._written: dict[str, str] = {}
+        self._next_heartbeat = 0.0
+        self._lock = threading.Lock()
+        self._stored = 0
+        self._outcomes = {"delivered": 0, "failed": 0, "dead": 0}
 
-    # -- public entry points -------------------------------------------------
+    # -- the running generation ------------------------------------------------------
+    @property
+    def config(self) -> Config:
+        return self._gen.config
+
+    @property
+    def account_workers(self) -> list[AccountWorker]:
+        return self._gen.account_workers
+
+    @property
+    def delivery_workers(self) -> list[DeliveryWorker]:
+        return self._gen.delivery_workers
+
+    @property
+    def sinks(self) -> dict[str, Sink]:
+        return self._gen.sinks
+
+    # -- public entry points -----------------------------------------------------------
     def run(self, *, install_signals: bool = True) -> int:
         """Serve until a signal (or ``request_stop``) asks for a stop; returns the exit
         code (0 on a warm stop).  Signals can only be installed from the main thread."""
         with self._prepared():
             if install_signals:
                 self._install_signal_handlers()
-            scheduler = self._start_scheduler()
-            self._start_threads()
-            log_event(_log, logging.INFO, "daemon.started", accounts=len(self.account_workers),
-                      sinks=len(self.delivery_workers), db=str(self.db_path))
-            while not self.stop.wait(0.5):
-                pass
+            self._scheduler = scheduler = self._start_scheduler()
+            self._gen.start(scheduler)
+            log_event(
+                _log,
+                logging.INFO,
+                "daemon.started",
+                accounts=len(self.account_workers),
+                sinks=len(self.delivery_workers),
+                db=str(self.db_path),
+            )
+            self._supervise(Supervisor(self.notifier, watchdog=watchdog_interval()))
             log_event(_log, logging.INFO, "daemon.stopping", reason="signal")
+            self.notifier.stopping()
+            self._gen.stop_and_join(scheduler, STOP_GRACE)
             scheduler.shutdown(wait=False)
-            self._join_threads()
         log_event(_log, logging.INFO, "daemon.stopped")
         return 0
 
     def run_once(self) -> OnceResult:
         """One catch-up pass of every account, then one attempt for every due delivery."""
         result = OnceResult()
-        with self._prepared():
+        with self._prepared(serve_metrics=False):
             for worker in self.account_workers:
                 try:
                     worker.run_once()
                 except InboundMailError as exc:
                     result.failures[worker.account.name] = str(exc)
-                    log_event(_log, logging.ERROR, "imap.failed", account=worker.account.name, error=str(exc))
+                    log_event(
+                        _log,
+                        logging.ERROR,
+                        "imap.failed",
+                        account=worker.account.name,
+                        error=str(exc),
+                    )
             for delivery in self.delivery_workers:
                 delivery.run_once()
         return result
 
     def request_stop(self) -> None:
+        """Ask for a warm stop (from any thread)."""
         self.stop.set()
+        self._gen.stop.set()
 
-    # -- wiring ---------------------------------------------------------------
+    def request_reload(self) -> None:
+        """Ask for what SIGHUP does; the main loop re-reads the config."""
+        self._reload_pending = True
+
+    # -- wiring ------------------------------------------------------------------------
     @contextmanager
-    def _prepared(self) -> Iterator[None]:
+    def _prepared(self, *, serve_metrics: bool = True) -> Iterator[None]:
         with daemon_lock(self.db_path):
             Store.open(self.db_path, raw_retention_days=self._retention_days()).close()
-            self._build_sinks()
+            if serve_metrics:
+                self.metrics = create_metrics(self.config, self._account_healths)
             try:
-                self._build_workers()
+                if self.metrics is not None:
+                    self.metrics.serve(
+                        str(self.config.metrics.listen), config_file=_file(self.config)
+                    )
+                self._gen.build_sinks(_log, self._attempted)
                 yield
             finally:
-                for sink in self.sinks.values():
-                    _close_quietly(sink)
+                self._gen.close_sinks()
+                if self.metrics is not None:
+                    self.metrics.close()
 
     def _retention_days(self) -> float | None:
         return self.config.database.raw_retention / 86400 or None
 
-    def _build_sinks(self) -> None:
-        for sink_config in self.config.sinks:
-            self.sinks[sink_config.name] = create_sink(sink_config)
-
-    def _account_worker(self, account: AccountConfig) -> AccountWorker:
-        options = ParseOptions.from_config(self.config.parse, account.senders)
-        return AccountWorker(account, db_path=self.db_path, parse_options=options, stop=self.stop,
-                             route=self.route, on_batch=self._batch_stored)
-
-    def _build_workers(self) -> None:
-        for sink_config in self.config.sinks:
-            self.delivery_workers.append(
-                DeliveryWorker(self.db_path, sink_config, sink=self.sinks[sink_config.name], log=_log)
-            )
-
     def _batch_stored(self, account: AccountConfig, folder: str, result: IngestResult) -> None:
+        with self._lock:
+            self._stored += len(result.new)
+        if self.metrics is not None:
+            self.metrics.batch_stored(account.name, result)
         if result.new:
             for worker in self.delivery_workers:
                 worker.wake()
 
-    def _start_threads(self) -> None:
-        for worker in self.account_workers:
-            self._spawn(f"imap-{worker.account.name}", worker.run)
-        for delivery in self.delivery_workers:
-            self._spawn(f"sink-{delivery.sink_config.name}", lambda d=delivery: d.run(self.stop))
+    def _attempted(self, sink: str, outcome: str, duration: float) -> None:
+        with self._lock:
+            self._outcomes[outcome] = self._outcomes.get(outcome, 0) + 1
+        if self.metrics is not None:
+            self.metrics.attempt(sink, outcome, duration)
 
-    def _spawn(self, name: str, target: object) -> None:
-        # Daemon threads: a forced exit must not wait for a sink stuck in a 30 s timeout.
-        thread = threading.Thread(target=target, name=name, daemon=True)  # type: ignore[arg-type]
-        thread.start()
-        self._threads.append(thread)
-
-    def _join_threads(self) -> None:
-        deadline = time.monotonic() + STOP_GRACE
-        for thread in self._threads:
-            thread.join(max(0.0, deadline - time.monotonic()))
-        late = [t.name for t in self._threads if t.is_alive()]
-        if late:
-            log_event(_log, logging.WARNING, "daemon.stop_timeout", threads=",".join(late),
-                      effect="their in-flight work is redone after the restart")
+    def _account_healths(self) -> list[tuple[str, AccountHealth]]:
+        return [(w.account.name, w.health) for w in self.account_workers]
 
     def _start_scheduler(self) -> BackgroundScheduler:
-        scheduler = BackgroundScheduler(job_defaults={"coalesce": True, "max_instances": 1,
-                                                      "misfire_grace_time": 30})
-        for worker in self.account_workers:
-            account = worker.account
-            # Whether the server has IDLE is only known once connected: the poll job
-            # is a no-op while the worker IDLEs, the resync job runs either way.
-            scheduler.add_job(worker.poll_due, "interval", seconds=max(account.poll_interval, 0.5),
-                              id=f"poll-{account.name}")
-            scheduler.add_job(worker.request_sync, "interval", seconds=max(account.resync_interval, 1.0),
-                              jitter=min(account.resync_interval / 10, 30), id=f"resync-{account.name}")
-        scheduler.add_job(self._heartbeat, "interval", seconds=10, id="heartbeat", next_run_time=_now_dt())
+        scheduler = BackgroundScheduler(
+            job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 30}
+        )
+        scheduler.add_job(self._heartbeat, "interval", seconds=1, id="heartbeat")
         scheduler.add_job(self._prune, "interval", hours=6, id="prune-raw", next_run_time=_now_dt())
         scheduler.start()
         return scheduler
 
     def _heartbeat(self) -> None:
+        """Write what ``status`` reads (each account's state, the daemon's, the time)
+        every HEARTBEAT_INTERVAL, and at once when an account's state changes."""
+        workers, now = self.account_workers, time.monotonic()
+        states = {
+            w.account.name: account_state(w.health, stalled=account_stalled(w, now))
+            for w in workers
+        }
+        if states == self._written and now < self._next_heartbeat:
+            return
         with Store.open(self.db_path) as store:
-            store.set_state("heartbeat", str(time.time()))
+            for name, value in states.items():
+                store.set_state(ACCOUNT_PREFIX + name, value)
+            store.set_state(DAEMON_KEY, daemon_state(os.getpid(), self._started_at, list(states)))
+            store.set_state(HEARTBEAT_KEY, str(time.time()))
+        self._written, self._next_heartbeat = states, now + HEARTBEAT_INTERVAL
 
     def _prune(self) -> None:
         with Store.open(self.db_path, raw_retention_days=self._retention_days()) as store:
@@ -180,36 +242,126 @@ class Daemon:
         if pruned:
             log_event(_log, logging.INFO, "store.pruned_raw", emails=pruned)
 
-    # -- signals ----------------------------------------------------------------
-    def _install_signal_handlers(self) -> None:
-        signal.signal(signal.SIGTERM, self._on_stop_signal)
-        signal.signal(signal.SIGINT, self._on_stop_signal)
-        signal.signal(signal.SIGHUP, self._on_hup)
+    # -- the main loop: supervision and reloads -----------------------------------------
+    def _supervise(self, supervisor: Supervisor) -> None:
+        while not self.stop.is_set():
+            if self._reload_pending:
+                self._reload_pending = False
+                self._reload(supervisor)
+            supervisor.tick(self._health())
+            self.stop.wait(supervisor.period)
 
-    def _on_stop_signal(self, signum: int, frame: FrameType | None) -> None:
-        self._signals += 1
-        if self._signals > 1:
-            log_event(_log, logging.WARNING, "daemon.forced_exit", signal=signal.Signals(signum).name)
-            os._exit(1)
-        log_event(_log, logging.INFO, "daemon.stop_requested", signal=signal.Signals(signum).name,
-                  hint="send it again to force the exit")
-        self.stop.set()
+    def _health(self) -> Health:
+        gen = self._gen
+        with self._lock:
+            stored, out = self._stored, dict(self._outcomes)
+        status = (
+            f"accounts: {gen.state_summary()}; since start: {stored} SMS stored, "
+            f"{out['delivered']} delivered, {out['failed']} failed, {out['dead']} dead"
+        )
+        return Health(ready=gen.ready, stalled=tuple(gen.stalled(time.monotonic())), status=status)
 
-    def _on_hup(self, signum: int, frame: FrameType | None) -> None:
+    def _reload(self, supervisor: Supervisor) -> None:
+        log_event(_log, logging.INFO, "daemon.reload_requested")
+        try:
+            new = self._next_generation(self._reload_config())
+        except InboundMailError as exc:
+            log_event(
+                _log,
+                logging.ERROR,
+                "daemon.reload_failed",
+                error=str(exc),
+                effect="the running config stays in force; fix it and reload again",
+            )
+            self._reopen_files()
+            return
+        supervisor.reloading()
+        self._gen.stop_and_join(self._scheduler, RELOAD_GRACE, tick=supervisor.keepalive)
+        if self.metrics is not None:
+            self.metrics.retire(self._account_healths())
+            self.metrics.configure(new.config)
+        self._gen = new
+        if self.stop.is_set():  # a stop signal came meanwhile: the new workers stop at once
+            new.stop.set()
+        log_event(
+            _log,
+            logging.INFO,
+            "daemon.reloaded",
+            accounts=len(new.account_workers),
+            sinks=len(new.delivery_workers),
+        )
+        if self._configure_logging is not None:  # after that line: a new level may hide it
+            self._configure_logging(new.config)
+        assert self._scheduler is not None
+        new.start(self._scheduler)
+
+    def _next_generation(self, config: Config) -> Generation:
+        """A generation for ``config``, sinks built: raises if anything in it is invalid."""
+        for key, old, new in (
+            ("database.path", self.db_path, config.database.path),
+            ("metrics.listen", self.config.metrics.listen, config.metrics.listen),
+        ):
+            if old != new:
+                raise ConfigError(
+                    f"changed from {old} to {new}, which needs a restart "
+                    "(systemctl restart inbound-mail)",
+                    file=_file(config),
+                    key=key,
+                )
+        for account in config.accounts:
+            read_password(account)  # a secret that cannot be read makes the config invalid
+        gen = Generation.accounts_only(config, on_batch=self._batch_stored)
+        gen.build_sinks(_log, self._attempted)
+        return gen
+
+    def _reopen_files(self) -> None:
         for sink in self.sinks.values():
             reopen = getattr(sink, "reopen", None)
             if callable(reopen):
                 reopen()
         log_event(_log, logging.INFO, "daemon.reopened_files")
 
+    # -- signals -----------------------------------------------------------------------
+    def _install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGTERM, self._on_stop_signal)
+        signal.signal(signal.SIGINT, self._on_stop_signal)
+        signal.signal(signal.SIGHUP, self._on_hup)
+        # A watchdog kill (SIGABRT) then shows where every thread was stuck.
+        with suppress(OSError, ValueError, AttributeError):  # stderr without a descriptor
+            faulthandler.enable(all_threads=True)
+
+    def _on_stop_signal(self, signum: int, frame: FrameType | None) -> None:
+        self._signals += 1
+        if self._signals > 1:
+            log_event(
+                _log, logging.WARNING, "daemon.forced_exit", signal=signal.Signals(signum).name
+            )
+            os._exit(1)
+        log_event(
+            _log,
+            logging.INFO,
+            "daemon.stop_requested",
+            signal=signal.Signals(signum).name,
+            hint="send it again to force the exit",
+        )
+        self.request_stop()
+
+    def _on_hup(self, signum: int, frame: FrameType | None) -> None:
+        self.request_reload()  # the main loop does it: never inside a signal handler
+
+
+def _same_file(config: Config) -> Callable[[], Config]:
+    def reload() -> Config:
+        if config.path is None:
+            raise ConfigError("the daemon runs on built-in defaults: no config file to re-read")
+        return load_config(config.path, db_override=config.database.path)
+
+    return reload
+
+
+def _file(config: Config) -> str | None:
+    return str(config.path) if config.path else None
+
 
 def _now_dt() -> datetime:
     return datetime.now(UTC)
-
-
-def _close_quietly(sink: Sink) -> None:
-    try:
-        sink.close()
-    except Exception as exc:
-        log_event(_log, logging.WARNING, "sink.close_failed", sink=sink.name, error=str(exc))
-

@@ -319,13 +319,13 @@ class FaultProxy:
         upto = cut.feed(data) if cut is not None else None
         if upto is not None:
             data = data[:upto]
+        self.forwarded[direction] += len(data)  # before the write: a reader never sees more
         try:
             writer.write(data)
             await writer.drain()
         except (OSError, RuntimeError):
             link.abort()
             return False
-        self.forwarded[direction] += len(data)
         if upto is None:
             return True
         self.cuts += 1

@@ -30,7 +30,7 @@ from inbound_mail.testing.mailbox import Mailbox
 from inbound_mail.testing.wait import wait_until
 from inbound_mail.testing.webhook_receiver import WebhookReceiver
 
-from helpers import DaemonProcess, rows, write_config
+from helpers import DaemonProcess, count, rows, write_config
 
 __all__ = ["FAST_ACCOUNT", "FAST_SINK", "FaultRun", "FaultRunFactory"]
 
@@ -57,6 +57,8 @@ class FaultRun:
         self.config_path = workdir / "inbound-mail.toml"
         self.daemons: list[DaemonProcess] = []
         self.started_at: float | None = None
+        self.fault: str | None = None
+        """The fault the current daemon was started with."""
         self.configure()
 
     # -- set-up -------------------------------------------------------------------------
@@ -124,6 +126,7 @@ class FaultRun:
         assert not self.running, "one daemon at a time (see the lock test for two)"
         self._clock()
         env = {"INBOUND_MAIL_FAULT": fault} if fault else None
+        self.fault = fault
         self.daemons.append(DaemonProcess(self.config_path, env=env))
         if wait_idle:
             self.daemon.wait_log("state=idle", timeout=30)
@@ -145,6 +148,8 @@ class FaultRun:
 
     def stop(self) -> None:
         """A warm stop (SIGTERM), which must end with exit 0 within 10 s."""
+        # Before its handlers are installed, SIGTERM kills the process outright.
+        self.daemon.wait_log("daemon.started", timeout=30)
         self.daemon.signal(signal.SIGTERM)
         try:
             code = self.daemon.wait(STOP_TIMEOUT)
@@ -197,19 +202,23 @@ class FaultRun:
         seconds = time.monotonic() - (self.started_at or time.monotonic())
         return self.ledger.figures(self.receiver, seconds)
 
-    def finish(self, *, settle_timeout: float = SETTLE_TIMEOUT) -> Figures:
-        """Settle, stop the daemon, record and print the figures, assert no loss or duplicate."""
+    def finish(self, *, settle_timeout: float = SETTLE_TIMEOUT, record: bool = True) -> Figures:
+        """Settle, stop the daemon, print (and ``record``) the figures, assert no loss
+        and no duplicate."""
         try:
             self.settle(settle_timeout)
         finally:
             figures = self.figures()
             print(f"{self.name}: {figures}")
-            record_figures(self.name, figures)
+            if record:
+                record_figures(self.name, figures)
         if self.running:
             self.stop()
         assert figures.unexpected == 0, f"delivered but never sent: {figures}"
         assert figures.lost == 0, f"lost: {figures}\n{self.logs()}"
         assert figures.duplicated == 0, f"duplicated: {figures}\n{self.logs()}"
+        stored = count(self.db)
+        assert stored == figures.sent, f"{stored} SMS stored for {figures.sent} sent"
         return figures
 
     def close(self) -> None:

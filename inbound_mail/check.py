@@ -1,0 +1,320 @@
+"""``inbound-mail check``: try every part of the set-up, one line per step.
+
+The config has already been validated by loading it.  Then, for each account:
+the password, DNS, TCP, TLS (the certificate's subject and expiry), the login,
+the server's IDLE / MOVE / UIDPLUS capabilities, the folders, and how many
+provider emails wait above the checkpoint.  For each sink: its options, then
+whether it can be reached -- a webhook's host over TCP (and TLS for https), a
+jsonl file's directory, a command's program -- without sending anything unless
+``send_test`` is set.
+
+Each line is ``ok``, ``warn`` (worth knowing, not a failure) or ``FAIL``; a
+FAIL says what to fix, and makes the report's exit code 1.  The sink checks
+live in :mod:`inbound_mail._check_sinks`.
+"""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import time
+from collections.abc import Callable, Generator, Iterator
+from contextlib import closing, suppress
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from imapclient import IMAPClient
+
+from .config import AccountConfig, Config
+from .errors import ImapTlsError, InboundMailError
+from .imap.connection import capabilities, connect, tls_context
+from .imap.worker import imap_errors
+from .secrets import read_password
+from .store import Store
+
+__all__ = ["CheckLine", "CheckReport", "Level", "reason", "run_checks"]
+
+Level = Literal["ok", "warn", "FAIL"]
+CERT_WARN_DAYS = 14
+
+
+@dataclass(frozen=True, slots=True)
+class CheckLine:
+    """One step's outcome."""
+
+    level: Level
+    subject: str
+    step: str
+    detail: str
+
+    def line(self) -> str:
+        return f"{self.level:<4} {self.subject} {self.step}: {self.detail}"
+
+
+@dataclass(slots=True)
+class CheckReport:
+    """Every step's line; ``exit_code`` is 1 when any failed."""
+
+    lines: list[CheckLine] = field(default_factory=list)
+
+    @property
+    def failures(self) -> list[CheckLine]:
+        return [line for line in self.lines if line.level == "FAIL"]
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.failures else 0
+
+
+def run_checks(
+    config: Config, *, send_test: bool = False, on_line: Callable[[CheckLine], None] | None = None
+) -> CheckReport:
+    """Check every account and sink of ``config``; ``on_line`` sees each line as it comes."""
+    report = CheckReport()
+    for line in _all_lines(config, send_test):
+        report.lines.append(line)
+        if on_line is not None:
+            on_line(line)
+    return report
+
+
+def _all_lines(config: Config, send_test: bool) -> Iterator[CheckLine]:
+    where = str(config.path) if config.path else "built-in defaults (no config file)"
+    counts = f"{len(config.accounts)} accounts, {len(config.sinks)} sinks"
+    yield CheckLine("ok", "config", "valid", f"{where}: {counts}")
+    if not config.accounts:
+        yield CheckLine(
+            "FAIL", "config", "accounts", "no [[accounts]]: the daemon would read no mailbox"
+        )
+    if not config.sinks:
+        yield CheckLine(
+            "warn", "config", "sinks", "no [[sinks]]: SMS are stored, delivered nowhere"
+        )
+    for account in config.accounts:
+        yield from _check_account(account, config)
+    from ._check_sinks import check_sink  # here: it imports CheckLine from this module
+
+    for sink in config.sinks:
+        yield from check_sink(sink, send_test)
+
+
+# -- accounts ----------------------------------------------------------------------------
+LineMaker = Callable[[Level, str, str], CheckLine]
+
+
+def _check_account(account: AccountConfig, config: Config) -> Iterator[CheckLine]:
+    subject = f"account {account.name}"
+
+    def line(level: Level, step: str, detail: str) -> CheckLine:
+        return CheckLine(level, subject, step, detail)
+
+    try:
+        password = read_password(account)
+    except InboundMailError as exc:
+        yield line("FAIL", "password", str(exc))
+        return
+    yield line("ok", "password", "read")
+    if not (yield from _network(account, line)):
+        return
+    try:
+        client = connect(account, password)
+    except InboundMailError as exc:
+        yield line("FAIL", "TLS" if isinstance(exc, ImapTlsError) else "login", str(exc))
+        return
+    yield line("ok", "login", f"logged in as {account.username}")
+    try:
+        with imap_errors(account.name):
+            if account.tls == "starttls":
+                yield _certificate_line(client.socket(), account, line)
+            yield from _capability_lines(client, account, line)
+            yield from _folder_lines(client, account, config, line)
+    except InboundMailError as exc:
+        yield line("FAIL", "session", str(exc))
+    finally:
+        with suppress(Exception):  # the check is over; a dead connection has nothing to say
+            client.logout()
+
+
+def _network(account: AccountConfig, line: LineMaker) -> Generator[CheckLine, None, bool]:
+    """DNS, TCP, then for implicit TLS the handshake; False when the rest cannot follow."""
+    where = f"{account.host}:{account.port}"
+    try:
+        infos = socket.getaddrinfo(account.host, account.port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        yield line(
+            "FAIL",
+            "DNS",
+            f"cannot resolve {account.host} ({exc.strerror}): check {account.key('host')}",
+        )
+        return False
+    yield line(
+        "ok", "DNS", f"{account.host} is {', '.join(sorted({str(i[4][0]) for i in infos})[:4])}"
+    )
+    try:
+        sock = socket.create_connection(
+            (account.host, account.port), timeout=account.connect_timeout
+        )
+    except OSError as exc:
+        yield line(
+            "FAIL",
+            "TCP",
+            f"cannot connect to {where} ({reason(exc)}): check "
+            f"{account.key('port')}, the server and any firewall",
+        )
+        return False
+    with closing(sock):
+        yield line("ok", "TCP", f"connected to {where}")
+        if account.tls == "none":
+            yield line(
+                "warn", "TLS", 'off (tls = "none"): the password crosses the network in clear text'
+            )
+        elif account.tls == "implicit":
+            return (yield from _handshake(sock, account, line))
+        return (yield from _greeting(sock, account, line))
+    return True
+
+
+def _greeting(
+    sock: socket.socket, account: AccountConfig, line: LineMaker
+) -> Generator[CheckLine, None, bool]:
+    """A plain-text session must start with the server's ``* OK``; a TLS port stays silent."""
+    try:
+        greeting = sock.makefile("rb").readline(200)
+    except OSError as exc:
+        greeting = f"({reason(exc)})".encode()
+    if greeting.startswith((b"* OK", b"* PREAUTH")):
+        return True
+    yield line(
+        "FAIL",
+        "TLS",
+        f"no IMAP greeting from {account.host}:{account.port} "
+        f'({greeting[:60]!r}): a TLS-only port? use tls = "implicit" there, or the '
+        f"server's STARTTLS port (usually 143); see {account.key('tls')}",
+    )
+    return False
+
+
+def _handshake(
+    sock: socket.socket, account: AccountConfig, line: LineMaker
+) -> Generator[CheckLine, None, bool]:
+    where = f"{account.host}:{account.port}"
+    try:
+        context = tls_context(account)
+        with context.wrap_socket(sock, server_hostname=account.host) as tls_sock:
+            yield _certificate_line(tls_sock, account, line)
+    except ssl.SSLCertVerificationError as exc:
+        yield line(
+            "FAIL",
+            "TLS",
+            f"certificate of {where} not trusted ({exc.verify_message}): set "
+            f"{account.key('ca_file')} to the CA that signed it, or fix the server",
+        )
+        return False
+    except (OSError, InboundMailError) as exc:
+        yield line(
+            "FAIL",
+            "TLS",
+            f"handshake with {where} failed ({reason(exc)}): is it a TLS port? "
+            f"see {account.key('tls')}",
+        )
+        return False
+    return True
+
+
+def _certificate_line(sock: Any, account: AccountConfig, line: LineMaker) -> CheckLine:
+    cert = sock.getpeercert() if isinstance(sock, ssl.SSLSocket) else None
+    if not cert:
+        return line("warn", "TLS", "no certificate details available")
+    subject, issuer = _name(cert.get("subject", ())), _name(cert.get("issuer", ()))
+    not_after = str(cert.get("notAfter", ""))
+    days = int((ssl.cert_time_to_seconds(not_after) - time.time()) // 86400)
+    text = (
+        f"{sock.version()}, certificate {subject} by {issuer}, expires {not_after} (in {days} days)"
+    )
+    if days < CERT_WARN_DAYS:
+        return line("FAIL", "TLS", f"{text}: renew the certificate of {account.host}")
+    return line("ok", "TLS", text)
+
+
+def _capability_lines(
+    client: IMAPClient, account: AccountConfig, line: LineMaker
+) -> Iterator[CheckLine]:
+    caps = capabilities(client)
+    found = ", ".join(
+        f"{cap} {'yes' if cap in caps else 'no'}" for cap in ("IDLE", "MOVE", "UIDPLUS")
+    )
+    yield line("ok", "capabilities", found)
+    if account.idle and "IDLE" not in caps:
+        yield line(
+            "warn",
+            "capabilities",
+            f"no IDLE: the daemon polls every {account.poll_interval:g}s, "
+            "so an SMS may wait that long",
+        )
+    if account.after.startswith("move:") and "MOVE" not in caps:
+        yield line("warn", "capabilities", "no MOVE: mail is moved with COPY, then deleted")
+    if account.after in ("delete",) and "UIDPLUS" not in caps:
+        yield line(
+            "warn",
+            "capabilities",
+            "no UIDPLUS: deleted mail stays flagged \\Deleted until another client expunges it",
+        )
+
+
+def _folder_lines(
+    client: IMAPClient, account: AccountConfig, config: Config, line: LineMaker
+) -> Iterator[CheckLine]:
+    for folder in account.folders:
+        if not client.folder_exists(folder):
+            yield line(
+                "FAIL",
+                "folders",
+                f"{folder!r} does not exist: create it, or fix {account.key('folders')}",
+            )
+            continue
+        waiting = _waiting(client, account, config, folder)
+        yield line("ok", "folders", f"{folder!r}: {waiting} provider emails wait to be read")
+    if account.after.startswith("move:"):
+        target = account.after.removeprefix("move:")
+        if not client.folder_exists(target):
+            yield line(
+                "warn",
+                "folders",
+                f"{target!r} (after = move) does not exist yet: it is created on the first move",
+            )
+
+
+def _waiting(client: IMAPClient, account: AccountConfig, config: Config, folder: str) -> int:
+    """Provider emails above the daemon's checkpoint: what its next pass reads."""
+    selected = client.select_folder(folder, readonly=True)
+    uidvalidity = int(selected[b"UIDVALIDITY"])
+    last = 0
+    if config.database.path.exists():
+        with Store.open(config.database.path, raw_retention_days=None) as store:
+            checkpoint = store.get_checkpoint(account.name, folder)
+        if checkpoint is not None and checkpoint.uidvalidity == uidvalidity:
+            last = checkpoint.last_uid
+    criteria: list[Any] = ["FROM", account.senders[0]]
+    for sender in account.senders[1:]:
+        criteria = ["OR", criteria, ["FROM", sender]]
+    if last:
+        criteria = [criteria, "UID", f"{last + 1}:*"]
+    return len([uid for uid in client.search(criteria) if int(uid) > last])
+
+
+def reason(exc: BaseException) -> str:
+    """A short reason for a network error: "timed out", "Connection refused", ..."""
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or type(exc).__name__
+
+
+def _name(rdns: Any) -> str:
+    """``CN=localhost`` (or the whole name) from getpeercert()'s nested tuples."""
+    pairs = [pair for rdn in rdns for pair in rdn if isinstance(pair, tuple) and len(pair) == 2]
+    common = [value for key, value in pairs if key == "commonName"]
+    if common:
+        return f"CN={common[0]}"
+    return ", ".join(f"{key}={value}" for key, value in pairs) or "(no name)"

@@ -1,0 +1,365 @@
+"""``inbound-mail status``: is the feed healthy?  Read from the database alone.
+
+The daemon's heartbeat job writes to the store's ``state`` table every few
+seconds: ``heartbeat`` (epoch seconds), ``daemon`` (pid, start time, version)
+and ``account:NAME`` (the worker's connection state, last successful sync,
+last error).  :func:`collect_status` reads those, the SMS per destination
+number and the delivery statistics of the last hour, and judges them against
+``[status]``; the thresholds default to the provider's own advice (deliveries
+slower than 5 s or failing more than 1 % of the time deserve an alert, and so
+do gaps in expected traffic).
+
+The report's level follows the Nagios convention: OK (exit 0), WARNING (1),
+CRITICAL (2).  Each problem is one line that says what to fix.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Literal
+
+from . import __version__
+from .config import AccountConfig, Config
+from .store import Store
+
+if TYPE_CHECKING:
+    from .imap.worker import AccountHealth
+
+__all__ = [
+    "ACCOUNT_PREFIX",
+    "DAEMON_KEY",
+    "HEARTBEAT_KEY",
+    "Problem",
+    "StatusReport",
+    "account_state",
+    "collect_status",
+    "daemon_state",
+]
+
+Level = Literal["OK", "WARNING", "CRITICAL"]
+EXIT_CODES: dict[str, int] = {"OK": 0, "WARNING": 1, "CRITICAL": 2}
+HEARTBEAT_KEY = "heartbeat"
+DAEMON_KEY = "daemon"
+ACCOUNT_PREFIX = "account:"
+HOUR = 3600.0
+JOURNAL_HINT = "see `systemctl status inbound-mail` and `journalctl -u inbound-mail`"
+
+
+def account_state(health: AccountHealth, *, stalled: bool) -> str:
+    """The ``account:NAME`` value the daemon's heartbeat writes (JSON)."""
+    return json.dumps(
+        {
+            "state": health.state,
+            "connected": health.connected,
+            "last_sync_at": health.last_sync_at,
+            "last_error": health.last_error,
+            "reconnects": health.reconnects,
+            "idle_refreshes": health.idle_refreshes,
+            "stalled": stalled,
+        }
+    )
+
+
+def daemon_state(pid: int, started_at: float, accounts: list[str]) -> str:
+    """The ``daemon`` value the heartbeat writes (JSON): ``accounts`` are those it serves."""
+    return json.dumps(
+        {"pid": pid, "started_at": started_at, "version": __version__, "accounts": accounts}
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One thing to fix."""
+
+    level: Level
+    subject: str
+    message: str
+
+    def line(self) -> str:
+        return f"{self.level} {self.subject}: {self.message}"
+
+
+@dataclass(slots=True)
+class StatusReport:
+    """What ``status`` found; ``exit_code`` follows the Nagios convention."""
+
+    checked_at: float
+    database: str
+    daemon: dict[str, Any] = field(default_factory=dict)
+    accounts: list[dict[str, Any]] = field(default_factory=list)
+    numbers: list[dict[str, Any]] = field(default_factory=list)
+    sinks: list[dict[str, Any]] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def level(self) -> Level:
+        levels = {p.level for p in self.problems}
+        return "CRITICAL" if "CRITICAL" in levels else "WARNING" if levels else "OK"
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_CODES[self.level]
+
+    def problem(self, level: Level, subject: str, message: str) -> None:
+        self.problems.append(Problem(level, subject, message))
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["status"], data["exit_code"] = self.level, self.exit_code
+        return data
+
+    def lines(self) -> list[str]:
+        """The text report: a summary line, one line per problem, then the figures."""
+        count = len(self.problems)
+        summary = f"{count} problem{'s' if count != 1 else ''}" if count else self._totals()
+        lines = [f"{self.level}: {summary}"] + [p.line() for p in self.problems]
+        lines.append("")
+        lines.append(_daemon_line(self.daemon, self.checked_at))
+        lines += [_account_line(a, self.checked_at) for a in self.accounts]
+        lines += [_number_line(n, self.checked_at) for n in self.numbers]
+        lines += [_sink_line(s) for s in self.sinks]
+        return lines
+
+    def _totals(self) -> str:
+        return (
+            f"{len(self.accounts)} accounts, {len(self.numbers)} numbers, {len(self.sinks)} sinks"
+        )
+
+
+def collect_status(config: Config, *, now: float | None = None) -> StatusReport:
+    """Read the database named by ``config`` and judge it against ``config.status``."""
+    now = time.time() if now is None else now
+    path = config.database.path
+    report = StatusReport(checked_at=now, database=str(path))
+    if not path.exists():
+        report.problem(
+            "CRITICAL",
+            "database",
+            f"{path} does not exist: start the daemon "
+            "(systemctl start inbound-mail), or point --db or [database].path at its database",
+        )
+        return report
+    with Store.open(path, raw_retention_days=None) as store:
+        state = store.state_items()
+        fresh = _judge_heartbeat(report, config, state, now)
+        for account in config.accounts:
+            _judge_account(report, account, state, now, judge=fresh)
+        _judge_numbers(report, config, store.last_message_by_destination(), now)
+        backlog = store.backlog()
+        for sink in config.sinks:
+            stats = store.delivery_stats(sink.name, now - HOUR)
+            _judge_sink(report, config, sink.name, backlog.get(sink.name, {}), stats)
+    return report
+
+
+# -- the judges ------------------------------------------------------------------------------
+def _judge_heartbeat(
+    report: StatusReport, config: Config, state: dict[str, str], now: float
+) -> bool:
+    """Record the daemon's figures; True when its heartbeat is fresh."""
+    report.daemon = _json(state.get(DAEMON_KEY))
+    beat = _float(state.get(HEARTBEAT_KEY))
+    report.daemon["heartbeat_at"] = beat
+    limit = config.status.heartbeat_stale
+    if beat is None:
+        report.problem(
+            "CRITICAL",
+            "daemon",
+            f"no heartbeat in {report.database}: the daemon has "
+            f"never run on this database; start it ({JOURNAL_HINT})",
+        )
+        return False
+    if now - beat > limit:
+        report.problem(
+            "CRITICAL",
+            "daemon",
+            f"last heartbeat {_ago(now - beat)} ago (limit "
+            f"{_ago(limit)}): the daemon is stopped or hung; {JOURNAL_HINT}",
+        )
+        return False
+    return True
+
+
+def _judge_account(
+    report: StatusReport, account: AccountConfig, state: dict[str, str], now: float, *, judge: bool
+) -> None:
+    data = _json(state.get(ACCOUNT_PREFIX + account.name))
+    report.accounts.append({"name": account.name, **data})
+    subject = f"account {account.name}"
+    if not judge:
+        return  # a stale heartbeat is the one problem to report; these figures are as old
+    if not data or account.name not in report.daemon.get("accounts", [account.name]):
+        report.problem(
+            "WARNING",
+            subject,
+            "not served by the running daemon, which started before "
+            "the account was added: reload it (systemctl reload inbound-mail)",
+        )
+        return
+    if data.get("stalled"):
+        report.problem(
+            "CRITICAL",
+            subject,
+            "its worker shows no sign of life; restart the service "
+            f"(systemctl restart inbound-mail) and report the hang ({JOURNAL_HINT})",
+        )
+    elif not data.get("connected") and data.get("state") == "backoff":
+        report.problem("WARNING", subject, f"disconnected, retrying: {data.get('last_error')}")
+    limit = _sync_limit(account)
+    last_sync = _float(data.get("last_sync_at"))
+    if last_sync is None and data.get("state") not in ("starting", "connecting", "connected"):
+        report.problem(
+            "CRITICAL",
+            subject,
+            f"has never completed a sync pass: fix the error above ({JOURNAL_HINT})",
+        )
+    elif last_sync is not None and now - last_sync > limit:
+        report.problem(
+            "CRITICAL",
+            subject,
+            f"no successful sync for {_ago(now - last_sync)} "
+            f"(limit {_ago(limit)}): no SMS arrives from it; {JOURNAL_HINT}",
+        )
+
+
+def _judge_numbers(report: StatusReport, config: Config, last: dict[str, str], now: float) -> None:
+    expected = config.status.expect_within
+    for number in sorted(set(last) | set(expected)):
+        received = last.get(number)
+        age = now - _epoch(received) if received else None
+        report.numbers.append(
+            {"destination": number, "last_sms_at": received, "expect_within": expected.get(number)}
+        )
+        window = expected.get(number)
+        if window is None or (age is not None and age <= window):
+            continue
+        seen = f"no SMS for {_ago(age)}" if age is not None else "no SMS stored yet"
+        report.problem(
+            "WARNING",
+            f"number {number}",
+            f"{seen} (expected within {_ago(window)}): "
+            "check that the provider still delivers this number by email to the "
+            "mailbox, and that the mail is not filtered as spam",
+        )
+
+
+def _judge_sink(
+    report: StatusReport, config: Config, name: str, backlog: dict[str, int], stats: dict[str, Any]
+) -> None:
+    limits = config.status
+    attempts, failures = int(stats["attempts"]), int(stats["failures"])
+    rate = failures / attempts if attempts else 0.0
+    p95 = stats["p95_duration"]
+    report.sinks.append(
+        {
+            "name": name,
+            "pending": backlog.get("pending", 0),
+            "failed": backlog.get("failed", 0),
+            "dead": backlog.get("dead", 0),
+            "attempts_last_hour": attempts,
+            "error_rate": rate,
+            "p95_seconds": p95,
+        }
+    )
+    subject = f"sink {name}"
+    if backlog.get("dead"):
+        report.problem(
+            "WARNING",
+            subject,
+            f"{backlog['dead']} dead deliveries: see `inbound-mail "
+            f"deliveries --status dead --sink {name}`, fix the receiver, then "
+            f"`inbound-mail retry-dead --sink {name}`",
+        )
+    if attempts and rate > limits.error_rate:
+        report.problem(
+            "WARNING",
+            subject,
+            f"{rate:.1%} of {attempts} attempts failed in the last hour "
+            f"(limit {limits.error_rate:.1%}): see `inbound-mail deliveries --status failed "
+            f"--sink {name}` for the receiver's errors",
+        )
+    if p95 is not None and p95 > limits.slow_delivery:
+        report.problem(
+            "WARNING",
+            subject,
+            f"p95 delivery time {p95:.2f}s in the last hour (limit "
+            f"{limits.slow_delivery:g}s): the receiver should answer at once and do "
+            "its work in the background",
+        )
+
+
+def _sync_limit(account: AccountConfig) -> float:
+    """How old the last sync may be: with IDLE a pass follows every refresh and resync."""
+    every = (
+        min(account.idle_refresh, account.resync_interval)
+        if account.idle
+        else account.poll_interval
+    )
+    return 2 * max(every, account.poll_interval) + 60.0
+
+
+# -- formatting --------------------------------------------------------------------------
+def _daemon_line(daemon: dict[str, Any], now: float) -> str:
+    beat = daemon.get("heartbeat_at")
+    if beat is None:
+        return "daemon: no heartbeat"
+    pid, version = daemon.get("pid", "?"), daemon.get("version", "?")
+    return f"daemon: heartbeat {_ago(now - beat)} ago, pid {pid}, version {version}"
+
+
+def _account_line(account: dict[str, Any], now: float) -> str:
+    if "state" not in account:
+        return f"account {account['name']}: no state reported"
+    sync = account.get("last_sync_at")
+    synced = f"last sync {_ago(now - sync)} ago" if sync else "never synced"
+    reconnects = account.get("reconnects", 0)
+    return f"account {account['name']}: {account['state']}, {synced}, {reconnects} reconnects"
+
+
+def _number_line(number: dict[str, Any], now: float) -> str:
+    received = number["last_sms_at"]
+    last = f"last SMS {received} ({_ago(now - _epoch(received))} ago)" if received else "no SMS yet"
+    return f"number {number['destination']}: {last}"
+
+
+def _sink_line(sink: dict[str, Any]) -> str:
+    p95 = sink["p95_seconds"]
+    return (
+        f"sink {sink['name']}: backlog {sink['pending']}, dead {sink['dead']}, last hour "
+        f"{sink['attempts_last_hour']} attempts, {sink['error_rate']:.1%} errors, "
+        f"p95 {'-' if p95 is None else f'{p95:.2f}s'}"
+    )
+
+
+def _ago(seconds: float) -> str:
+    """``42s``, ``5m``, ``3h 2m``, ``2d 3h``."""
+    s = max(0, int(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m"
+    if s < 86400:
+        return f"{s // 3600}h {s % 3600 // 60}m"
+    return f"{s // 86400}d {s % 86400 // 3600}h"
+
+
+def _json(value: str | None) -> dict[str, Any]:
+    try:
+        data = json.loads(value) if value else {}
+    except ValueError:
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _float(value: object) -> float | None:
+    try:
+        return None if value is None else float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+
+
+def _epoch(iso_text: str) -> float:
+    return datetime.fromisoformat(iso_text.replace("Z", "+00:00")).timestamp()
