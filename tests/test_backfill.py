@@ -6,11 +6,12 @@ import json
 from pathlib import Path
 
 from click.testing import CliRunner
-from helpers import count, rows, write_config
 
 from inbound_mail.cli import cli
 from inbound_mail.testing.emails import build_provider_email
 from inbound_mail.testing.mailbox import Mailbox
+
+from helpers import count, rows, write_config
 
 
 def sms(n: int, day: str) -> bytes:
