@@ -1,8 +1,9 @@
 """Shared by the benchmark scripts: the machine, child processes, the corpus, tables.
 
-Every measured variant runs in a child process of its own, started here, so
-its peak RSS (``ru_maxrss`` from ``wait4``: that child alone, not the maximum
-over every child the script ever had) and its wall time belong to it alone.
+Every measured variant runs in a child process of its own, started here through
+``_launch.py``, so its peak RSS (``ru_maxrss`` from ``wait4`` of that child
+alone, forked from the small launcher rather than from this big process) and
+its wall time belong to it alone.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import json
 import os
 import platform
 import random
+import re
 import resource
 import shutil
 import sqlite3
@@ -106,30 +108,36 @@ def run_child(
     timeout: float | None = None,
     cwd: Path | None = None,
 ) -> Child:
-    """Run ``argv``; its own rusage comes from ``wait4``.  On ``timeout`` it gets
-    SIGTERM (then SIGKILL), and the result says ``timed_out``."""
+    """Run ``argv`` under ``_launch.py``, which reports its peak RSS and wall time.
+    On ``timeout`` it gets SIGTERM (then SIGKILL), and the result says ``timed_out``."""
     out_path = (
         Path(os.environ.get("TMPDIR", "/tmp")) / f"bench-child-{os.getpid()}-{time.time_ns()}"
     )
+    launcher = [PYTHON, "-S", str(BENCH_DIR / "_launch.py"), f"{out_path}.json"]
     with open(f"{out_path}.out", "w+b") as out, open(f"{out_path}.err", "w+b") as err:
         started = time.perf_counter()
         proc = subprocess.Popen(
-            list(argv),
+            [*launcher, *argv],
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=err,
             env={**os.environ, **(env or {})},
             cwd=cwd,
         )
-        status, usage, timed_out = _wait(proc, timeout)
+        status, _usage, timed_out = _wait(proc, timeout)
         wall = time.perf_counter() - started
         out.seek(0)
         err.seek(0)
         stdout, stderr = out.read().decode(errors="replace"), err.read().decode(errors="replace")
-    for suffix in (".out", ".err"):
+    try:
+        measured = json.loads(Path(f"{out_path}.json").read_text())
+    except (OSError, ValueError):  # the launcher itself was killed
+        measured = {"max_rss_kb": float("nan"), "wall": wall}
+    for suffix in (".out", ".err", ".json"):
         Path(f"{out_path}{suffix}").unlink(missing_ok=True)
     code = os.waitstatus_to_exitcode(status)
-    return Child(list(argv), wall, usage.ru_maxrss / 1024, code, stdout, stderr, timed_out)
+    rss = measured["max_rss_kb"] / 1024
+    return Child(list(argv), measured["wall"], rss, code, stdout, stderr, timed_out)
 
 
 def _wait(
@@ -335,8 +343,11 @@ class Table:
         return "\n".join(lines).rstrip() + "\n"
 
 
+_NUMBER = re.compile(r"[-+]?[\d,.]+%?")
+
+
 def _numeric(cell: str) -> bool:
-    return bool(cell) and (cell[0].isdigit() or cell[0] in "-+.") and cell != "-"
+    return _NUMBER.fullmatch(cell) is not None
 
 
 def save_results(name: str, data: Mapping[str, Any], path: Path | None = None) -> Path:

@@ -40,6 +40,7 @@ def floor(spec: dict[str, Any], db: Path) -> dict[str, Any]:
     client = connect(spec)
     client.select_folder(spec.get("folder", "INBOX"), readonly=True)
     uids = sorted(client.search(["FROM", PROVIDER]))
+    rss_after_search = _vm_hwm_mb()
     size = int(spec.get("fetch_batch", 200))
     skipped = 0
     for start in range(0, len(uids), size):
@@ -53,7 +54,19 @@ def floor(spec: dict[str, Any], db: Path) -> dict[str, Any]:
         store.flush()
     client.logout()
     store.close()
-    return {"fetched": len(uids), "new": store.inserted, "skipped": skipped}
+    return {
+        "fetched": len(uids),
+        "new": store.inserted,
+        "skipped": skipped,
+        "rss_after_search_mb": rss_after_search,
+    }
+
+
+def _vm_hwm_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
 
 
 def idle(spec: dict[str, Any]) -> None:

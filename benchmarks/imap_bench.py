@@ -35,7 +35,8 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -112,7 +113,9 @@ def _spec(server: DovecotServer, user: str) -> dict[str, Any]:
     }
 
 
-def _config(server: DovecotServer, user: str, db: Path, path: Path) -> Path:
+def _config(
+    server: DovecotServer, user: str, db: Path, path: Path, fetch_batch: int | None = None
+) -> Path:
     account = server.account(user)
     text = toml_table("[database]", {"path": db}) + toml_table(
         "[[accounts]]",
@@ -125,6 +128,7 @@ def _config(server: DovecotServer, user: str, db: Path, path: Path) -> Path:
             "ca_file": account.ca_file,
             "password_file": account.password_file,
             "folders": ["INBOX"],
+            "fetch_batch": fetch_batch,
         },
     )
     path.write_text(text, encoding="utf-8")
@@ -147,12 +151,15 @@ def run_floor(server: DovecotServer, user: str, work: Path) -> dict[str, Any]:
         "rss_mb": child.max_rss_mb,
         "fetched": report["fetched"],
         "new": report["new"],
+        "rss_after_search_mb": report["rss_after_search_mb"],
     }
 
 
-def run_backfill(server: DovecotServer, user: str, work: Path) -> dict[str, Any]:
+def run_backfill(
+    server: DovecotServer, user: str, work: Path, fetch_batch: int | None = None
+) -> dict[str, Any]:
     db = work / f"backfill-{time.time_ns()}.db"
-    config = _config(server, user, db, work / f"{user}.toml")
+    config = _config(server, user, db, work / f"{user}.toml", fetch_batch)
     argv = [
         PYTHON,
         "-m",
@@ -222,14 +229,26 @@ def _remove_db(db: Path) -> None:
 
 
 def backfill_results(
-    server: DovecotServer, users: dict[int, str], work: Path, repeat: int, timebox: float
+    server: DovecotServer,
+    users: dict[int, str],
+    work: Path,
+    repeat: int,
+    timebox: float,
+    extra_batch: int | None = None,
 ) -> dict[str, Any]:
     results: dict[str, Any] = {}
     for size, user in users.items():
-        runs: dict[str, list[dict[str, Any]]] = {"floor": [], "backfill": []}
+        variants: dict[str, Callable[[], dict[str, Any]]] = {
+            "floor": partial(run_floor, server, user, work),
+            "backfill": partial(run_backfill, server, user, work),
+        }
+        if extra_batch:  # diagnostic: bigger transactions (see README.md)
+            name = f"backfill fetch_batch={extra_batch}"
+            variants[name] = partial(run_backfill, server, user, work, extra_batch)
+        runs: dict[str, list[dict[str, Any]]] = {name: [] for name in variants}
         for _ in range(repeat):
-            for name, runner in (("floor", run_floor), ("backfill", run_backfill)):
-                runs[name].append(runner(server, user, work))
+            for name, runner in variants.items():
+                runs[name].append(runner())
                 log(f"  {size:>7,} {name:<8} {runs[name][-1]['wall']:.1f} s")
         entry = {name: _median(r, size) for name, r in runs.items()}
         if size == min(users):
@@ -304,6 +323,13 @@ def render(backfill: dict[str, Any], push: dict[str, Any] | None) -> tuple[str, 
             )
         verdict.setdefault("backfill_rss_mb", {})[size] = entry["backfill"]["rss_mb"]
     _backfill_notes(table, verdict)
+    searched = ", ".join(
+        f"{int(size):,}: {entry['floor'].get('rss_after_search_mb', float('nan')):.0f} MB"
+        for size, entry in backfill.items()
+    )
+    table.notes.append(
+        f"floor's VmHWM right after its UID SEARCH (the UID list of the folder): {searched}"
+    )
     text = table.render()
     if push is not None:
         text += "\n" + _push_tables(push, verdict)
@@ -398,6 +424,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--no-push", action="store_true", help="skip push latency and idle CPU")
     parser.add_argument(
+        "--extra-fetch-batch", type=int, help="also run backfill with this fetch_batch (diagnostic)"
+    )
+    parser.add_argument(
         "--json", type=Path, help="write the figures here [default: results/imap.json]"
     )
     args = parser.parse_args(argv)
@@ -412,7 +441,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         work.chmod(0o755)  # getmail6 delivers as nobody, who must reach its Maildir
         with DovecotServer(work / "dovecot", users={}) as server:
             users = load_server(server, sizes)
-            backfill = backfill_results(server, users, work, args.repeat, timebox)
+            backfill = backfill_results(
+                server, users, work, args.repeat, timebox, args.extra_fetch_batch
+            )
             push = None if args.no_push else push_results(server, work, pushes, window)
     text, verdict = render(backfill, push)
     print(text)

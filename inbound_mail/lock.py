@@ -42,6 +42,10 @@ def take_lock(db_path: Path) -> int:
         raise StoreLockedError(
             f"another inbound-mail daemon (pid {holder}) is running on {db_path}; stop it first"
         ) from exc
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    except OSError as exc:  # a full disk, say: say so instead of crashing
+        os.close(fd)
+        raise StoreError(f"cannot write the lock file {lock_path}: {exc.strerror}") from exc
     return fd

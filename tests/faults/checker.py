@@ -135,8 +135,13 @@ class Ledger:
 
 
 def processed(request: ReceivedRequest) -> bool:
-    """True when the receiver did the work (2xx), even if the client never heard the answer."""
-    return 200 <= request.answer.status < 300
+    """True when the receiver did the work (2xx), even if the client never heard the answer.
+
+    A request cut off in its body (the sender killed mid-send) is not: no receiver
+    would act on half a request.
+    """
+    complete = len(request.body) == int(request.headers.get("content-length") or 0)
+    return complete and 200 <= request.answer.status < 300
 
 
 def token_of(request: ReceivedRequest) -> str | None:

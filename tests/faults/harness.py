@@ -101,7 +101,7 @@ class FaultRun:
         return [token for token, _raw in pairs]
 
     def send_raw(self, raw: bytes, *, folder: str = "INBOX") -> None:
-        """APPEND an email that is not in the ledger (noise, poison)."""
+        """APPEND ``raw`` as it is: poison, noise, or a ledger email built by hand."""
         self._clock()
         self.mailbox.append(raw, folder)
 

@@ -55,11 +55,13 @@ def test_kill_after_commit_before_move(fault_run: FaultRun) -> None:
     assert fault_run.mailbox.message_count("Processed") == 10, "each email moved exactly once"
 
 
-def test_kill_after_sink_2xx_before_marked(fault_run: FaultRun) -> None:
+@pytest.mark.parametrize("parallel", [1, 4])
+def test_kill_after_sink_2xx_before_marked(fault_run: FaultRun, parallel: int) -> None:
+    fault_run.configure(sink={"parallel": parallel})
     fault_run.send(5)
     fault_run.start(fault="after-sink-2xx:1")
     fault_run.expect_killed()
-    delivered = {r.headers["webhook-id"] for r in fault_run.receiver.requests}
+    delivered = fault_run.ledger.ids_by_token(fault_run.receiver.requests)
     assert delivered, "the fault fires after a 2xx"
     fault_run.send(2)
     fault_run.start()
