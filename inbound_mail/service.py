@@ -38,7 +38,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from ._generation import Generation, account_stalled
 from .config import AccountConfig, Config, load_config
 from .delivery import DeliveryWorker
-from .errors import ConfigError, InboundMailError
+from .errors import ConfigError, InboundMailError, StoreError
 from .imap.worker import AccountHealth, AccountWorker
 from .logs import log_event
 from .metrics import Metrics, create_metrics
@@ -95,6 +95,7 @@ class Daemon:
         self._started_at = time.time()
         self._written: dict[str, str] = {}
         self._next_heartbeat = 0.0
+        self._heartbeat_error: str | None = None
         self._lock = threading.Lock()
         self._stored = 0
         self._outcomes = {"delivered": 0, "failed": 0, "dead": 0}
@@ -120,9 +121,9 @@ class Daemon:
     def run(self, *, install_signals: bool = True) -> int:
         """Serve until a signal (or ``request_stop``) asks for a stop; returns the exit
         code (0 on a warm stop).  Signals can only be installed from the main thread."""
+        if install_signals:  # first of all: a SIGTERM during start-up is a warm stop too
+            self._install_signal_handlers()
         with self._prepared():
-            if install_signals:
-                self._install_signal_handlers()
             self._scheduler = scheduler = self._start_scheduler()
             self._gen.start(scheduler)
             log_event(
@@ -229,11 +230,19 @@ class Daemon:
         }
         if states == self._written and now < self._next_heartbeat:
             return
-        with Store.open(self.db_path) as store:
-            for name, value in states.items():
-                store.set_state(ACCOUNT_PREFIX + name, value)
-            store.set_state(DAEMON_KEY, daemon_state(os.getpid(), self._started_at, list(states)))
-            store.set_state(HEARTBEAT_KEY, str(time.time()))
+        try:
+            with Store.open(self.db_path) as store:
+                for name, value in states.items():
+                    store.set_state(ACCOUNT_PREFIX + name, value)
+                daemon = daemon_state(os.getpid(), self._started_at, list(states))
+                store.set_state(DAEMON_KEY, daemon)
+                store.set_state(HEARTBEAT_KEY, str(time.time()))
+        except StoreError as exc:  # a full disk, say: one line, not a traceback every 10 s
+            if str(exc) != self._heartbeat_error:
+                log_event(_log, logging.ERROR, "daemon.heartbeat_failed", error=str(exc))
+            self._heartbeat_error = str(exc)
+            return
+        self._heartbeat_error = None
         self._written, self._next_heartbeat = states, now + HEARTBEAT_INTERVAL
 
     def _prune(self) -> None:

@@ -16,6 +16,13 @@ The order is what makes the feed lossless and duplicate-free:
    checkpoint and the acknowledgements it now owes.
 6. Only then is ``after`` applied (seen / move / delete) -- and only to mail
    that produced an SMS: other senders' mail and rejects are never touched.
+
+A FETCH that fails marks every UID it asked for.  Chunks holding a marked UID
+are then fetched one UID at a time, so one email the server cannot return
+(a corrupt file, an "Internal error") costs only itself: after
+:data:`MAX_FETCH_FAILURES` failures on its own it becomes a reject (no raw
+bytes: the server never gave any) and the checkpoint moves past it.  The
+email itself stays in the mailbox, untouched, for a person to look at.
 """
 
 from __future__ import annotations
@@ -41,6 +48,8 @@ from .acks import apply_acks
 __all__ = ["FolderSync", "SyncOptions", "SyncResult"]
 
 _CHUNK_BYTES = 8 * 1024 * 1024
+MAX_FETCH_FAILURES = 3
+FetchFailures = dict[tuple[str, int, int], int]
 _log = logging.getLogger("inbound_mail.imap")
 
 
@@ -84,6 +93,7 @@ class FolderSync:
         on_batch: BatchCallback | None = None,
         on_found: Callable[[str, int], None] | None = None,
         should_stop: Callable[[], bool] = lambda: False,
+        fetch_failures: FetchFailures | None = None,
     ) -> None:
         self.client = client
         self.account = account
@@ -93,6 +103,9 @@ class FolderSync:
         self.on_batch = on_batch
         self.on_found = on_found
         self.should_stop = should_stop
+        # (folder, uidvalidity, uid) -> failed FETCHes; owned by the worker, so
+        # the count survives the reconnect that a failed FETCH usually causes.
+        self.fetch_failures: FetchFailures = {} if fetch_failures is None else fetch_failures
 
     def sync(self, folder: str, options: SyncOptions = SyncOptions()) -> SyncResult:
         """One pass over ``folder``; raises the client's errors for the caller to translate."""
@@ -182,18 +195,23 @@ class FolderSync:
     def _fetch_and_store(
         self, folder: str, uidvalidity: int, uids: list[int], options: SyncOptions, readonly: bool
     ) -> IngestResult:
-        sizes = self.client.fetch(uids, ["RFC822.SIZE"])
-        items: list[IngestItem] = []
-        small = [
-            uid
-            for uid in uids
-            if int(sizes.get(uid, {}).get(b"RFC822.SIZE", 0)) <= self.account.max_size
-        ]
-        large = [uid for uid in uids if uid in sizes and uid not in small]
-        for group in _by_bytes(small, sizes):
-            items += self._fetch_bodies(folder, uidvalidity, group)
-        items += self._fetch_oversized(folder, uidvalidity, large, sizes)
-        items.sort(key=lambda item: item.origin.uid or 0)
+        if not any((folder, uidvalidity, uid) in self.fetch_failures for uid in uids):
+            return self._fetch_group(folder, uidvalidity, uids, options, readonly)
+        result = IngestResult()
+        for uid in uids:  # one at a time, so an email the server cannot return costs only itself
+            if self.should_stop():
+                break
+            result.merge(self._fetch_group(folder, uidvalidity, [uid], options, readonly))
+        return result
+
+    def _fetch_group(
+        self, folder: str, uidvalidity: int, uids: list[int], options: SyncOptions, readonly: bool
+    ) -> IngestResult:
+        try:
+            items = self._fetch_items(folder, uidvalidity, uids)
+        except Exception as exc:
+            self._fetch_failed(folder, uidvalidity, uids, exc)
+            raise
         fault_point("after-fetch")
         if options.dry_run:
             return _dry_result(items)
@@ -209,6 +227,40 @@ class FolderSync:
             self.on_batch(folder, result)
         self._ack(folder, acks)
         return result
+
+    def _fetch_items(self, folder: str, uidvalidity: int, uids: list[int]) -> list[IngestItem]:
+        sizes = self.client.fetch(uids, ["RFC822.SIZE"])
+        present = [uid for uid in uids if b"RFC822.SIZE" in sizes.get(uid, {})]  # others expunged
+        small = [uid for uid in present if int(sizes[uid][b"RFC822.SIZE"]) <= self.account.max_size]
+        large = [uid for uid in present if uid not in small]
+        items: list[IngestItem] = []
+        for group in _by_bytes(small, sizes):
+            items += self._fetch_bodies(folder, uidvalidity, group)
+        items += self._fetch_oversized(folder, uidvalidity, large, sizes)
+        items.sort(key=lambda item: item.origin.uid or 0)
+        for uid in uids:
+            self.fetch_failures.pop((folder, uidvalidity, uid), None)
+        return items
+
+    def _fetch_failed(self, folder: str, uidvalidity: int, uids: list[int], exc: Exception) -> None:
+        """Count the failure against each UID; give up on a UID that fails alone too often."""
+        for uid in uids:
+            key = (folder, uidvalidity, uid)
+            self.fetch_failures[key] = self.fetch_failures.get(key, 0) + 1
+        if (
+            len(uids) != 1
+            or self.fetch_failures[(folder, uidvalidity, uids[0])] < MAX_FETCH_FAILURES
+        ):
+            return
+        del self.fetch_failures[(folder, uidvalidity, uids[0])]
+        reason = (
+            f"the server failed {MAX_FETCH_FAILURES} times to return this email "
+            f"({type(exc).__name__}: {exc}); it is left in the mailbox, untouched"
+        )
+        origin = self._origin(folder, uidvalidity, uids[0])
+        self.store.ingest([IngestItem(b"", Rejected(reason=reason), origin)])
+        log_event(_log, logging.ERROR, "imap.unfetchable", account=self.account.name,
+                  folder=folder, uid=uids[0], reason=reason)  # fmt: skip
 
     def _fetch_bodies(self, folder: str, uidvalidity: int, uids: list[int]) -> list[IngestItem]:
         if not uids:

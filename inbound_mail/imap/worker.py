@@ -37,7 +37,7 @@ from ..parse import ParseOptions
 from ..secrets import read_password
 from ..store import IngestResult, Router, Store
 from .connection import connect
-from .sync import FolderSync, SyncOptions, SyncResult
+from .sync import FetchFailures, FolderSync, SyncOptions, SyncResult
 
 __all__ = ["AccountHealth", "AccountWorker", "backoff_delay", "imap_errors"]
 
@@ -104,6 +104,7 @@ class AccountWorker:
         self.on_batch = on_batch
         self.health = AccountHealth()
         self.sync_requested = threading.Event()
+        self.fetch_failures: FetchFailures = {}
         self._attempt = 0
 
     def request_sync(self) -> None:
@@ -185,6 +186,7 @@ class AccountWorker:
                     on_batch=on_batch,
                     on_found=on_found,
                     should_stop=self.stop.is_set,
+                    fetch_failures=self.fetch_failures,
                 )
                 self.health.connected = True
                 self._set_state("connected")
