@@ -188,3 +188,27 @@ def test_python_dash_m_works() -> None:
         check=True,
     )
     assert out.stdout.startswith("inbound-mail, version")
+
+
+def test_importing_one_mbox_three_times_stores_each_sms_once(db: Path, tmp_path: Path) -> None:
+    from inbound_mail.testing.emails import build_provider_email
+
+    mbox = tmp_path / "export.mbox"
+    with mbox.open("wb") as out:
+        for n in range(50):
+            raw = build_provider_email(
+                f"+39347{n:07d}", "+393331234333", "20240501120000", f"m {n}"
+            )
+            out.write(
+                b"From MAILER-DAEMON Wed May  1 12:00:00 2024\n" + raw.replace(b"\r\n", b"\n")
+            )
+            out.write(b"\n")
+    for _ in range(3):
+        assert invoke("--db", str(db), "import", str(mbox)).exit_code == 0
+    messages = json.loads(invoke("--db", str(db), "messages", "--format", "json").output)
+    assert sorted(m["text"] for m in messages) == sorted(f"m {n}" for n in range(50))
+    import sqlite3
+
+    with sqlite3.connect(db) as conn:
+        (emails,) = conn.execute("SELECT count(*) FROM emails").fetchone()
+    assert emails == 50, "each source email recorded once, however often it is imported"
