@@ -60,8 +60,8 @@ def import_rows(table: Table, data: dict[str, Any]) -> None:
 
 def _rss_verdict(rss: list[tuple[int, float]]) -> str:
     values = [mb for _, mb in rss]
-    ok = max(values) < 150 and max(values) - min(values) < 15
-    return f"< 150 MB and flat: {_met(ok)}"
+    spread = max(values) - min(values)
+    return f"< 150 MB: {_met(max(values) < 150)}; flat: {_met(spread < 15)} ({spread:+.0f} MB)"
 
 
 def imap_rows(table: Table, data: dict[str, Any]) -> None:

@@ -198,7 +198,7 @@ def _account(t: _Table, index: int, parse: ParseConfig) -> AccountConfig:
         poll_interval=t.duration("poll_interval", 60.0),
         resync_interval=t.duration("resync_interval", 900.0),
         connect_timeout=t.duration("connect_timeout", 30.0),
-        fetch_batch=t.integer("fetch_batch", 200, minimum=1),
+        fetch_batch=t.integer("fetch_batch", 2000, minimum=1),
         file=t.file,
         index=index,
     )

@@ -20,6 +20,7 @@ import click
 from . import __version__
 from .config import Config, default_config_path, load_config
 from .errors import InboundMailError
+from .importer import DEFAULT_BATCH
 from .logs import setup_logging
 from .output import FORMATS, write_rows
 
@@ -128,7 +129,13 @@ def _summary(title: str, counts: dict[str, int]) -> None:
 @click.option(
     "--no-deliver", is_flag=True, help="Store only; queue nothing for the configured sinks."
 )
-@click.option("--batch-size", default=1000, show_default=True, type=click.IntRange(1, 100_000))
+@click.option(
+    "--batch-size",
+    default=DEFAULT_BATCH,
+    show_default=True,
+    type=click.IntRange(1, 100_000),
+    help="Emails per transaction.",
+)
 @pass_state
 def import_(state: _State, paths: tuple[Path, ...], no_deliver: bool, batch_size: int) -> None:
     """Import .eml files, folders of them, mbox files and Maildir folders (detected by content)."""

@@ -129,7 +129,7 @@ class AccountConfig:
     poll_interval: float = 60.0
     resync_interval: float = 900.0
     connect_timeout: float = 30.0
-    fetch_batch: int = 200
+    fetch_batch: int = 2000
     file: str | None = None
     index: int = 0
 

@@ -15,7 +15,10 @@ from .store import IngestItem, IngestResult, Router, Store
 
 __all__ = ["DEFAULT_BATCH", "import_emails"]
 
-DEFAULT_BATCH = 1000
+# Big transactions: the random-keyed indexes make every commit rewrite most of
+# their leaf pages, so fewer commits is what makes a large import fast
+# (benchmarks/README.md).  10k provider emails are ~50 MB of parsed records at most.
+DEFAULT_BATCH = 10_000
 
 
 def import_emails(

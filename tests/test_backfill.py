@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from inbound_mail.cli import cli
@@ -89,3 +90,16 @@ def test_messages_after_backfill_are_json(mailbox: Mailbox, tmp_path: Path) -> N
     result = CliRunner().invoke(cli, ["--config", str(config), "messages", "--format", "jsonl"])
     (line,) = result.output.splitlines()
     assert json.loads(line)["text"] == "backfill 7"
+
+
+def test_search_in_windows_finds_every_email(
+    mailbox: Mailbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import inbound_mail.imap.sync as sync
+
+    monkeypatch.setattr(sync, "SEARCH_WINDOW", 7)
+    mailbox.deliver_files([sms(n, "Mon, 01 Jan 2024 10:00:00 +0000") for n in range(30)])
+    db = tmp_path / "sms.db"
+    config = write_config(tmp_path / "c.toml", [mailbox.account(fetch_batch=4)], db=db)
+    backfill(config, "--account", mailbox.user)
+    assert count(db) == 30

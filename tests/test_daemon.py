@@ -313,3 +313,16 @@ def test_one_failing_account_never_stalls_another(
         wait_until(lambda: count(db) == 1, 5)
         assert daemon.account_workers[0].health.state == "backoff"
     assert texts(db) == ["hello 1"]
+
+
+def test_search_windows_cover_every_uid() -> None:
+    from inbound_mail.imap.sync import SEARCH_WINDOW, _windows
+
+    assert list(_windows(1, 0)) == [(1, None)], "no UIDNEXT: one open-ended search"
+    assert list(_windows(5, 100)) == [(5, None)]
+    windows = list(_windows(1, 2 * SEARCH_WINDOW + 5))
+    assert windows == [
+        (1, SEARCH_WINDOW),
+        (SEARCH_WINDOW + 1, 2 * SEARCH_WINDOW),
+        (2 * SEARCH_WINDOW + 1, None),
+    ]

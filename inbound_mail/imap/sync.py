@@ -28,7 +28,7 @@ email itself stays in the mailbox, untouched, for a person to look at.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import date
 from email.parser import BytesHeaderParser
@@ -49,6 +49,7 @@ __all__ = ["FolderSync", "SyncOptions", "SyncResult"]
 
 _CHUNK_BYTES = 8 * 1024 * 1024
 MAX_FETCH_FAILURES = 3
+SEARCH_WINDOW = 10_000
 FetchFailures = dict[tuple[str, int, int], int]
 _log = logging.getLogger("inbound_mail.imap")
 
@@ -118,18 +119,20 @@ class FolderSync:
         uid_next = int(selected.get(b"UIDNEXT", 0))
         if last_uid and 0 < uid_next <= last_uid + 1:
             return result  # nothing arrived since the checkpoint: no SEARCH needed
-        uids = self._search(last_uid, options)
-        uids = [uid for uid in uids if uid > last_uid]
-        known = self.store.known_uids(self.account.name, folder, result.uidvalidity, uids)
-        uids = [uid for uid in uids if uid not in known]
-        result.found = len(uids)
-        if self.on_found:
-            self.on_found(folder, len(uids))
-        for chunk in self._chunks(uids):
+        for low, high in _windows(last_uid + 1, uid_next):
             if self.should_stop():  # a warm stop: the committed batches stand, the rest waits
                 break
-            batch = self._fetch_and_store(folder, result.uidvalidity, chunk, options, readonly)
-            result.tally.add(len(batch.new), len(batch.duplicates), batch.skipped, batch.rejected)
+            uids = self._new_uids(folder, result.uidvalidity, low, high, options)
+            result.found += len(uids)
+            if self.on_found and uids:
+                self.on_found(folder, len(uids))
+            for chunk in self._chunks(uids):
+                if self.should_stop():
+                    break
+                batch = self._fetch_and_store(folder, result.uidvalidity, chunk, options, readonly)
+                result.tally.add(
+                    len(batch.new), len(batch.duplicates), batch.skipped, batch.rejected
+                )
         return result
 
     # -- steps -------------------------------------------------------------
@@ -178,10 +181,18 @@ class FolderSync:
             return 0
         return checkpoint.last_uid
 
-    def _search(self, last_uid: int, options: SyncOptions) -> list[int]:
+    def _new_uids(
+        self, folder: str, uidvalidity: int, low: int, high: int | None, options: SyncOptions
+    ) -> list[int]:
+        """The senders' UIDs in ``low:high`` that are not recorded yet."""
+        uids = [uid for uid in self._search(low, high, options) if uid >= low]
+        known = self.store.known_uids(self.account.name, folder, uidvalidity, uids)
+        return [uid for uid in uids if uid not in known]
+
+    def _search(self, low: int, high: int | None, options: SyncOptions) -> list[int]:
+        # "low:*" always matches the last message, even below low: the caller filters.
         criteria: list[Any] = [*_senders_criteria(self.account.senders)]
-        if last_uid:
-            criteria += ["UID", f"{last_uid + 1}:*"]
+        criteria += ["UID", f"{low}:{high if high is not None else '*'}"]
         if options.since:
             criteria += ["SENTSINCE", options.since]
         if options.before:
@@ -333,6 +344,15 @@ class FolderSync:
         return EmailOrigin(
             kind="imap", account=self.account.name, folder=folder, uidvalidity=uidvalidity, uid=uid
         )
+
+
+def _windows(low: int, uid_next: int) -> Iterator[tuple[int, int | None]]:
+    """UID ranges of at most SEARCH_WINDOW, the last one open-ended (``low:*``), so a
+    100k-message folder never has its whole SEARCH result in memory at once."""
+    while uid_next > 0 and low + SEARCH_WINDOW < uid_next:
+        yield low, low + SEARCH_WINDOW - 1
+        low += SEARCH_WINDOW
+    yield low, None
 
 
 def _senders_criteria(senders: Sequence[str]) -> list[Any]:
