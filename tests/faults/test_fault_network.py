@@ -24,9 +24,8 @@ def test_dovecot_killed_in_the_middle_of_a_large_fetch(
 ) -> None:
     server = fresh_dovecot()
     run = fault_runs(server.new_mailbox("bulk"))
-    # Parallel delivery: the test receiver answers in two writes, which costs each
-    # request a 40 ms delayed ACK; sequentially 2,000 requests would take 80 s.
-    run.configure(sink={"parallel": 8})
+    # Small transactions, so that the kill lands between two of them.
+    run.configure(fetch_batch=100, sink={"parallel": 8})
     run.send_files(BULK)
     run.start()
     wait_until(lambda: count(run.db) > 0, 60, interval=0.01)
