@@ -1,8 +1,8 @@
 """The IMAP benchmark's reference programs, each run as a child process of its own.
 
 ``floor``  bare imapclient over the same TLS connection as the daemon: ``UID SEARCH FROM
-           <sender>``, then ``UID FETCH BODY.PEEK[]`` in chunks of ``fetch_batch``,
-           mail-parser, ``executemany`` (one transaction per chunk, like backfill)
+           <sender>``, then ``UID FETCH BODY.PEEK[]`` in chunks of ``fetch_batch`` (200 unless
+           the spec says), mail-parser, ``executemany`` (one transaction per chunk)
 ``idle``   bare imapclient IDLE (``idle_check`` with a 1 s timeout, as the daemon uses),
            forever: the CPU baseline of a process that only waits
 

@@ -60,8 +60,11 @@ def import_rows(table: Table, data: dict[str, Any]) -> None:
 
 def _rss_verdict(rss: list[tuple[int, float]]) -> str:
     values = [mb for _, mb in rss]
+    budget = f"< 150 MB: {_met(max(values) < 150)}"
+    if len(values) < 2:  # flatness needs two sizes
+        return budget
     spread = max(values) - min(values)
-    return f"< 150 MB: {_met(max(values) < 150)}; flat: {_met(spread < 15)} ({spread:+.0f} MB)"
+    return f"{budget}; flat: {_met(spread < 15)} ({spread:+.0f} MB)"
 
 
 def imap_rows(table: Table, data: dict[str, Any]) -> None:
@@ -77,7 +80,7 @@ def imap_rows(table: Table, data: dict[str, Any]) -> None:
             f"{ratio:.0%} (>= 80%: {_met(ratio >= 0.8)})",
         )
         getmail = entry.get("getmail6", {})
-        if "msg_per_s" in getmail:
+        if getmail.get("msg_per_s"):  # 0 when the time box ended before its first message
             x = ours["msg_per_s"] / getmail["msg_per_s"]
             boxed = ", time-boxed" if getmail.get("timed_out") else ""
             table.add(

@@ -36,8 +36,13 @@ def import_emails(
     iterator = iter(emails)
     while batch := list(islice(iterator, batch_size)):
         items = [IngestItem(raw, parse_email(raw, options), origin) for raw, origin in batch]
+        del batch
         result = store.ingest(items, route=route)
+        del items
         if on_batch:
             on_batch(result)
         total.add(len(result.new), len(result.duplicates), result.skipped, result.rejected)
+        # Drop this batch before the next one is read: otherwise two batches are
+        # alive at once, and peak memory grows with the batch size twice over.
+        del result
     return total
