@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from inbound_mail.testing.emails import Encoding, LabelStyle, build_provider_email
+from inbound_mail.testing.toml import toml_value
 
 BENCH_DIR = Path(__file__).resolve().parent
 RESULTS_DIR = BENCH_DIR / "results"
@@ -356,21 +357,6 @@ def save_results(name: str, data: Mapping[str, Any], path: Path | None = None) -
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(json.dumps(dict(data), indent=2, default=str) + "\n", encoding="utf-8")
     return target
-
-
-def toml_value(value: Any) -> str:
-    """A TOML literal for the config files the benchmarks write."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, str | Path):
-        return json.dumps(str(value))
-    if isinstance(value, Mapping):
-        return "{ " + ", ".join(f"{k} = {toml_value(v)}" for k, v in value.items()) + " }"
-    if isinstance(value, Sequence):
-        return "[" + ", ".join(toml_value(v) for v in value) + "]"
-    raise TypeError(f"no TOML for {value!r}")
 
 
 def toml_table(header: str, values: Mapping[str, Any]) -> str:

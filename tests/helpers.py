@@ -16,6 +16,7 @@ from typing import Any
 
 from inbound_mail.config import AccountConfig, load_config
 from inbound_mail.service import Daemon
+from inbound_mail.testing.toml import toml_value
 from inbound_mail.testing.wait import wait_until
 
 __all__ = [
@@ -29,20 +30,6 @@ __all__ = [
 ]
 
 _SKIP = {"file", "index"}
-
-
-def toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, str | Path):
-        return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
-    if isinstance(value, Sequence):
-        return "[" + ", ".join(toml_value(v) for v in value) + "]"
-    if isinstance(value, Mapping):
-        return "{ " + ", ".join(f"{k} = {toml_value(v)}" for k, v in value.items()) + " }"
-    raise TypeError(value)
 
 
 def _account_lines(account: AccountConfig) -> list[str]:
