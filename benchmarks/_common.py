@@ -359,6 +359,23 @@ def save_results(name: str, data: Mapping[str, Any], path: Path | None = None) -
     return target
 
 
+def account_table(server: Any, user: str, **extra: Any) -> str:
+    """The ``[[accounts]]`` table for ``user`` of a test Dovecot (TLS, its CA, password file)."""
+    account = server.account(user)
+    values = {
+        "name": user,
+        "host": account.host,
+        "port": account.port,
+        "username": user,
+        "tls": account.tls,
+        "ca_file": account.ca_file,
+        "password_file": account.password_file,
+        "folders": ["INBOX"],
+        **extra,
+    }
+    return toml_table("[[accounts]]", values)
+
+
 def toml_table(header: str, values: Mapping[str, Any]) -> str:
     lines = [header] + [f"{k} = {toml_value(v)}" for k, v in values.items() if v is not None]
     return "\n".join(lines) + "\n\n"

@@ -31,12 +31,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from _common import PYTHON, REPO, proc_cpu_seconds, proc_peak_rss_mb, toml_table
+from _common import PYTHON, REPO, account_table, proc_cpu_seconds, proc_peak_rss_mb, toml_table
 from _imap_children import connect
 
 from inbound_mail.parse import parse_email
 from inbound_mail.testing.dovecot import DovecotServer
 from inbound_mail.testing.emails import build_provider_email
+from inbound_mail.testing.wait import wait_until
 
 _POLL = 0.005
 _SEEN_TIMEOUT = 10.0
@@ -109,37 +110,15 @@ class _FifoReader(_Watcher):
 
 
 def _write_config(server: DovecotServer, user: str, work: Path, fifo: Path) -> Path:
-    account = server.account(user)
     path = work / "push.toml"
     path.write_text(
         toml_table("[database]", {"path": work / "push.db"})
         + toml_table("[log]", {"level": "INFO"})
-        + toml_table(
-            "[[accounts]]",
-            {
-                "name": user,
-                "host": account.host,
-                "port": account.port,
-                "username": user,
-                "tls": account.tls,
-                "ca_file": account.ca_file,
-                "password_file": account.password_file,
-                "folders": ["INBOX"],
-                "after": "seen",
-            },
-        )
+        + account_table(server, user, after="seen")
         + toml_table("[[sinks]]", {"name": "fifo", "type": "jsonl", "path": fifo}),
         encoding="utf-8",
     )
     return path
-
-
-def _wait(predicate: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"not within {timeout:g} s: {what}")
-        time.sleep(0.05)
 
 
 def measure_push(
@@ -196,7 +175,9 @@ def _measure_daemon(
             cwd=REPO,
         )
     try:
-        _wait(lambda: b"state=idle" in log_path.read_bytes(), 30, "the daemon IDLEs")
+        wait_until(
+            lambda: b"state=idle" in log_path.read_bytes(), 30, 0.05, message="the daemon IDLEs"
+        )
         with server.session(user) as client:
             for index in range(count):
                 sms_id, appended = _append(client, count + index)

@@ -54,6 +54,7 @@ from _common import (
     PYTHON,
     REPO,
     Table,
+    account_table,
     machine,
     percentile,
     print_machine,
@@ -141,20 +142,8 @@ def _spec(server: DovecotServer, user: str) -> dict[str, Any]:
 def _config(
     server: DovecotServer, user: str, db: Path, path: Path, fetch_batch: int | None = None
 ) -> Path:
-    account = server.account(user)
-    text = toml_table("[database]", {"path": db}) + toml_table(
-        "[[accounts]]",
-        {
-            "name": user,
-            "host": account.host,
-            "port": account.port,
-            "username": user,
-            "tls": account.tls,
-            "ca_file": account.ca_file,
-            "password_file": account.password_file,
-            "folders": ["INBOX"],
-            "fetch_batch": fetch_batch,
-        },
+    text = toml_table("[database]", {"path": db}) + account_table(
+        server, user, fetch_batch=fetch_batch
     )
     path.write_text(text, encoding="utf-8")
     return path
