@@ -124,8 +124,13 @@ def _count(n: int, one: str, many: str) -> str:
     return f"{n} {one if n == 1 else many}"
 
 
+# The words of the summaries whose plural is not for one ("1 duplicate", "1 file ...").
+_SINGULAR = {"duplicates": "duplicate", "files that are not email": "file that is not email"}
+
+
 def _summary(title: str, counts: dict[str, int]) -> None:
-    click.echo(f"{title}: " + ", ".join(f"{v} {k}" for k, v in counts.items()), err=True)
+    words = [f"{v} {_SINGULAR.get(k, k) if v == 1 else k}" for k, v in counts.items()]
+    click.echo(f"{title}: " + ", ".join(words), err=True)
 
 
 # -- ingestion ------------------------------------------------------------------
