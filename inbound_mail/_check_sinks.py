@@ -21,11 +21,24 @@ from zoneinfo import ZoneInfo
 from .check import CheckLine, Level, reason
 from .config import SinkConfig
 from .delivery import AttemptContext
-from .errors import InboundMailError
+from .errors import ConfigError, InboundMailError
 from .models import SmsRecord
 from .sinks import Sink, SinkOptions, create_sink, redact_url
 
-__all__ = ["check_sink"]
+__all__ = ["check_sink", "sink_config_error"]
+
+
+def sink_config_error(config: SinkConfig) -> ConfigError | None:
+    """The config error that building this sink raises (an unknown or mistyped key,
+    a bad value), or None; other failures are for :func:`check_sink` to report."""
+    try:
+        sink = create_sink(config)
+    except ConfigError as exc:
+        return exc
+    except InboundMailError:
+        return None
+    sink.close()
+    return None
 
 
 def check_sink(config: SinkConfig, send_test: bool) -> Iterator[CheckLine]:

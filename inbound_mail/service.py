@@ -39,7 +39,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from ._generation import Generation, account_stalled
 from .config import AccountConfig, Config, load_config
 from .delivery import DeliveryWorker, run_once_concurrently
-from .errors import ConfigError, InboundMailError, StoreError
+from .errors import ConfigError, ImapError, InboundMailError, StoreError
 from .imap.worker import AccountHealth, AccountWorker
 from .logs import log_event
 from .metrics import Metrics, create_metrics
@@ -151,7 +151,10 @@ class Daemon:
                 try:
                     worker.run_once()
                 except InboundMailError as exc:
-                    result.failures[worker.account.name] = str(exc)
+                    # The CLI names the account: keep its name out of the reason.
+                    named = isinstance(exc, ImapError) and exc.account == worker.account.name
+                    reason = exc.reason if isinstance(exc, ImapError) and named else str(exc)
+                    result.failures[worker.account.name] = reason
                     log_event(
                         _log,
                         logging.ERROR,

@@ -36,7 +36,7 @@ from ..logs import log_event
 from ..parse import ParseOptions
 from ..secrets import read_password
 from ..store import IngestResult, Router, Store
-from .connection import connect
+from .connection import connect, server_text
 from .sync import FetchFailures, FolderSync, SyncOptions, SyncResult
 
 __all__ = ["AccountHealth", "AccountWorker", "backoff_delay", "imap_errors"]
@@ -74,9 +74,11 @@ def imap_errors(account: str) -> Iterator[None]:
     except InboundMailError:
         raise
     except imaplib.IMAP4.abort as exc:
-        raise ImapConnectionError(f"connection lost: {exc}", account=account) from exc
+        raise ImapConnectionError(f"connection lost: {server_text(exc)}", account=account) from exc
     except imaplib.IMAP4.error as exc:
-        raise ImapError(f"the server refused a command: {exc}", account=account) from exc
+        raise ImapError(
+            f"the server refused a command: {server_text(exc)}", account=account
+        ) from exc
     except (TimeoutError, OSError, ssl.SSLError) as exc:
         raise ImapConnectionError(
             f"connection lost: {exc or type(exc).__name__}", account=account
