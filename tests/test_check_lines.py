@@ -8,6 +8,7 @@ is needed (the test certificate names only 127.0.0.1 and localhost).
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -18,8 +19,10 @@ from click.testing import CliRunner, Result
 from inbound_mail.cli import cli
 from inbound_mail.config import load_config
 from inbound_mail.errors import ConfigError
+from inbound_mail.testing.certs import make_certificates
 from inbound_mail.testing.mailbox import Mailbox
 from inbound_mail.testing.proxy import FaultProxy
+from inbound_mail.testing.webhook_receiver import WebhookReceiver
 
 from helpers import write_config
 
@@ -165,3 +168,25 @@ def test_a_silent_tls_port_is_described_in_text(mailbox: Mailbox, tmp_path: Path
     result = invoke(config, "check")
     [tls] = [line for line in result.stdout.splitlines() if " TLS: " in line]
     assert "(timed out): a TLS-only port?" in tls and "b'" not in tls, tls
+
+
+def test_a_webhook_certificate_for_other_names_shows_them(mailbox: Mailbox, tmp_path: Path) -> None:
+    certs = make_certificates(tmp_path / "certs")
+    server_tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_tls.load_cert_chain(certs.cert_file, certs.key_file)
+    with WebhookReceiver(ssl_context=server_tls) as secure:
+        proxy = FaultProxy("127.0.0.1", secure.port)
+        proxy.host = "127.0.0.2"
+        proxy.start()
+        try:
+            url = f"https://127.0.0.2:{proxy.port}/inbound-sms"
+            sinks = [{"name": "hook", "type": "webhook", "url": url, "ca_file": str(certs.ca_file)}]
+            config = write_config(tmp_path / "c.toml", [mailbox.account()], db=tmp_path / "s.db",
+                                  sinks=sinks)  # fmt: skip
+            result = invoke(config, "check")
+        finally:
+            proxy.close()
+    [reach] = [line for line in result.stdout.splitlines() if " hook reachable: " in line]
+    assert reach.startswith("FAIL"), reach
+    assert "is not valid for 127.0.0.2: it names IP:127.0.0.1, DNS:localhost" in reach
+    assert "sinks[0].url" in reach and "ca_file" not in reach, reach

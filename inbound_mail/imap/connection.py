@@ -24,8 +24,9 @@ import logging
 import re
 import socket
 import ssl
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
+from typing import Any
 
 import imapclient
 from imapclient import IMAPClient
@@ -41,7 +42,9 @@ __all__ = [
     "connect",
     "has_idle",
     "has_move",
+    "is_name_mismatch",
     "login",
+    "names_in_certificate",
     "open_session",
     "server_text",
     "tls_context",
@@ -144,7 +147,7 @@ _NAME_MISMATCH = (62, 64)
 def untrusted_certificate(exc: ssl.SSLCertVerificationError, account: AccountConfig) -> str:
     """Why the server's certificate was refused, and what fixes it."""
     where = f"{account.host}:{account.port}"
-    if exc.verify_code in _NAME_MISMATCH:
+    if is_name_mismatch(exc):
         names = certificate_names(account)
         held = f"it names {', '.join(names)}" if names else "it names other hosts"
         return (
@@ -174,12 +177,22 @@ def certificate_names(account: AccountConfig) -> list[str]:
         cert = {}
     finally:
         _close(client)
+    return names_in_certificate(cert)
+
+
+def names_in_certificate(cert: Mapping[str, Any]) -> list[str]:
+    """``DNS:...`` and ``IP:...`` from a ``getpeercert()`` dict (its CN if it has no SAN)."""
     names = [f"{'IP' if kind == 'IP Address' else kind}:{value}"
              for kind, value in cert.get("subjectAltName", ())]  # fmt: skip
     if not names:
         names = [f"CN={value}" for rdn in cert.get("subject", ()) for key, value in rdn
                  if key == "commonName"]  # fmt: skip
     return names
+
+
+def is_name_mismatch(exc: ssl.SSLCertVerificationError) -> bool:
+    """The chain is trusted but the certificate is for other names (no CA fixes that)."""
+    return exc.verify_code in _NAME_MISMATCH
 
 
 def has_idle(client: IMAPClient) -> bool:
