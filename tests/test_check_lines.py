@@ -24,7 +24,7 @@ from inbound_mail.testing.mailbox import Mailbox
 from inbound_mail.testing.proxy import FaultProxy
 from inbound_mail.testing.webhook_receiver import WebhookReceiver
 
-from helpers import write_config
+from helpers import in_process_daemon, wait_until, write_config
 
 
 def invoke(config: Path, *args: str) -> Result:
@@ -190,3 +190,14 @@ def test_a_webhook_certificate_for_other_names_shows_them(mailbox: Mailbox, tmp_
     assert reach.startswith("FAIL"), reach
     assert "is not valid for 127.0.0.2: it names IP:127.0.0.1, DNS:localhost" in reach
     assert "sinks[0].url" in reach and "ca_file" not in reach, reach
+
+
+def test_status_names_a_failing_account_once(mailbox: Mailbox, tmp_path: Path) -> None:
+    config = wrong_password(mailbox, tmp_path)
+    with in_process_daemon(config) as daemon:
+        wait_until(lambda: daemon.account_workers[0].health.last_error is not None, 20)
+        wait_until(lambda: "disconnected" in invoke(config, "status").output, 20)
+        status = invoke(config, "status").output
+    [line] = [line for line in status.splitlines() if "disconnected, retrying: " in line]
+    assert "disconnected, retrying: login refused" in line, line
+    assert line.count(mailbox.user) == 2, line  # the account, then the user name

@@ -144,14 +144,16 @@ class AccountWorker:
         delay = backoff_delay(self._attempt, base=5.0 if isinstance(exc, ImapAuthError) else 1.0)
         self._attempt += 1
         self.health.reconnects += 1
-        self.health.last_error = str(exc)
+        # `status` and the log line name the account already: not twice.
+        named = isinstance(exc, ImapError) and exc.account == self.account.name
+        self.health.last_error = exc.reason if isinstance(exc, ImapError) and named else str(exc)
         level = logging.ERROR if isinstance(exc, InboundMailError) else logging.CRITICAL
         log_event(
             _log,
             level,
             "imap.disconnected",
             account=self.account.name,
-            error=str(exc),
+            error=self.health.last_error,
             error_type=type(exc).__name__,
             retry_in=f"{delay:.1f}s",
             **(
