@@ -151,7 +151,7 @@ class Daemon:
                 try:
                     worker.run_once()
                 except InboundMailError as exc:
-                    # The CLI names the account: keep its name out of the reason.
+                    # The CLI and the log line name the account: keep it out of the reason.
                     named = isinstance(exc, ImapError) and exc.account == worker.account.name
                     reason = exc.reason if isinstance(exc, ImapError) and named else str(exc)
                     result.failures[worker.account.name] = reason
@@ -160,7 +160,7 @@ class Daemon:
                         logging.ERROR,
                         "imap.failed",
                         account=worker.account.name,
-                        error=str(exc),
+                        error=reason,
                     )
             # Every sink at once: a slow one does not hold up the others.
             run_once_concurrently(self.delivery_workers)
