@@ -398,7 +398,7 @@ def retry_dead(state: _State, sink: str | None) -> None:
         config.sink(sink)
     with Store.open(config.database.path) as store:
         count = store.retry_dead(sink)
-    click.echo(f"requeued {count} dead deliveries", err=True)
+    click.echo(f"requeued {_count(count, 'dead delivery', 'dead deliveries')}", err=True)
 
 
 @cli.command()

@@ -237,3 +237,15 @@ def test_run_once_does_not_let_a_slow_sink_hold_up_the_others(
         thread.join(30)
     assert done.is_set()
     assert outbox(db, "slow")[0]["status"] == "failed"
+
+
+def test_retry_dead_counts_in_the_singular(
+    db: Path, tmp_path: Path, receiver: WebhookReceiver
+) -> None:
+    queue(db, 1)
+    with Store.open(db) as store:
+        [row] = store.pending_deliveries("hook")
+        store.record_attempt(row.id, outcome="dead", started_at=1.0, duration=0.1, error="410")
+    config = write_config(tmp_path / "c.toml", db=db, sinks=[_hook(receiver)])
+    result = invoke(config, "retry-dead", "--sink", "hook")
+    assert "requeued 1 dead delivery" in result.output and "deliveries" not in result.output
