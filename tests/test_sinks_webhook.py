@@ -313,6 +313,37 @@ def test_timeout_and_dropped_connection_are_temporary(receiver: WebhookReceiver)
     sink.close()
 
 
+def test_a_trickling_receiver_is_cut_at_timeout_and_the_next_delivery_proceeds(
+    receiver: WebhookReceiver, db: Path
+) -> None:
+    """``timeout`` was per read: one byte a second kept an attempt alive for hours."""
+    receiver.script(Answer(action="trickle", trickle=0.2, body="+OK" + " " * 10_000))
+    queue(db, [record(1), record(2)])
+    config = sink_config(receiver.url, timeout="1s")
+    worker = DeliveryWorker(db, config)
+    run_worker(worker, lambda: {r["status"] for r in rows(db)} == {"delivered"}, timeout=60)
+    errors = attempt_errors(db)
+    assert len(errors) == 3
+    assert errors[0] is not None and "timed out" in errors[0] and "(timeout 1s)" in errors[0]
+    assert errors[1:] == [None, None]
+    assert [r.answer.action for r in receiver.requests] == ["trickle", "respond", "respond"]
+
+
+def test_the_deadline_covers_a_trickled_status_line_over_https(tmp_path: Path) -> None:
+    import ssl
+
+    certs = make_certificates(tmp_path / "certs")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(certs.cert_file, certs.key_file)
+    with WebhookReceiver(ssl_context=context) as server:
+        server.script(Answer(action="trickle", trickle=0.1))
+        sink = create_sink(sink_config(server.url, ca_file=str(certs.ca_file), timeout="1s"))
+        with pytest.raises(TemporaryDeliveryError, match="timed out"):
+            sink.deliver(record(), CONTEXT)
+        assert sink.deliver(record(), CONTEXT) == "HTTP 200"
+        sink.close()
+
+
 def test_tls_is_verified(tmp_path: Path) -> None:
     import ssl
 
