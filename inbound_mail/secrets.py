@@ -10,18 +10,33 @@ Three places, one per ``*_file`` / ``*_env`` / ``*_credential`` key
 
 Every problem raises :class:`~inbound_mail.errors.CredentialError` with what to
 do about it; no message ever contains the secret.
+
+Secrets in URLs have one redaction, :func:`redact_url`, used wherever a URL is
+shown (errors, logs, ``check``, stored attempts); :func:`url_secrets` lists
+what it hides (plus the ``Authorization: Basic`` form of the userinfo, which a
+receiver may echo) so that :func:`scrub` can remove them from any other text.
 """
 
 from __future__ import annotations
 
+import base64
 import os
+import re
 import stat
+from collections.abc import Iterable
 from pathlib import Path
+from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
 
 from .config import AccountConfig
 from .errors import CredentialError
 
-__all__ = ["read_password", "read_secret"]
+__all__ = ["REDACTED", "read_password", "read_secret", "redact_url", "scrub", "url_secrets"]
+
+REDACTED = "***"
+# Opaque path segments of webhook URLs (Slack, Discord, ...) are bearer tokens.
+_SECRET_SEGMENT = re.compile(
+    r"^(?=[A-Za-z0-9_-]*[A-Za-z])(?=[A-Za-z0-9_-]*[0-9])[A-Za-z0-9_-]{16,}$"
+)
 
 
 def read_password(account: AccountConfig) -> str:
@@ -128,3 +143,69 @@ def _decode(owner: str, data: bytes, where: str) -> str:
 
 def _error(owner: str, problem: str) -> CredentialError:
     return CredentialError(f"{owner}: {problem}")
+
+
+def redact_url(url: str) -> str:
+    """``url`` safe for logs and stored errors: credentials replaced with ``***``.
+
+    Redacted: the userinfo (``user:pass@``), the value of EVERY query parameter
+    (``?code=``, ``?jwt=``, ``?k=``: a name does not tell a credential), opaque
+    path segments of 16+ letters and digits (the shape of the tokens that
+    Slack- or Discord-style webhook URLs carry in their path) and the
+    fragment, which is never sent anyway.  Parameter names stay, to tell URLs apart.
+    """
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        port = f":{parts.port}" if parts.port is not None else ""
+    except ValueError:
+        return REDACTED  # unparseable: it cannot be shown safely
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = f"{REDACTED}@{host}{port}" if "@" in parts.netloc else parts.netloc
+    path = "/".join(
+        REDACTED if _SECRET_SEGMENT.match(segment) else segment for segment in parts.path.split("/")
+    )
+    query = parts.query
+    if query:
+        pairs = parse_qsl(query, keep_blank_values=True)
+        query = urlencode([(k, REDACTED if v else v) for k, v in pairs], safe="*", quote_via=quote)
+    fragment = REDACTED if parts.fragment else ""
+    return urlunsplit((parts.scheme, netloc, path, query, fragment))
+
+
+def url_secrets(url: str) -> set[str]:
+    """What :func:`redact_url` hides, as it may appear in other text: each part
+    raw and percent-decoded, and ``base64(user:password)``, the
+    ``Authorization: Basic`` header that HTTP clients send for the userinfo."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return {url}
+    found = {parts.username or "", parts.password or "", parts.fragment}
+    if "@" in parts.netloc:
+        userinfo = parts.netloc.rpartition("@")[0]
+        found.add(userinfo)
+        user, _, password = userinfo.partition(":")
+        for pair in {f"{user}:{password}", f"{unquote(user)}:{unquote(password)}"}:
+            for encoding in ("utf-8", "latin-1"):
+                try:
+                    found.add(base64.b64encode(pair.encode(encoding)).decode("ascii"))
+                except UnicodeEncodeError:
+                    continue
+    for raw in parts.query.split("&"):
+        value = raw.partition("=")[2]
+        found.update((value, unquote(value.replace("+", " "))))
+    found.update(s for s in parts.path.split("/") if _SECRET_SEGMENT.match(s))
+    found.update({unquote(s) for s in found})
+    found.discard("")
+    return found
+
+
+def scrub(text: str, secrets: Iterable[str]) -> str:
+    """``text`` with every one of ``secrets`` replaced by ``***``, longest first
+    (so that a secret containing another is replaced whole)."""
+    for secret in sorted(set(secrets), key=len, reverse=True):
+        if secret:
+            text = text.replace(secret, REDACTED)
+    return text

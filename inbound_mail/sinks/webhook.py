@@ -41,7 +41,7 @@ import re
 import ssl
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from datetime import UTC
 from email.utils import parsedate_to_datetime
 from pathlib import Path
@@ -53,8 +53,8 @@ import httpx
 
 from .. import __version__
 from ..errors import PermanentDeliveryError, TemporaryDeliveryError
-from ..secrets import read_secret
-from . import REDACTED, SinkOptions, record_json, redact_url, url_secrets
+from ..secrets import read_secret, redact_url, scrub, url_secrets
+from . import SinkOptions, record_json
 
 if TYPE_CHECKING:
     from ..config import SinkConfig
@@ -184,6 +184,9 @@ def _deadline_transport(verify: ssl.SSLContext | bool, limits: httpx.Limits) -> 
     return transport
 
 
+_URL_IN_TEXT = re.compile(r"(?i)\bhttps?://[^\s'\"<>]+")
+
+
 class _ScrubSecrets(logging.Filter):
     """Keeps URLs and secrets out of httpx's and httpcore's own log lines.
 
@@ -205,12 +208,12 @@ class _ScrubSecrets(logging.Filter):
             record.args = tuple(
                 redact_url(str(a)) if isinstance(a, httpx.URL) else a for a in record.args
             )
-        secrets = self.secrets
-        if secrets:
-            message = record.getMessage()
-            scrubbed = _scrub(message, secrets)
-            if scrubbed != message:
-                record.msg, record.args = scrubbed, ()
+        message = record.getMessage()
+        # Any URL in the line (a Location header may carry a token we never saw).
+        scrubbed = _URL_IN_TEXT.sub(lambda m: redact_url(m.group()), message)
+        scrubbed = scrub(scrubbed, self.secrets)
+        if scrubbed != message:
+            record.msg, record.args = scrubbed, ()
         return True
 
 
@@ -369,11 +372,11 @@ class WebhookSink:
 
     def _excerpt(self, body: bytes) -> str:
         text = " ".join(body[: _EXCERPT * 4].decode("utf-8", "replace").split())
-        text = self._scrub(text)
+        text = _URL_IN_TEXT.sub(lambda m: redact_url(m.group()), self._scrub(text))
         return text[:_EXCERPT] + ("..." if len(text) > _EXCERPT else "") if text else "(empty body)"
 
     def _scrub(self, text: str) -> str:
-        return _scrub(text, self._secrets)
+        return scrub(text, self._secrets)
 
 
 def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
@@ -392,12 +395,6 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
     if when.tzinfo is None:  # "-0000": HTTP dates are GMT by definition
         when = when.replace(tzinfo=UTC)
     return max(0.0, when.timestamp() - (time.time() if now is None else now))
-
-
-def _scrub(text: str, secrets: Sequence[str]) -> str:
-    for secret in secrets:
-        text = text.replace(secret, REDACTED)
-    return text
 
 
 def _read_head(response: httpx.Response) -> bytes:
