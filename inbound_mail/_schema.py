@@ -10,9 +10,11 @@ sqlite-utils and Datasette): rename nothing without a migration.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import sqlite3
+import stat
 from collections.abc import Callable
 from pathlib import Path
 
@@ -22,6 +24,7 @@ __all__ = [
     "APPLICATION_ID",
     "MIGRATIONS",
     "SCHEMA_VERSION",
+    "check_private_file",
     "connect",
     "rollback",
     "translate_error",
@@ -199,39 +202,80 @@ def translate_error(exc: sqlite3.Error, path: Path | str, doing: str) -> StoreEr
 
 def connect(path: Path) -> sqlite3.Connection:
     """Create ``path`` (mode 0600) if missing, connect, set the pragmas and migrate."""
-    _create_private(path)
+    fd = _open_private(path)
     try:
-        # isolation_level=None: the sqlite3 module never opens transactions on
-        # its own; the store issues BEGIN IMMEDIATE / COMMIT itself.
-        conn = sqlite3.connect(path, timeout=30.0, isolation_level=None)
-    except sqlite3.Error as exc:
-        raise translate_error(exc, path, "cannot open") from exc
-    try:
-        _configure(conn, path)
-        _migrate(conn, path)
-    except BaseException:
-        conn.close()
-        raise
+        try:
+            # isolation_level=None: the sqlite3 module never opens transactions on
+            # its own; the store issues BEGIN IMMEDIATE / COMMIT itself.
+            conn = sqlite3.connect(path, timeout=30.0, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise translate_error(exc, path, "cannot open") from exc
+        try:
+            _configure(conn, path)
+            _migrate(conn, path)
+            # After the checks that tell what the file is (another application's
+            # database, not a database): their advice comes first.
+            check_private_file(fd, path, f"database {path}", mode=True)
+            if not os.path.samestat(os.fstat(fd), os.stat(path)):
+                raise StoreError(f"database {path} was replaced while it was opened; try again")
+        except BaseException:
+            conn.close()
+            raise
+    finally:
+        os.close(fd)
     return conn
 
 
-def _create_private(path: Path) -> None:
-    """Create the file 0600 before SQLite does (it would use 0644 under the usual umask).
+def _open_private(path: Path) -> int:
+    """Open (creating it 0600, before SQLite would create it 0644 under the usual
+    umask) the database file, refusing a symlink: SQLite would follow it and
+    create the database where it points.  Returns the descriptor, checked by
+    :func:`check_private_file` but for its mode.
 
     SQLite creates FILE-wal and FILE-shm with the mode of the database file
-    (os_unix.c copies it), so they are private too; an existing file is left
-    as it is.
+    (os_unix.c copies it), so they are private too.
     """
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return
+        fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise StoreError(
+                f"database {path} is a symbolic link; refusing to follow it: "
+                "point database.path at the real file"
+            ) from None
         raise StoreError(
             f"database {path}: cannot create the file: {exc.strerror}; "
             "check that the directory exists and is writable"
         ) from exc
-    os.close(fd)
+    try:
+        check_private_file(fd, path, f"database {path}", mode=False)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def check_private_file(fd: int, path: Path | str, what: str, *, mode: bool = True) -> None:
+    """Raise :class:`StoreError` unless ``fd`` (opened with ``O_NOFOLLOW``) is a
+    regular file with one link, owned by this user (or opened by root) and, with
+    ``mode``, that group and others can neither read nor write.  Checked on the
+    open file, so a swap between check and use cannot fool it."""
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        raise StoreError(f"{what} is not a regular file: point it at a file")
+    if info.st_nlink > 1:
+        raise StoreError(f"{what} has {info.st_nlink} hard links; refusing a shared file")
+    euid = os.geteuid()
+    if euid not in (0, info.st_uid):  # root may open any user's file
+        raise StoreError(
+            f"{what} belongs to uid {info.st_uid}, not to this user (uid {euid}): "
+            f"run as its owner, or chown it"
+        )
+    if mode and info.st_mode & 0o077:
+        raise StoreError(
+            f"{what} is open to group or others (mode {stat.S_IMODE(info.st_mode):04o}); "
+            f"restrict it with: chmod 600 {path}"
+        )
 
 
 def _configure(conn: sqlite3.Connection, path: Path) -> None:

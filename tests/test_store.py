@@ -621,3 +621,51 @@ def test_daemon_lock_context_manager(tmp_path: Path) -> None:
         pass
     with pytest.raises(StoreError, match="lock file"), daemon_lock(tmp_path / "nope" / "im.db"):
         pass
+
+
+# -- symlinks, owners, modes ---------------------------------------------------------------
+def test_a_symlink_at_the_database_path_is_refused(tmp_path: Path) -> None:
+    """SQLite follows it: a dangling one made it create the database where it pointed."""
+    elsewhere = tmp_path / "elsewhere.db"
+    db = tmp_path / "im.db"
+    db.symlink_to(elsewhere)
+    with pytest.raises(StoreError, match="symbolic link; refusing to follow it"):
+        Store.open(db)
+    assert not elsewhere.exists()
+    with Store.open(elsewhere):  # a real file is fine
+        pass
+    with pytest.raises(StoreError, match="symbolic link"):
+        Store.open(db)  # a symlink to a real database too
+
+
+def test_a_symlink_at_the_lock_file_is_refused_and_its_target_kept(tmp_path: Path) -> None:
+    """The lock was opened through the link and its target truncated."""
+    precious = tmp_path / "precious.txt"
+    precious.write_text("keep me\n", encoding="utf-8")
+    db = tmp_path / "im.db"
+    Path(f"{db}.lock").symlink_to(precious)
+    with Store.open(db) as store, pytest.raises(StoreError, match=r"lock file .* symbolic link"):
+        store.acquire_daemon_lock()
+    assert precious.read_text(encoding="utf-8") == "keep me\n"
+
+
+def test_a_database_or_lock_open_to_others_is_refused(tmp_path: Path) -> None:
+    db = tmp_path / "im.db"
+    Store.open(db).close()
+    db.chmod(0o644)
+    with pytest.raises(StoreError, match=r"mode 0644.*chmod 600"):
+        Store.open(db)
+    db.chmod(0o600)
+    lock = Path(f"{db}.lock")
+    lock.touch(mode=0o666)
+    lock.chmod(0o666)
+    with Store.open(db) as store, pytest.raises(StoreError, match=r"lock file .*mode 0666"):
+        store.acquire_daemon_lock()
+    lock.unlink()
+    precious = tmp_path / "precious"
+    precious.write_text("keep me\n", encoding="utf-8")
+    precious.chmod(0o600)
+    os.link(precious, lock)  # a hard link: the lock's truncation would hit that file
+    with Store.open(db) as store, pytest.raises(StoreError, match="hard links"):
+        store.acquire_daemon_lock()
+    assert precious.read_text(encoding="utf-8") == "keep me\n"
