@@ -215,3 +215,27 @@ def test_bad_options(options: dict[str, object], key: str) -> None:
     with pytest.raises(ConfigError) as caught:
         create_sink(SinkConfig(name="cmd", type="command", options=options))
     assert caught.value.key == f"sinks[0].{key}"
+
+
+def test_a_relative_program_never_becomes_a_path_lookup(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``./handler.sh`` with a config file given as ``config.toml`` (folder ".")
+    became a bare ``handler.sh``, which the kernel's caller looked up on PATH."""
+    evil_dir = tmp_path / "on-path"
+    evil_dir.mkdir()
+    marker = tmp_path / "evil-ran"
+    for folder, body in ((tmp_path, "exit 0"), (evil_dir, f"touch {marker}; exit 0")):
+        script = folder / "handler.sh"
+        script.write_text(f"#!/bin/sh\ncat >/dev/null\n{body}\n", encoding="utf-8")
+        script.chmod(0o755)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PATH", f"{evil_dir}:{os.environ['PATH']}")
+    config = SinkConfig(
+        name="cmd", type="command", options={"argv": ["./handler.sh"]}, file="config.toml"
+    )
+    sink = create_sink(config)
+    assert isinstance(sink, CommandSink)
+    assert sink.argv[0] == str(tmp_path / "handler.sh")
+    assert sink.deliver(SMS, CONTEXT) == "exit 0"
+    assert not marker.exists()

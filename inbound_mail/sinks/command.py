@@ -95,7 +95,9 @@ class CommandSink:
                 )
         program = argv[0]
         if "/" in program and not os.path.isabs(program) and config.file:
-            argv[0] = str(Path(config.file).parent / program)
+            # Absolute: Path(".") / "./h.sh" is a bare "h.sh" (a config file named
+            # "inbound.toml" has the parent "."), which execvp looks up on PATH.
+            argv[0] = str(Path(config.file).parent.absolute() / program)
         return cls(config.name, argv, timeout=timeout, env=env)
 
     def __repr__(self) -> str:
