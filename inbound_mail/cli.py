@@ -136,8 +136,17 @@ def _summary(title: str, counts: dict[str, int]) -> None:
     type=click.IntRange(1, 100_000),
     help="Emails per transaction.",
 )
+@click.option(
+    "--max-size",
+    default=1024 * 1024,
+    show_default=True,
+    type=click.IntRange(1024, 2**31),
+    help="Bytes; a larger email is rejected unparsed, its headers kept (as IMAP's max_size).",
+)
 @pass_state
-def import_(state: _State, paths: tuple[Path, ...], no_deliver: bool, batch_size: int) -> None:
+def import_(
+    state: _State, paths: tuple[Path, ...], no_deliver: bool, batch_size: int, max_size: int
+) -> None:
     """Import .eml files, folders of them, mbox files and Maildir folders (detected by content)."""
     from .delivery import make_router
     from .importer import import_emails
@@ -170,6 +179,7 @@ def import_(state: _State, paths: tuple[Path, ...], no_deliver: bool, batch_size
             ParseOptions.from_config(config.parse),
             route=route,
             batch_size=batch_size,
+            max_size=max_size,
             on_batch=lambda r: bar.update(r.read),
         )
     _summary(

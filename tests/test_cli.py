@@ -16,6 +16,8 @@ from inbound_mail.cli import cli
 from inbound_mail.models import dedup_id
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
+# attachment_10mb.eml is over import's default --max-size (1 MiB): let every fixture parse.
+WHOLE = ("--max-size", str(16 * 1024 * 1024))
 
 
 def golden() -> list[dict[str, Any]]:
@@ -46,7 +48,7 @@ def db(tmp_path: Path) -> Path:
 
 def test_import_three_times_stores_each_sms_once_and_records_every_email(db: Path) -> None:
     for _ in range(3):
-        result = invoke("--db", str(db), "import", str(FIXTURES))
+        result = invoke("--db", str(db), "import", *WHOLE, str(FIXTURES))
         assert result.exit_code == 0, result.output
         assert "imported:" in result.output
     out = invoke("--db", str(db), "messages", "--format", "jsonl").output
@@ -67,7 +69,7 @@ def test_import_three_times_stores_each_sms_once_and_records_every_email(db: Pat
 
 
 def test_import_summary_counts(db: Path) -> None:
-    first = invoke("--db", str(db), "import", str(FIXTURES)).output
+    first = invoke("--db", str(db), "import", *WHOLE, str(FIXTURES)).output
     cases = golden()
     rejected = sum(1 for c in cases if c["outcome"] == "rejected")
     # garbage_bytes.eml has no header block at all: the reader reports it as a
@@ -75,7 +77,7 @@ def test_import_summary_counts(db: Path) -> None:
     skipped = sum(1 for c in cases if c["outcome"] == "skipped" and c["name"] != "garbage_bytes")
     assert f"{rejected} rejected" in first and f"{skipped} skipped" in first
     assert "1 duplicates" in first, "duplicate_a / duplicate_b: one SMS under two Message-IDs"
-    second = invoke("--db", str(db), "import", str(FIXTURES)).output
+    second = invoke("--db", str(db), "import", *WHOLE, str(FIXTURES)).output
     assert " 0 new" in second
 
 
@@ -97,7 +99,7 @@ def test_no_bad_input_raises_out_of_import(db: Path, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("fmt", ["table", "json", "csv"])
 def test_messages_formats(db: Path, fmt: str) -> None:
-    invoke("--db", str(db), "import", str(FIXTURES))
+    invoke("--db", str(db), "import", *WHOLE, str(FIXTURES))
     out = invoke(
         "--db", str(db), "messages", "--format", fmt, "--destination", "+393331234333"
     ).output
@@ -112,7 +114,7 @@ def test_messages_formats(db: Path, fmt: str) -> None:
 
 
 def test_messages_filters(db: Path) -> None:
-    invoke("--db", str(db), "import", str(FIXTURES))
+    invoke("--db", str(db), "import", *WHOLE, str(FIXTURES))
     every = json.loads(invoke("--db", str(db), "messages", "--format", "json").output)
     limited = json.loads(
         invoke("--db", str(db), "messages", "--format", "json", "--limit", "2").output
@@ -131,7 +133,7 @@ def test_messages_filters(db: Path) -> None:
 
 
 def test_rejects_list_and_show(db: Path) -> None:
-    invoke("--db", str(db), "import", str(FIXTURES))
+    invoke("--db", str(db), "import", *WHOLE, str(FIXTURES))
     listed = json.loads(invoke("--db", str(db), "rejects", "--format", "json").output)
     reasons = " ".join(r["reason"] for r in listed)
     assert "Date/Time" in reasons or "date" in reasons.lower()
@@ -212,3 +214,28 @@ def test_importing_one_mbox_three_times_stores_each_sms_once(db: Path, tmp_path:
     with sqlite3.connect(db) as conn:
         (emails,) = conn.execute("SELECT count(*) FROM emails").fetchone()
     assert emails == 50, "each source email recorded once, however often it is imported"
+
+
+def test_import_applies_max_size_headers_kept_body_not_parsed(db: Path, tmp_path: Path) -> None:
+    """A 40 MB email used 382 MB: ``import`` now has IMAP's ``max_size`` rule."""
+    from inbound_mail.testing.emails import build_provider_email
+
+    raw = build_provider_email("+393471234567", "+393331234333", "20240501120000", "é" * 200_000)
+    assert len(raw) > 1024 * 1024
+    big = tmp_path / "big.eml"
+    big.write_bytes(raw)
+    other = tmp_path / "other.eml"
+    other.write_bytes(raw.replace(b"smsin@agiletelecom.com", b"someone@example.com"))
+    result = invoke("--db", str(db), "import", str(big), str(other))
+    assert "1 rejected" in result.output and "1 skipped" in result.output
+    [reject] = json.loads(invoke("--db", str(db), "rejects", "--format", "json").output)
+    assert "over --max-size = 1048576" in reject["reason"]
+    shown = invoke("--db", str(db), "rejects", "--show", str(reject["id"])).output
+    assert "Subject: Agile Telecom" in shown and "Body:" not in shown  # headers only
+    copy = tmp_path / "again" / "big.eml"
+    copy.parent.mkdir()
+    copy.write_bytes(raw)
+    result = invoke("--db", str(db), "import", "--max-size", str(4 * 1024 * 1024), str(copy))
+    assert "1 new" in result.output
+    messages = json.loads(invoke("--db", str(db), "messages", "--format", "json").output)
+    assert [len(m["text"]) for m in messages] == [200_000]
