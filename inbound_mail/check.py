@@ -29,7 +29,7 @@ from .config import AccountConfig, Config
 from .errors import ImapTlsError, InboundMailError
 from .imap.connection import capabilities, connect, tls_context
 from .imap.worker import imap_errors
-from .secrets import read_password
+from .secrets import exposed_secrets_warning, read_password
 from .store import Store
 
 __all__ = ["CheckLine", "CheckReport", "Level", "reason", "run_checks"]
@@ -82,6 +82,9 @@ def _all_lines(config: Config, send_test: bool) -> Iterator[CheckLine]:
     where = str(config.path) if config.path else "built-in defaults (no config file)"
     counts = f"{len(config.accounts)} accounts, {len(config.sinks)} sinks"
     yield CheckLine("ok", "config", "valid", f"{where}: {counts}")
+    exposed = exposed_secrets_warning(config)
+    if exposed is not None:
+        yield CheckLine("warn", "config", "permissions", exposed)
     if not config.accounts:
         yield CheckLine(
             "FAIL", "config", "accounts", "no [[accounts]]: the daemon would read no mailbox"

@@ -27,10 +27,19 @@ from collections.abc import Iterable
 from pathlib import Path
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
 
-from .config import AccountConfig
+from .config import AccountConfig, Config
 from .errors import CredentialError
 
-__all__ = ["REDACTED", "read_password", "read_secret", "redact_url", "scrub", "url_secrets"]
+__all__ = [
+    "REDACTED",
+    "exposed_secrets_warning",
+    "inline_secret_keys",
+    "read_password",
+    "read_secret",
+    "redact_url",
+    "scrub",
+    "url_secrets",
+]
 
 REDACTED = "***"
 # Opaque path segments of webhook URLs (Slack, Discord, ...) are bearer tokens.
@@ -209,3 +218,42 @@ def scrub(text: str, secrets: Iterable[str]) -> str:
         if secret:
             text = text.replace(secret, REDACTED)
     return text
+
+
+# Sink options that hold a credential when set inline in the config file.
+_INLINE_SECRET_OPTIONS = ("secret", "headers", "env")
+
+
+def inline_secret_keys(config: Config) -> list[str]:
+    """The keys of ``config`` that hold a secret inline: a sink's ``secret``,
+    ``headers`` or ``env`` values, and URLs with credentials or a query string."""
+    keys = []
+    for sink in config.sinks:
+        for option in _INLINE_SECRET_OPTIONS:
+            if sink.options.get(option):
+                keys.append(sink.key(option))
+        url = sink.options.get("url")
+        if isinstance(url, str) and url_secrets(url):
+            keys.append(sink.key("url"))
+    return keys
+
+
+def exposed_secrets_warning(config: Config) -> str | None:
+    """What to fix when the config file holds secrets inline and group or others
+    may read it; None when it is private, holds none, or there is no file."""
+    if config.path is None:
+        return None
+    keys = inline_secret_keys(config)
+    if not keys:
+        return None
+    try:
+        mode = os.stat(config.path).st_mode
+    except OSError:
+        return None  # it was read a moment ago; a vanished file is not this check's news
+    if not mode & 0o077:
+        return None
+    return (
+        f"{config.path} is readable by group or others (mode {stat.S_IMODE(mode):04o}) and "
+        f"holds secrets inline ({', '.join(keys)}): chmod 600 {config.path}, or move them "
+        "to secret_file / secret_credential"
+    )
