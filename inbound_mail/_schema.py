@@ -10,7 +10,6 @@ sqlite-utils and Datasette): rename nothing without a migration.
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import sqlite3
@@ -202,65 +201,75 @@ def translate_error(exc: sqlite3.Error, path: Path | str, doing: str) -> StoreEr
 
 def connect(path: Path) -> sqlite3.Connection:
     """Create ``path`` (mode 0600) if missing, connect, set the pragmas and migrate."""
-    fd = _open_private(path)
+    before = _create_private(path)
     try:
-        try:
-            # isolation_level=None: the sqlite3 module never opens transactions on
-            # its own; the store issues BEGIN IMMEDIATE / COMMIT itself.
-            conn = sqlite3.connect(path, timeout=30.0, isolation_level=None)
-        except sqlite3.Error as exc:
-            raise translate_error(exc, path, "cannot open") from exc
-        try:
-            _configure(conn, path)
-            _migrate(conn, path)
-            # After the checks that tell what the file is (another application's
-            # database, not a database): their advice comes first.
-            check_private_file(fd, path, f"database {path}", mode=True)
-            if not os.path.samestat(os.fstat(fd), os.stat(path)):
-                raise StoreError(f"database {path} was replaced while it was opened; try again")
-        except BaseException:
-            conn.close()
-            raise
-    finally:
-        os.close(fd)
+        # isolation_level=None: the sqlite3 module never opens transactions on
+        # its own; the store issues BEGIN IMMEDIATE / COMMIT itself.
+        conn = sqlite3.connect(path, timeout=30.0, isolation_level=None)
+    except sqlite3.Error as exc:
+        raise translate_error(exc, path, "cannot open") from exc
+    try:
+        _configure(conn, path)
+        _migrate(conn, path)
+        # After the checks that tell what the file is (another application's
+        # database, not a database): their advice comes first.
+        after = _lstat(path)
+        if not os.path.samestat(before, after):
+            raise StoreError(f"database {path} was replaced while it was opened; try again")
+        check_private_file(after, path, f"database {path}", mode=True)
+    except BaseException:
+        conn.close()
+        raise
     return conn
 
 
-def _open_private(path: Path) -> int:
-    """Open (creating it 0600, before SQLite would create it 0644 under the usual
-    umask) the database file, refusing a symlink: SQLite would follow it and
-    create the database where it points.  Returns the descriptor, checked by
+def _create_private(path: Path) -> os.stat_result:
+    """Create the file 0600 before SQLite does (it would use 0644 under the usual
+    umask), and refuse a symlink there: SQLite would follow it, and create the
+    database where it points.  Returns the file's ``lstat``, checked by
     :func:`check_private_file` but for its mode.
 
-    SQLite creates FILE-wal and FILE-shm with the mode of the database file
-    (os_unix.c copies it), so they are private too.
+    An existing file is never opened here: closing any descriptor of a database
+    file drops the POSIX locks that SQLite connections of this process hold on
+    it.  SQLite creates FILE-wal and FILE-shm with the mode of the database
+    file (os_unix.c copies it), so they are private too.
     """
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        # O_EXCL fails on any symlink, dangling or not: never created through one.
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    except FileExistsError:
+        pass
     except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise StoreError(
-                f"database {path} is a symbolic link; refusing to follow it: "
-                "point database.path at the real file"
-            ) from None
         raise StoreError(
             f"database {path}: cannot create the file: {exc.strerror}; "
             "check that the directory exists and is writable"
         ) from exc
-    try:
-        check_private_file(fd, path, f"database {path}", mode=False)
-    except BaseException:
+    else:
         os.close(fd)
-        raise
-    return fd
+    info = _lstat(path)
+    if stat.S_ISLNK(info.st_mode):
+        raise StoreError(
+            f"database {path} is a symbolic link; refusing to follow it: "
+            "point database.path at the real file"
+        )
+    check_private_file(info, path, f"database {path}", mode=False)
+    return info
 
 
-def check_private_file(fd: int, path: Path | str, what: str, *, mode: bool = True) -> None:
-    """Raise :class:`StoreError` unless ``fd`` (opened with ``O_NOFOLLOW``) is a
-    regular file with one link, owned by this user (or opened by root) and, with
-    ``mode``, that group and others can neither read nor write.  Checked on the
-    open file, so a swap between check and use cannot fool it."""
-    info = os.fstat(fd)
+def _lstat(path: Path) -> os.stat_result:
+    try:
+        return os.lstat(path)
+    except OSError as exc:
+        raise StoreError(f"database {path}: cannot open: {exc.strerror}") from exc
+
+
+def check_private_file(
+    info: os.stat_result, path: Path | str, what: str, *, mode: bool = True
+) -> None:
+    """Raise :class:`StoreError` unless ``info`` (of a file opened with
+    ``O_NOFOLLOW``, or an ``lstat``) is a regular file with one link, owned by
+    this user (or opened by root) and, with ``mode``, that group and others can
+    neither read nor write."""
     if not stat.S_ISREG(info.st_mode):
         raise StoreError(f"{what} is not a regular file: point it at a file")
     if info.st_nlink > 1:

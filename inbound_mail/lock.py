@@ -43,7 +43,8 @@ def take_lock(db_path: Path) -> int:
             ) from None
         raise StoreError(f"cannot open the lock file {lock_path}: {exc.strerror}") from exc
     try:
-        check_private_file(fd, lock_path, f"the lock file {lock_path}")
+        # On the open file, so a swap between check and use cannot fool it.
+        check_private_file(os.fstat(fd), lock_path, f"the lock file {lock_path}")
     except StoreError:
         os.close(fd)
         raise
