@@ -52,6 +52,7 @@ def test_a_working_setup_passes_every_step_and_sends_nothing(
             {"name": "onpath", "type": "command", "argv": ["true"]},
         ]
         config = write_config(tmp_path / "c.toml", accounts, db=tmp_path / "s.db", sinks=sinks)
+        config.chmod(0o600)  # it holds a token inline: else a "permissions" warning
         result = check(config)
         assert receiver.requests == [] and secure.requests == [], "nothing sent without --send-test"
     assert result.exit_code == 0, result.stdout
