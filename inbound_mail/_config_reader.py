@@ -12,6 +12,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
+import regex
+
 from .config import (
     DEFAULT_SENDERS,
     DURATION_EXPECTED,
@@ -358,7 +360,7 @@ def _check_after(value: object) -> str:
 
 def _check_regex(value: object) -> str:
     try:
-        re.compile(_check_str(value))
-    except re.error as exc:
+        regex.compile(_check_str(value))  # what SinkFilter.matches runs
+    except regex.error as exc:
         raise ValueError(str(exc)) from exc
     return cast(str, value)

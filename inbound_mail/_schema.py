@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
+import stat
 from collections.abc import Callable
 from pathlib import Path
 
@@ -22,6 +23,7 @@ __all__ = [
     "APPLICATION_ID",
     "MIGRATIONS",
     "SCHEMA_VERSION",
+    "check_private_file",
     "connect",
     "rollback",
     "translate_error",
@@ -199,7 +201,7 @@ def translate_error(exc: sqlite3.Error, path: Path | str, doing: str) -> StoreEr
 
 def connect(path: Path) -> sqlite3.Connection:
     """Create ``path`` (mode 0600) if missing, connect, set the pragmas and migrate."""
-    _create_private(path)
+    before = _create_private(path)
     try:
         # isolation_level=None: the sqlite3 module never opens transactions on
         # its own; the store issues BEGIN IMMEDIATE / COMMIT itself.
@@ -209,29 +211,80 @@ def connect(path: Path) -> sqlite3.Connection:
     try:
         _configure(conn, path)
         _migrate(conn, path)
+        # After the checks that tell what the file is (another application's
+        # database, not a database): their advice comes first.
+        after = _lstat(path)
+        if not os.path.samestat(before, after):
+            raise StoreError(f"database {path} was replaced while it was opened; try again")
+        check_private_file(after, path, f"database {path}", mode=True)
     except BaseException:
         conn.close()
         raise
     return conn
 
 
-def _create_private(path: Path) -> None:
-    """Create the file 0600 before SQLite does (it would use 0644 under the usual umask).
+def _create_private(path: Path) -> os.stat_result:
+    """Create the file 0600 before SQLite does (it would use 0644 under the usual
+    umask), and refuse a symlink there: SQLite would follow it, and create the
+    database where it points.  Returns the file's ``lstat``, checked by
+    :func:`check_private_file` but for its mode.
 
-    SQLite creates FILE-wal and FILE-shm with the mode of the database file
-    (os_unix.c copies it), so they are private too; an existing file is left
-    as it is.
+    An existing file is never opened here: closing any descriptor of a database
+    file drops the POSIX locks that SQLite connections of this process hold on
+    it.  SQLite creates FILE-wal and FILE-shm with the mode of the database
+    file (os_unix.c copies it), so they are private too.
     """
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        # O_EXCL fails on any symlink, dangling or not: never created through one.
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     except FileExistsError:
-        return
+        pass
     except OSError as exc:
         raise StoreError(
             f"database {path}: cannot create the file: {exc.strerror}; "
             "check that the directory exists and is writable"
         ) from exc
-    os.close(fd)
+    else:
+        os.close(fd)
+    info = _lstat(path)
+    if stat.S_ISLNK(info.st_mode):
+        raise StoreError(
+            f"database {path} is a symbolic link; refusing to follow it: "
+            "point database.path at the real file"
+        )
+    check_private_file(info, path, f"database {path}", mode=False)
+    return info
+
+
+def _lstat(path: Path) -> os.stat_result:
+    try:
+        return os.lstat(path)
+    except OSError as exc:
+        raise StoreError(f"database {path}: cannot open: {exc.strerror}") from exc
+
+
+def check_private_file(
+    info: os.stat_result, path: Path | str, what: str, *, mode: bool = True
+) -> None:
+    """Raise :class:`StoreError` unless ``info`` (of a file opened with
+    ``O_NOFOLLOW``, or an ``lstat``) is a regular file with one link, owned by
+    this user (or opened by root) and, with ``mode``, that group and others can
+    neither read nor write."""
+    if not stat.S_ISREG(info.st_mode):
+        raise StoreError(f"{what} is not a regular file: point it at a file")
+    if info.st_nlink > 1:
+        raise StoreError(f"{what} has {info.st_nlink} hard links; refusing a shared file")
+    euid = os.geteuid()
+    if euid not in (0, info.st_uid):  # root may open any user's file
+        raise StoreError(
+            f"{what} belongs to uid {info.st_uid}, not to this user (uid {euid}): "
+            f"run as its owner, or chown it"
+        )
+    if mode and info.st_mode & 0o077:
+        raise StoreError(
+            f"{what} is open to group or others (mode {stat.S_IMODE(info.st_mode):04o}); "
+            f"restrict it with: chmod 600 {path}"
+        )
 
 
 def _configure(conn: sqlite3.Connection, path: Path) -> None:

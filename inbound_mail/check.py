@@ -35,7 +35,7 @@ from .imap.connection import (
     untrusted_certificate,
 )
 from .imap.worker import imap_errors
-from .secrets import read_password
+from .secrets import exposed_secrets_warning, read_password
 from .store import Store
 
 __all__ = ["CheckLine", "CheckReport", "Level", "reason", "run_checks"]
@@ -97,6 +97,9 @@ def _all_lines(config: Config, send_test: bool) -> Iterator[CheckLine]:
             yield CheckLine("FAIL", "config", "invalid", str(error))
     else:
         yield CheckLine("ok", "config", "valid", f"{where}: {counts}")
+    exposed = exposed_secrets_warning(config)
+    if exposed is not None:
+        yield CheckLine("warn", "config", "permissions", exposed)
     if not config.accounts:
         yield CheckLine(
             "FAIL", "config", "accounts", "no [[accounts]]: the daemon would read no mailbox"

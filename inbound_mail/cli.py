@@ -22,7 +22,7 @@ from .config import Config, default_config_path, load_config
 from .errors import InboundMailError
 from .importer import DEFAULT_BATCH
 from .logs import setup_logging
-from .output import FORMATS, write_rows
+from .output import FORMATS, escape_control, is_terminal, write_rows
 
 F = TypeVar("F", bound=Callable[..., Any])
 MESSAGE_COLUMNS = ("received_at", "originator", "destination", "text", "id")
@@ -77,6 +77,12 @@ class _State:
 pass_state = click.make_pass_decorator(_State)
 format_option = click.option(
     "--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True
+)
+raw_option = click.option(
+    "--raw",
+    is_flag=True,
+    help="Cells exactly as stored: no escaping of control characters on a terminal "
+    "or in a table, no ' before CSV cells a spreadsheet would run as formulas.",
 )
 
 
@@ -146,8 +152,17 @@ def _summary(title: str, counts: dict[str, int]) -> None:
     type=click.IntRange(1, 100_000),
     help="Emails per transaction.",
 )
+@click.option(
+    "--max-size",
+    default=1024 * 1024,
+    show_default=True,
+    type=click.IntRange(1024, 2**31),
+    help="Bytes; a larger email is rejected unparsed, its headers kept (as IMAP's max_size).",
+)
 @pass_state
-def import_(state: _State, paths: tuple[Path, ...], no_deliver: bool, batch_size: int) -> None:
+def import_(
+    state: _State, paths: tuple[Path, ...], no_deliver: bool, batch_size: int, max_size: int
+) -> None:
     """Import .eml files, folders of them, mbox files and Maildir folders (detected by content)."""
     from .delivery import make_router
     from .importer import import_emails
@@ -180,6 +195,7 @@ def import_(state: _State, paths: tuple[Path, ...], no_deliver: bool, batch_size
             ParseOptions.from_config(config.parse),
             route=route,
             batch_size=batch_size,
+            max_size=max_size,
             on_batch=lambda r: bar.update(r.read),
         )
     _summary(
@@ -301,6 +317,7 @@ def backfill(
 @click.option("--destination")
 @click.option("--limit", type=click.IntRange(min=1))
 @format_option
+@raw_option
 @pass_state
 def messages(
     state: _State,
@@ -310,6 +327,7 @@ def messages(
     destination: str | None,
     limit: int | None,
     fmt: str,
+    raw: bool,
 ) -> None:
     """List stored SMS, oldest first."""
     from .store import Store
@@ -318,28 +336,39 @@ def messages(
         rows = store.messages(
             since=since, until=until, originator=originator, destination=destination, limit=limit
         )
-        write_rows(rows, fmt, sys.stdout, columns=MESSAGE_COLUMNS)
+        write_rows(rows, fmt, sys.stdout, columns=MESSAGE_COLUMNS, raw=raw)
 
 
 @cli.command()
 @click.option("--show", "show_id", type=int, help="Print one reject's reason and raw email.")
 @click.option("--limit", type=click.IntRange(min=1))
 @format_option
+@raw_option
 @pass_state
-def rejects(state: _State, show_id: int | None, limit: int | None, fmt: str) -> None:
-    """List emails from the provider that could not be parsed, with the reason."""
+def rejects(state: _State, show_id: int | None, limit: int | None, fmt: str, raw: bool) -> None:
+    """List emails from the provider that could not be parsed, with the reason.
+
+    ``--show`` writes the raw email exactly to a pipe or file; on a terminal its
+    control characters are shown escaped, unless ``--raw``."""
     from .store import Store
 
     with Store.open(state.config().database.path) as store:
         if show_id is None:
-            write_rows(store.rejects(limit=limit), fmt, sys.stdout, columns=REJECT_COLUMNS)
+            rows = store.rejects(limit=limit)
+            write_rows(rows, fmt, sys.stdout, columns=REJECT_COLUMNS, raw=raw)
             return
         reject = store.get_reject(show_id)
     if reject is None:
         raise click.ClickException(f"no reject with id {show_id}")
-    click.echo(f"reason: {reject['reason']}\norigin: {reject['origin']}\n")
-    sys.stdout.flush()
-    sys.stdout.buffer.write(reject["raw"])
+    head = f"reason: {reject['reason']}\norigin: {reject['origin']}\n"
+    if raw or not is_terminal(sys.stdout):
+        click.echo(head)
+        sys.stdout.flush()
+        sys.stdout.buffer.write(reject["raw"])
+        return
+    text = bytes(reject["raw"]).decode("utf-8", "backslashreplace").replace("\r\n", "\n")
+    click.echo(escape_control(head, keep="\n"))
+    click.echo(escape_control(text, keep="\n\t"), nl=False)
 
 
 # -- deliveries -------------------------------------------------------------------
@@ -354,9 +383,15 @@ def rejects(state: _State, show_id: int | None, limit: int | None, fmt: str) -> 
 @click.option("--sink")
 @click.option("--limit", type=click.IntRange(min=1))
 @format_option
+@raw_option
 @pass_state
 def deliveries(
-    state: _State, statuses: tuple[str, ...], sink: str | None, limit: int | None, fmt: str
+    state: _State,
+    statuses: tuple[str, ...],
+    sink: str | None,
+    limit: int | None,
+    fmt: str,
+    raw: bool,
 ) -> None:
     """List the outbox: what is owed to which sink, and why it failed."""
     from .store import Store
@@ -367,6 +402,7 @@ def deliveries(
             fmt,
             sys.stdout,
             columns=DELIVERY_COLUMNS,
+            raw=raw,
         )
 
 

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import regex
+
 from .errors import ConfigError
 
 __all__ = [
@@ -151,6 +153,10 @@ class RetryPolicy:
     max_age: float = 7 * 86400.0
 
 
+FILTER_TIMEOUT = 0.25
+"""Seconds one ``text_regex`` may take on one SMS text (up to 1M characters)."""
+
+
 @dataclass(frozen=True, slots=True)
 class SinkFilter:
     destinations: tuple[str, ...] = ()
@@ -159,14 +165,22 @@ class SinkFilter:
     text_regex: str | None = None
 
     def matches(self, record: Any) -> bool:
-        """True when the record passes every condition that is set."""
+        """True when the record passes every condition that is set.
+
+        ``text_regex`` runs with the ``regex`` package (``re`` syntax) for at most
+        :data:`FILTER_TIMEOUT` seconds; past that it raises ``TimeoutError``.
+        """
         if self.destinations and record.destination not in self.destinations:
             return False
         if self.originators and record.originator not in self.originators:
             return False
         if self.keywords and (record.keyword or "").upper() not in self.keywords:
             return False
-        return not (self.text_regex and re.search(self.text_regex, record.text) is None)
+        if not self.text_regex:
+            return True
+        # The text is the sender's: a pattern that backtracks catastrophically on
+        # it must not take hours.  TimeoutError propagates: the router decides.
+        return regex.search(self.text_regex, record.text, timeout=FILTER_TIMEOUT) is not None
 
 
 @dataclass(frozen=True, slots=True)

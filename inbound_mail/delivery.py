@@ -42,7 +42,7 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from .config import RetryPolicy, SinkConfig
+from .config import FILTER_TIMEOUT, RetryPolicy, SinkConfig, SinkFilter
 from .errors import DeliveryError, PermanentDeliveryError, StoreError, TemporaryDeliveryError
 from .faults import fault_point
 from .logs import log_event
@@ -75,12 +75,35 @@ _LEVELS = {"delivered": logging.INFO, "failed": logging.WARNING, "dead": logging
 _log = logging.getLogger(__name__)
 
 
-def make_router(sinks: Sequence[SinkConfig]) -> Callable[[SmsRecord], list[str]]:
-    """The ``route`` for :meth:`Store.ingest`: the names of the sinks whose filter matches."""
+def make_router(
+    sinks: Sequence[SinkConfig], *, log: logging.Logger | None = None
+) -> Callable[[SmsRecord], list[str]]:
+    """The ``route`` for :meth:`Store.ingest`: the names of the sinks whose filter matches.
+
+    A ``text_regex`` that runs out of time on a text (see
+    :data:`~inbound_mail.config.FILTER_TIMEOUT`) counts as not matching, and is
+    logged (``filter.timeout``, WARNING) with the sink and the SMS id.
+    """
     pairs = [(sink.name, sink.filter) for sink in sinks]
+    logger = log or _log
+
+    def matches(name: str, flt: SinkFilter, record: SmsRecord) -> bool:
+        try:
+            return flt.matches(record)
+        except TimeoutError:
+            log_event(
+                logger,
+                logging.WARNING,
+                "filter.timeout",
+                sink=name,
+                id=record.id,
+                text_length=len(record.text),
+                timeout=FILTER_TIMEOUT,
+            )
+            return False
 
     def route(record: SmsRecord) -> list[str]:
-        return [name for name, flt in pairs if flt.matches(record)]
+        return [name for name, flt in pairs if matches(name, flt, record)]
 
     return route
 

@@ -2,18 +2,30 @@
 
 Streaming end to end: emails are read one at a time and committed a batch at a
 time, so memory stays flat whatever the size of the export.
+
+The IMAP ``max_size`` rule holds here too: an email over ``max_size`` bytes
+(default 1 MiB, ``import --max-size`` raises it) is never parsed; only its
+header block is read, and kept as the raw bytes of a reject that says so
+(an email from another sender is skipped, as usual).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable
+from email.parser import BytesHeaderParser
+from email.policy import compat32
 from itertools import islice
 
-from .models import EmailOrigin, Tally
-from .parse import ParseOptions, parse_email
+from .models import EmailOrigin, ParseOutcome, Rejected, Skipped, Tally
+from .parse import ParseOptions, parse_email, sender_matches
 from .store import IngestItem, IngestResult, Router, Store
 
-__all__ = ["DEFAULT_BATCH", "import_emails"]
+__all__ = ["DEFAULT_BATCH", "DEFAULT_MAX_SIZE", "import_emails", "oversized_outcome"]
+
+DEFAULT_MAX_SIZE = 1024 * 1024  # as accounts[].max_size
+HEADER_LIMIT = 256 * 1024  # the header block kept of an oversized email, at most
+_END_OF_HEADER = re.compile(rb"\r?\n\r?\n")
 
 # Big transactions: the random-keyed indexes make every commit rewrite most of
 # their leaf pages, so fewer commits is what makes a large import fast
@@ -28,14 +40,16 @@ def import_emails(
     *,
     route: Router | None = None,
     batch_size: int = DEFAULT_BATCH,
+    max_size: int = DEFAULT_MAX_SIZE,
     on_batch: Callable[[IngestResult], None] | None = None,
 ) -> Tally:
     """Parse and store every email; one transaction per batch.  Bad emails become
-    rejects, never exceptions; only a store failure raises (StoreError)."""
+    rejects, never exceptions; only a store failure raises (StoreError).  An
+    email over ``max_size`` bytes is not parsed (see the module docstring)."""
     total = Tally()
     iterator = iter(emails)
     while batch := list(islice(iterator, batch_size)):
-        items = [IngestItem(raw, parse_email(raw, options), origin) for raw, origin in batch]
+        items = [_item(raw, origin, options, max_size) for raw, origin in batch]
         del batch
         result = store.ingest(items, route=route)
         del items
@@ -46,3 +60,31 @@ def import_emails(
         # alive at once, and peak memory grows with the batch size twice over.
         del result
     return total
+
+
+def _item(raw: bytes, origin: EmailOrigin, options: ParseOptions, max_size: int) -> IngestItem:
+    if len(raw) <= max_size:
+        return IngestItem(raw, parse_email(raw, options), origin)
+    match = _END_OF_HEADER.search(raw, 0, HEADER_LIMIT)
+    header = raw[: match.end()] if match else raw[:HEADER_LIMIT]
+    return IngestItem(header, oversized_outcome(header, len(raw), max_size, options), origin)
+
+
+def oversized_outcome(
+    header: bytes, size: int, max_size: int, options: ParseOptions, *, setting: str = "--max-size"
+) -> ParseOutcome:
+    """The outcome of an email over ``max_size``, from its header block alone: a
+    reject naming ``setting`` when it is from a configured sender, else skipped."""
+    message = BytesHeaderParser(policy=compat32).parsebytes(header)
+    sender = sender_matches(message.get_all("From", []), options.senders)
+    message_id = (message.get("Message-ID") or "").strip() or None
+    if sender is None:
+        return Skipped(reason="not from a configured sender", message_id=message_id)
+    return Rejected(
+        reason=(
+            f"email is {size} bytes, over {setting} = {max_size}; "
+            f"only its headers were read (raise {setting} to import it)"
+        ),
+        sender=sender,
+        message_id=message_id,
+    )

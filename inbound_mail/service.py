@@ -44,7 +44,7 @@ from .imap.worker import AccountHealth, AccountWorker
 from .logs import log_event
 from .metrics import Metrics, create_metrics
 from .notify import Health, Notifier, Supervisor, watchdog_interval
-from .secrets import read_password
+from .secrets import exposed_secrets_warning, read_password
 from .sinks import Sink
 from .status import ACCOUNT_PREFIX, DAEMON_KEY, HEARTBEAT_KEY, account_state, daemon_state
 from .store import IngestResult, Store, daemon_lock
@@ -178,6 +178,9 @@ class Daemon:
     # -- wiring ------------------------------------------------------------------------
     @contextmanager
     def _prepared(self, *, serve_metrics: bool = True) -> Iterator[None]:
+        exposed = exposed_secrets_warning(self.config)
+        if exposed is not None:
+            log_event(_log, logging.WARNING, "config.secrets_exposed", problem=exposed)
         with daemon_lock(self.db_path):
             Store.open(self.db_path, raw_retention_days=self._retention_days()).close()
             if serve_metrics:

@@ -199,6 +199,13 @@ class Store:
         An email recorded before (same IMAP UID, or same file and key) adds no
         second ``emails`` or ``rejects`` row; its SMS counts as a duplicate.
         """
+        # Routed before the write transaction: filters run on the sender's text
+        # and must never hold the database's write lock while they do.
+        routes = {
+            id(item): route(item.outcome)
+            for item in items
+            if route is not None and isinstance(item.outcome, SmsRecord)
+        }
         now = self._clock()
         batch = _Batch(stamp=iso(now), now=now)
         result = IngestResult()
@@ -210,7 +217,7 @@ class Store:
                     if batch.add_record(cur, item, outcome, sms_id):
                         result.new.append(outcome)
                         if route is not None:
-                            batch.add_deliveries(sms_id, route(outcome))
+                            batch.add_deliveries(sms_id, routes[id(item)])
                     else:
                         result.duplicates.append(outcome)
                 elif isinstance(outcome, Rejected):

@@ -52,6 +52,7 @@ def test_a_working_setup_passes_every_step_and_sends_nothing(
             {"name": "onpath", "type": "command", "argv": ["true"]},
         ]
         config = write_config(tmp_path / "c.toml", accounts, db=tmp_path / "s.db", sinks=sinks)
+        config.chmod(0o600)  # it holds a token inline: else a "permissions" warning
         result = check(config)
         assert receiver.requests == [] and secure.requests == [], "nothing sent without --send-test"
     assert result.exit_code == 0, result.stdout
@@ -135,3 +136,31 @@ def test_send_test_delivers_one_test_sms_to_each_sink(tmp_path: Path) -> None:
     assert "test message, please ignore" in (tmp_path / "out.jsonl").read_text()
     assert result.exit_code == 1, "a config without accounts fails the check"
     assert "FAIL config accounts: no [[accounts]]" in result.stdout
+
+
+def test_a_config_open_to_others_with_inline_secrets_is_warned_about(
+    tmp_path: Path, caplog: Any
+) -> None:
+    import logging
+
+    from inbound_mail.config import load_config
+    from inbound_mail.service import Daemon
+
+    sinks: list[dict[str, Any]] = [
+        {"name": "hook", "type": "webhook", "url": "http://127.0.0.1:9/x?code=AzUrEkEy123"},
+        {"name": "signed", "type": "webhook", "url": "http://127.0.0.1:9/y",
+         "secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"},
+        {"name": "file", "type": "jsonl", "path": str(tmp_path / "out.jsonl")},
+    ]  # fmt: skip
+    config = write_config(tmp_path / "c.toml", db=tmp_path / "s.db", sinks=sinks)
+    config.chmod(0o644)
+    [warning] = [line for line in check(config).stdout.splitlines() if "permissions" in line]
+    assert warning.startswith("warn config permissions:")
+    assert "mode 0644" in warning and f"chmod 600 {config}" in warning
+    assert "sinks[0].url" in warning and "sinks[1].secret" in warning and "sinks[2]" not in warning
+    assert "AzUrEkEy123" not in warning and "whsec_" not in warning
+    caplog.set_level(logging.WARNING)
+    Daemon(load_config(config)).run_once()  # at start-up too
+    assert [r for r in caplog.records if r.getMessage() == "config.secrets_exposed"]
+    config.chmod(0o600)
+    assert "permissions" not in check(config).stdout

@@ -10,21 +10,21 @@ too, so a third-party sink is one ``pip install`` away::
 The entry point names a class (or any callable) with a ``from_config`` classmethod
 that takes a :class:`~inbound_mail.config.SinkConfig` and returns a :class:`Sink`.
 :class:`SinkOptions` reads and checks ``SinkConfig.options`` for it, and
-:func:`record_json` and :func:`redact_url` are the helpers the built-ins share.
+:func:`record_json` and :func:`redact_url` (defined in :mod:`inbound_mail.secrets`,
+with :func:`url_secrets`) are the helpers the built-ins share.
 """
 
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Iterable, Mapping
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
-from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 from ..config import DURATION_EXPECTED, parse_duration
 from ..errors import ConfigError
+from ..secrets import REDACTED, redact_url, url_secrets
 
 if TYPE_CHECKING:
     from ..config import SinkConfig
@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ENTRY_POINT_GROUP",
+    "REDACTED",
     "DeliveryContext",
     "Sink",
     "SinkFactory",
@@ -233,60 +234,3 @@ def record_json(record: SmsRecord) -> str:
     except UnicodeEncodeError:
         return json.dumps(record.to_dict(), ensure_ascii=True)
     return text
-
-
-# Query parameters whose values are credentials more often than not.  A
-# substring match on purpose: "api_key", "access_token", "X-Amz-Signature"...
-_SECRET_PARAM = re.compile(r"token|key|secret|pass|pwd|sig|auth|cred|session|hash", re.IGNORECASE)
-# Opaque path segments of webhook URLs (Slack, Discord, ...) are bearer tokens.
-_SECRET_SEGMENT = re.compile(
-    r"^(?=[A-Za-z0-9_-]*[A-Za-z])(?=[A-Za-z0-9_-]*[0-9])[A-Za-z0-9_-]{16,}$"
-)
-REDACTED = "***"
-
-
-def redact_url(url: str) -> str:
-    """``url`` safe for logs and stored errors: credentials replaced with ``***``.
-
-    Redacted: the userinfo (``user:pass@``), the values of query parameters
-    whose names look like credentials (token, key, secret, password, sig, auth,
-    ...), opaque path segments of 16+ letters and digits (the shape of the
-    tokens that Slack- or Discord-style webhook URLs carry in their path) and
-    the fragment, which is never sent anyway.
-    """
-    try:
-        parts = urlsplit(url)
-        host = parts.hostname or ""
-        port = f":{parts.port}" if parts.port is not None else ""
-    except ValueError:
-        return REDACTED  # unparseable: it cannot be shown safely
-    if ":" in host:
-        host = f"[{host}]"
-    netloc = f"{REDACTED}@{host}{port}" if "@" in parts.netloc else parts.netloc
-    path = "/".join(
-        REDACTED if _SECRET_SEGMENT.match(segment) else segment for segment in parts.path.split("/")
-    )
-    query = parts.query
-    if query:
-        pairs = parse_qsl(query, keep_blank_values=True)
-        query = urlencode(
-            [(k, REDACTED if _SECRET_PARAM.search(k) else v) for k, v in pairs],
-            safe="*",
-            quote_via=quote,
-        )
-    fragment = REDACTED if parts.fragment else ""
-    return urlunsplit((parts.scheme, netloc, path, query, fragment))
-
-
-def url_secrets(url: str) -> set[str]:
-    """The parts of ``url`` that :func:`redact_url` hides, to scrub them from other text."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return {url}
-    found = {parts.username or "", parts.password or "", parts.fragment}
-    pairs = parse_qsl(parts.query, keep_blank_values=True)
-    found.update(v for k, v in pairs if _SECRET_PARAM.search(k))
-    found.update(s for s in parts.path.split("/") if _SECRET_SEGMENT.match(s))
-    found.discard("")
-    return found
