@@ -32,6 +32,7 @@ __all__ = [
     "StatusConfig",
     "default_config_path",
     "default_db_path",
+    "format_duration",
     "load_config",
     "parse_duration",
 ]
@@ -53,6 +54,17 @@ def parse_duration(value: object) -> float:
     if isinstance(value, str) and (m := _DURATION.match(value)):
         return float(m.group(1)) * _UNITS[m.group(2)]
     raise ValueError('a duration: seconds as a number, or a string like "30s", "10m", "2h", "7d"')
+
+
+def format_duration(seconds: float) -> str:
+    """The shortest exact spelling :func:`parse_duration` reads back: ``500ms``, ``30s``,
+    ``29m``, ``7d``; seconds with decimals when no unit divides evenly."""
+    for unit, size in (("d", 86400.0), ("h", 3600.0), ("m", 60.0), ("s", 1.0)):
+        if seconds >= size and float(seconds / size).is_integer():
+            return f"{int(seconds / size)}{unit}"
+    if seconds > 0 and float(seconds * 1000).is_integer():
+        return f"{int(seconds * 1000)}ms"
+    return f"{seconds:g}s"
 
 
 def default_db_path() -> Path:
