@@ -78,9 +78,7 @@ class _Table:
     def boolean(self, name: str, default: Any = _MISSING) -> Any:
         return self.get(name, "true or false", _check_bool, default)
 
-    def duration(
-        self, name: str, default: Any, low: float, high: float, *, why: str = ""
-    ) -> Any:
+    def duration(self, name: str, default: Any, low: float, high: float, *, why: str = "") -> Any:
         """A duration from ``low`` to ``high`` seconds inclusive; ``why`` explains the range."""
         expect = (
             f"a duration from {format_duration(low)} to {format_duration(high)}"

@@ -304,7 +304,7 @@ def messages(
     """List stored SMS, oldest first."""
     from .store import Store
 
-    with Store.open(state.config().database.path) as store:
+    with Store.open_readonly(state.config().database.path) as store:
         rows = store.messages(
             since=since, until=until, originator=originator, destination=destination, limit=limit
         )
@@ -320,7 +320,7 @@ def rejects(state: _State, show_id: int | None, limit: int | None, fmt: str) -> 
     """List emails from the provider that could not be parsed, with the reason."""
     from .store import Store
 
-    with Store.open(state.config().database.path) as store:
+    with Store.open_readonly(state.config().database.path) as store:
         if show_id is None:
             write_rows(store.rejects(limit=limit), fmt, sys.stdout, columns=REJECT_COLUMNS)
             return
@@ -345,7 +345,7 @@ def deliveries(
     """List the outbox: what is owed to which sink, and why it failed."""
     from .store import Store
 
-    with Store.open(state.config().database.path) as store:
+    with Store.open_readonly(state.config().database.path) as store:
         write_rows(
             store.deliveries(status=status, sink=sink, limit=limit),
             fmt,
@@ -394,8 +394,10 @@ def sinks(state: _State) -> None:
 
     config = state.config()
     click.echo("types: " + ", ".join(available_sink_types()))
-    with Store.open(config.database.path) as store:
-        backlog = store.backlog()
+    backlog: dict[str, dict[str, int]] = {}
+    if config.database.path.exists():  # before the first run: no backlog, and no new file
+        with Store.open_readonly(config.database.path) as store:
+            backlog = store.backlog()
     rows = [{"name": s.name, "type": s.type, **backlog.get(s.name, {})} for s in config.sinks]
     write_rows(
         rows,
@@ -412,11 +414,16 @@ def sinks(state: _State) -> None:
 def status(state: _State, as_json: bool) -> None:
     """Health from the database and the daemon's heartbeat.
 
-    Exit status (Nagios): 0 OK, 1 WARNING, 2 CRITICAL; each problem is one line saying what
-    to fix."""
-    from .status import collect_status
+    Exit status (Nagios): 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN (the config or the database
+    cannot be read); each problem is one line saying what to fix."""
+    from .status import collect_status, unknown_status
 
-    report = collect_status(state.config())
+    try:
+        config = state.config()
+    except InboundMailError as exc:  # Nagios: a check that cannot run is UNKNOWN, not WARNING
+        report = unknown_status("config", str(exc))
+    else:
+        report = collect_status(config)
     click.echo(json.dumps(report.to_dict(), indent=2) if as_json else "\n".join(report.lines()))
     sys.exit(report.exit_code)
 

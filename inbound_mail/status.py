@@ -10,7 +10,9 @@ slower than 5 s or failing more than 1 % of the time deserve an alert, and so
 do gaps in expected traffic).
 
 The report's level follows the Nagios convention: OK (exit 0), WARNING (1),
-CRITICAL (2).  Each problem is one line that says what to fix.
+CRITICAL (2), and UNKNOWN (3) when the config or the database cannot be read
+(a missing database included: ``status`` opens it read-only and never creates
+it).  Each problem is one line that says what to fix.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from . import __version__
 from .config import AccountConfig, Config
+from .errors import StoreError
 from .store import Store
 
 if TYPE_CHECKING:
@@ -37,10 +40,11 @@ __all__ = [
     "account_state",
     "collect_status",
     "daemon_state",
+    "unknown_status",
 ]
 
-Level = Literal["OK", "WARNING", "CRITICAL"]
-EXIT_CODES: dict[str, int] = {"OK": 0, "WARNING": 1, "CRITICAL": 2}
+Level = Literal["OK", "WARNING", "CRITICAL", "UNKNOWN"]
+EXIT_CODES: dict[str, int] = {"OK": 0, "WARNING": 1, "CRITICAL": 2, "UNKNOWN": 3}
 HEARTBEAT_KEY = "heartbeat"
 DAEMON_KEY = "daemon"
 ACCOUNT_PREFIX = "account:"
@@ -97,7 +101,10 @@ class StatusReport:
     @property
     def level(self) -> Level:
         levels = {p.level for p in self.problems}
-        return "CRITICAL" if "CRITICAL" in levels else "WARNING" if levels else "OK"
+        for level in ("UNKNOWN", "CRITICAL", "WARNING"):
+            if level in levels:
+                return level
+        return "OK"
 
     @property
     def exit_code(self) -> int:
@@ -116,6 +123,8 @@ class StatusReport:
         count = len(self.problems)
         summary = f"{count} problem{'s' if count != 1 else ''}" if count else self._totals()
         lines = [f"{self.level}: {summary}"] + [p.line() for p in self.problems]
+        if self.level == "UNKNOWN":
+            return lines  # nothing was read: no figures to show
         lines.append("")
         lines.append(_daemon_line(self.daemon, self.checked_at))
         lines += [_account_line(a, self.checked_at) for a in self.accounts]
@@ -129,20 +138,30 @@ class StatusReport:
         )
 
 
+def unknown_status(subject: str, message: str, *, database: str = "") -> StatusReport:
+    """The UNKNOWN (exit 3) report of a check that could not run: no config, no database."""
+    report = StatusReport(checked_at=time.time(), database=database)
+    report.problem("UNKNOWN", subject, message)
+    return report
+
+
 def collect_status(config: Config, *, now: float | None = None) -> StatusReport:
-    """Read the database named by ``config`` and judge it against ``config.status``."""
+    """Read the database named by ``config`` and judge it against ``config.status``.
+
+    A database that cannot be read (missing, unreadable, not ours) gives an
+    UNKNOWN report: the health of the feed cannot be judged without it."""
     now = time.time() if now is None else now
     path = config.database.path
     report = StatusReport(checked_at=now, database=str(path))
-    if not path.exists():
-        report.problem(
-            "CRITICAL",
-            "database",
-            f"{path} does not exist: start the daemon "
-            "(systemctl start inbound-mail), or point --db or [database].path at its database",
-        )
-        return report
-    with Store.open(path, raw_retention_days=None) as store:
+    try:
+        _collect(report, config, now)
+    except StoreError as exc:
+        return unknown_status("database", f"{exc}", database=str(path))
+    return report
+
+
+def _collect(report: StatusReport, config: Config, now: float) -> None:
+    with Store.open_readonly(config.database.path) as store:
         state = store.state_items()
         fresh = _judge_heartbeat(report, config, state, now)
         for account in config.accounts:
@@ -152,7 +171,6 @@ def collect_status(config: Config, *, now: float | None = None) -> StatusReport:
         for sink in config.sinks:
             stats = store.delivery_stats(sink.name, now - HOUR)
             _judge_sink(report, config, sink.name, backlog.get(sink.name, {}), stats)
-    return report
 
 
 # -- the judges ------------------------------------------------------------------------------

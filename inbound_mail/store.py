@@ -37,7 +37,7 @@ from typing import Any
 from sqlite_utils import Database
 
 from . import _schema as q
-from ._schema import connect, rollback, translate_error
+from ._schema import connect, connect_readonly, rollback, translate_error
 from ._store_rows import (
     _BACKLOG_KEYS,
     _HEX,
@@ -112,6 +112,17 @@ class Store:
         """
         db_path = Path(path)
         return cls(connect(db_path), db_path, raw_retention_days=raw_retention_days, clock=clock)
+
+    @classmethod
+    def open_readonly(cls, path: str | Path, *, clock: Callable[[], float] = time.time) -> Store:
+        """Open an existing database read-only, for the commands that only read.
+
+        Raises :class:`StoreError` when ``path`` does not exist (nothing is
+        created), is not an inbound-mail database, or cannot be read.  Any
+        write through this Store fails with a "read-only" StoreError.
+        """
+        db_path = Path(path)
+        return cls(connect_readonly(db_path), db_path, raw_retention_days=None, clock=clock)
 
     @property
     def database(self) -> Database:

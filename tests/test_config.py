@@ -137,7 +137,7 @@ SINK = '[[sinks]]\nname = "s"\ntype = "jsonl"\npath = "-"\n'
         ("[status]\nerror_rate = 2\n", "status.error_rate", "between 0 and 1"),
         (
             '[status.expect_within]\n"+39333" = "1s"\n',
-            'status.expect_within.+39333',
+            "status.expect_within.+39333",
             "from 1m to 366d",
         ),
         (SINK + "retry_base = 0\n", "sinks[0].retry_base", "from 1ms to 1h"),

@@ -114,9 +114,9 @@ def test_fast_reliable_recent_traffic_is_ok(tmp_path: Path) -> None:
     assert report.sinks[0]["p95_seconds"] == 0.2
 
 
-def test_no_database_is_critical(tmp_path: Path) -> None:
+def test_no_database_is_unknown(tmp_path: Path) -> None:
     config = write_config(tmp_path / "c.toml", db=tmp_path / "missing.db")
     result = status(config)
-    assert result.exit_code == 2
-    assert "CRITICAL database:" in result.stdout and "does not exist" in result.stdout
+    assert result.exit_code == 3, "Nagios: a check that cannot read its data is UNKNOWN"
+    assert "UNKNOWN database:" in result.stdout and "does not exist" in result.stdout
     assert not (tmp_path / "missing.db").exists(), "status never creates a database"

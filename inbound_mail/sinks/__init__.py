@@ -182,9 +182,7 @@ class SinkOptions:
             raise self.error(name, f"expected {exc}") from None
         if (positive and seconds <= 0) or seconds > high:
             low = "greater than zero" if positive else "from 0s"
-            raise self.error(
-                name, f"expected a duration {low} and at most {format_duration(high)}"
-            )
+            raise self.error(name, f"expected a duration {low} and at most {format_duration(high)}")
         return seconds
 
     def str_table(self, name: str) -> dict[str, str]:
