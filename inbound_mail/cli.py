@@ -208,9 +208,12 @@ def parse(state: _State, file: Any) -> None:
 @pass_state
 def run(state: _State, once: bool) -> None:
     """Run the daemon: IDLE on every account, store each SMS once, deliver to the sinks."""
+    from .config import require_accounts
     from .service import Daemon
 
-    daemon = Daemon(state.config(), reload=state.reload, configure_logging=state.apply_logging)
+    config = state.config()
+    require_accounts(config)  # a daemon that reads nothing must not look healthy
+    daemon = Daemon(config, reload=state.reload, configure_logging=state.apply_logging)
     if not once:
         sys.exit(daemon.run())
     result = daemon.run_once()

@@ -19,6 +19,8 @@ from typing import Any, Literal
 from .errors import ConfigError
 
 __all__ = [
+    "CONFIG_CANDIDATES",
+    "CONFIG_ENV",
     "DEFAULT_SENDERS",
     "AccountConfig",
     "Config",
@@ -35,6 +37,7 @@ __all__ = [
     "format_duration",
     "load_config",
     "parse_duration",
+    "require_accounts",
 ]
 
 DEFAULT_SENDERS = ("smsin@agiletelecom.com",)
@@ -76,16 +79,41 @@ def default_db_path() -> Path:
     return Path("inbound-mail.db")
 
 
+CONFIG_ENV = "INBOUND_MAIL_CONFIG"
+#: Where a config is looked for, in order, when neither --config nor $INBOUND_MAIL_CONFIG is set.
+CONFIG_CANDIDATES = (Path("inbound-mail.toml"), Path("/etc/inbound-mail/config.toml"))
+
+
 def default_config_path() -> Path | None:
     """``$INBOUND_MAIL_CONFIG``, else the first of ``./inbound-mail.toml`` and
     ``/etc/inbound-mail/config.toml`` that exists, else None."""
-    env = os.environ.get("INBOUND_MAIL_CONFIG")
+    env = os.environ.get(CONFIG_ENV)
     if env:
         return Path(env)
-    for candidate in (Path("inbound-mail.toml"), Path("/etc/inbound-mail/config.toml")):
+    for candidate in CONFIG_CANDIDATES:
         if candidate.is_file():
             return candidate
     return None
+
+
+def require_accounts(config: Config) -> None:
+    """Raise ConfigError unless ``config`` has an account: a daemon without one would
+    read nothing while looking healthy.  The error says where the config was looked for."""
+    if config.accounts:
+        return
+    if config.path is None:
+        looked = [f"${CONFIG_ENV} (unset)"] + [str(p.absolute()) for p in CONFIG_CANDIDATES]
+        raise ConfigError(
+            f"no config file found (looked for {', '.join(looked)}): there is no account "
+            "to read; pass --config PATH, or write one from config.example.toml with at "
+            "least one [[accounts]]"
+        )
+    raise ConfigError(
+        "no [[accounts]] in the file: there is no mailbox to read; add one "
+        "(see config.example.toml)",
+        file=str(config.path),
+        key="accounts",
+    )
 
 
 @dataclass(frozen=True, slots=True)

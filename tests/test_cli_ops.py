@@ -96,3 +96,29 @@ def test_read_commands_work_on_a_database_the_user_cannot_write(small_fs: Path) 
     assert deliveries.exit_code == 0, deliveries.output
     status = invoke("--db", str(db), "status")
     assert status.exit_code == 2 and "no heartbeat" in status.output, status.output
+
+
+# -- item 5: no daemon that does nothing --------------------------------------------------
+@pytest.mark.parametrize("args", [("run",), ("run", "--once")])
+def test_run_without_a_config_file_says_where_it_looked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, args: tuple[str, ...]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("INBOUND_MAIL_CONFIG", raising=False)
+    if Path("/etc/inbound-mail/config.toml").exists():
+        pytest.skip("this machine has a system-wide config")
+    result = invoke("--db", str(tmp_path / "sms.db"), *args)
+    assert result.exit_code == 1
+    assert "no config file found" in result.output
+    assert "$INBOUND_MAIL_CONFIG (unset)" in result.output
+    assert str(tmp_path / "inbound-mail.toml") in result.output
+    assert "/etc/inbound-mail/config.toml" in result.output
+    assert not (tmp_path / "sms.db").exists(), "nothing started, nothing created"
+
+
+def test_run_with_a_config_without_accounts_names_the_file(tmp_path: Path) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text(f'[database]\npath = "{tmp_path / "sms.db"}"\n')
+    result = invoke("--config", str(config), "run", "--once")
+    assert result.exit_code == 1
+    assert f"{config}: accounts: no [[accounts]] in the file" in result.output
