@@ -158,8 +158,17 @@ def _migrate_v1(conn: sqlite3.Connection) -> None:
         conn.execute(statement)
 
 
+def _migrate_stored_index(conn: sqlite3.Connection) -> None:
+    """``status`` judges a number's liveness on when its last SMS was STORED: the body's
+    ``received_at`` can lie (a date in 9999 would silence the check for ever)."""
+    conn.execute(
+        "CREATE INDEX IF NOT EXISTS messages_destination_stored "
+        "ON messages (destination, stored_at)"
+    )
+
+
 #: Forward migrations; ``MIGRATIONS[n]`` takes the schema from version n to n + 1.
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_migrate_v1]
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_migrate_v1, _migrate_stored_index]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 _HINTS = {
@@ -437,6 +446,8 @@ NTH_DURATION = """SELECT duration FROM attempts
     ORDER BY duration LIMIT 1 OFFSET ?"""
 LAST_DELIVERY = "SELECT max(delivered_at) FROM deliveries WHERE sink = ?"
 LAST_BY_DESTINATION = """SELECT destination, max(received_at) AS received_at
+    FROM messages GROUP BY destination ORDER BY destination"""
+LAST_STORED_BY_DESTINATION = """SELECT destination, max(stored_at) AS stored_at
     FROM messages GROUP BY destination ORDER BY destination"""
 SET_STATE = """INSERT INTO state (key, value, updated_at) VALUES (?, ?, ?)
     ON CONFLICT (key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at"""

@@ -427,6 +427,12 @@ class Store:
         rows = self._rows("cannot read messages", q.LAST_BY_DESTINATION)
         return {row["destination"]: row["received_at"] for row in rows}
 
+    def last_stored_by_destination(self) -> dict[str, str]:
+        """``{destination: stored_at}`` of the SMS to each number stored last: when this
+        process last heard of the number, whatever date the email's body claims."""
+        rows = self._rows("cannot read messages", q.LAST_STORED_BY_DESTINATION)
+        return {row["destination"]: row["stored_at"] for row in rows}
+
     # -- housekeeping ----------------------------------------------------------
     def prune_raw(self, *, now: float | None = None) -> int:
         """Delete the raw bytes of emails stored longer ago than the retention;
