@@ -7,6 +7,7 @@ Library errors (:class:`~inbound_mail.errors.InboundMailError`) become
 from __future__ import annotations
 
 import json
+import signal
 import sys
 import threading
 from collections.abc import Callable
@@ -138,7 +139,11 @@ def _summary(title: str, counts: dict[str, int]) -> None:
 )
 @pass_state
 def import_(state: _State, paths: tuple[Path, ...], no_deliver: bool, batch_size: int) -> None:
-    """Import .eml files, folders of them, mbox files and Maildir folders (detected by content)."""
+    """Import .eml files, folders of them, mbox files and Maildir folders (detected by content).
+
+    A path that cannot be read is reported (`cannot read PATH: reason`) and the rest is
+    imported; the exit status is then 1.  Ctrl-C commits the emails read so far and stops:
+    running the same import again stores the rest, without duplicates."""
     from .delivery import make_router
     from .importer import import_emails
     from .parse import ParseOptions
@@ -150,32 +155,89 @@ def import_(state: _State, paths: tuple[Path, ...], no_deliver: bool, batch_size
     tty = sys.stderr.isatty()
     total = count_emails(paths) if tty else None
     not_mail: list[Path] = []
-    with (
-        Store.open(
-            config.database.path, raw_retention_days=config.database.raw_retention / 86400 or None
-        ) as store,
-        click.progressbar(
-            length=total or 0,
-            label="importing",
-            file=sys.stderr,
-            show_eta=True,
-            show_pos=True,
-            hidden=not (tty and total),
-        ) as bar,
-    ):
-        emails = iter_emails(paths, on_skip=lambda path, reason: not_mail.append(Path(path)))
-        tally = import_emails(
-            emails,
-            store,
-            ParseOptions.from_config(config.parse),
-            route=route,
-            batch_size=batch_size,
-            on_batch=lambda r: bar.update(r.read),
+    unreadable: list[Path] = []
+    committed = [0]
+    stop = threading.Event()
+
+    def cannot_read(path: Path, reason: str) -> None:
+        unreadable.append(path)
+        click.echo(f"\ncannot read {_safe(str(path))}: {_safe(reason)}", err=True)
+
+    def on_sigint(signum: int, frame: object) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt  # a second Ctrl-C: abandon the batch in hand
+        stop.set()
+        click.echo(
+            "\ninterrupted: committing the emails read so far (Ctrl-C again to abandon them)",
+            err=True,
         )
-    _summary(
-        "imported",
-        tally.as_dict() | ({"files that are not email": len(not_mail)} if not_mail else {}),
+
+    # Signal handlers belong to the main thread; elsewhere Ctrl-C keeps its default.
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, on_sigint) if main else None
+    try:
+        with (
+            Store.open(
+                config.database.path,
+                raw_retention_days=config.database.raw_retention / 86400 or None,
+            ) as store,
+            click.progressbar(
+                length=total or 0,
+                label="importing",
+                file=sys.stderr,
+                show_eta=True,
+                show_pos=True,
+                hidden=not (tty and total),
+            ) as bar,
+        ):
+            emails = iter_emails(
+                paths,
+                on_skip=lambda path, reason: not_mail.append(Path(path)),
+                on_error=cannot_read,
+            )
+            tally = import_emails(
+                emails,
+                store,
+                ParseOptions.from_config(config.parse),
+                route=route,
+                batch_size=batch_size,
+                on_batch=lambda r: committed.__setitem__(0, committed[0] + r.read),
+                on_parsed=lambda: bar.update(1),
+                should_stop=stop.is_set,
+            )
+    except KeyboardInterrupt:
+        _interrupted(committed[0], abandoned=True)
+        sys.exit(130)
+    finally:
+        if main:
+            signal.signal(signal.SIGINT, previous)
+    extra = {"files that are not email": len(not_mail)} if not_mail else {}
+    if unreadable:
+        extra["paths that cannot be read"] = len(unreadable)
+    _summary("imported", tally.as_dict() | extra)
+    if stop.is_set():
+        _interrupted(tally.read, abandoned=False)
+        sys.exit(130)
+    if unreadable:
+        raise click.ClickException(
+            f"{len(unreadable)} path{'s' if len(unreadable) != 1 else ''} could not be read "
+            "(see `cannot read` above); everything else was imported"
+        )
+
+
+def _interrupted(committed: int, *, abandoned: bool) -> None:
+    lost = "; the batch in hand was abandoned" if abandoned else ""
+    click.echo(
+        f"interrupted: {committed} email{'s' if committed != 1 else ''} committed{lost}. "
+        "Run the same import again to store the rest: emails stored already are "
+        "recognised, nothing is stored twice.",
+        err=True,
     )
+
+
+def _safe(text: str) -> str:
+    """A path or reason for the terminal: control characters escaped, never interpreted."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 @cli.command()

@@ -122,3 +122,176 @@ def test_run_with_a_config_without_accounts_names_the_file(tmp_path: Path) -> No
     result = invoke("--config", str(config), "run", "--once")
     assert result.exit_code == 1
     assert f"{config}: accounts: no [[accounts]] in the file" in result.output
+
+
+# -- item 7: one unreadable path never costs the rest --------------------------------------
+def _sms(n: int) -> bytes:
+    return build_provider_email(f"+39347{n:07d}", NUMBER, "20240501120000", f"sms {n}")
+
+
+def _imported(db: Path) -> int:
+    import sqlite3
+
+    with sqlite3.connect(db) as conn:
+        return int(conn.execute("SELECT count(*) FROM messages").fetchone()[0])
+
+
+def test_import_reports_links_that_loop_or_dangle_and_imports_the_rest(tmp_path: Path) -> None:
+    root = tmp_path / "export"
+    (root / "b").mkdir(parents=True)
+    (root / "a.eml").write_bytes(_sms(1))
+    (root / "b" / "c.eml").write_bytes(_sms(2))
+    (root / "b" / "loop.eml").symlink_to(root / "b" / "loop.eml")
+    (root / "dangling.eml").symlink_to(root / "gone.eml")
+    (root / "z.eml").write_bytes(_sms(3))
+    db = tmp_path / "sms.db"
+    result = invoke("--db", str(db), "import", str(root))
+    assert result.exit_code == 1, result.output
+    assert f"cannot read {root / 'b' / 'loop.eml'}: Too many levels of symbolic links" in (
+        result.output
+    )
+    assert f"cannot read {root / 'dangling.eml'}: No such file or directory" in result.output
+    assert "imported: 3 read, 3 new, 0 duplicates, 0 skipped, 0 rejected" in result.output
+    assert "2 paths that cannot be read" in result.output
+    assert "Error: 2 paths could not be read" in result.output
+    assert "Traceback" not in result.output
+    assert _imported(db) == 3
+
+
+def test_import_skips_fifos_instead_of_hanging_on_them(tmp_path: Path) -> None:
+    import os
+    import sys
+
+    fifo = tmp_path / "pipe.mbox"
+    os.mkfifo(fifo)
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    os.mkfifo(folder / "also-a-pipe")
+    (folder / "a.eml").write_bytes(_sms(1))
+    db = tmp_path / "sms.db"
+    done = subprocess.run(
+        [sys.executable, "-m", "inbound_mail", "--db", str(db), "import", str(fifo), str(folder)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "2 files that are not email" in done.stderr, "neither FIFO is waited on"
+    assert _imported(db) == 1
+
+
+def test_import_as_a_user_who_cannot_list_a_folder_imports_the_rest() -> None:
+    """Root reads every folder whatever its mode: the import runs as nobody instead."""
+    import os
+    import shutil
+    import sys
+    import tempfile
+
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        pytest.skip("needs root and setpriv to run the import as another user")
+    top = Path(tempfile.mkdtemp(prefix="inbound-mail-unreadable-"))
+    try:
+        top.chmod(0o777)
+        export = top / "export"
+        (export / "secret").mkdir(parents=True)
+        (export / "a.eml").write_bytes(_sms(1))
+        (export / "secret" / "b.eml").write_bytes(_sms(2))
+        (export / "unreadable.eml").write_bytes(_sms(3))
+        (export / "z.eml").write_bytes(_sms(4))
+        (export / "secret").chmod(0o000)
+        (export / "unreadable.eml").chmod(0o000)
+        db = top / "sms.db"
+        argv = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable]
+        done = subprocess.run(
+            [*argv, "-m", "inbound_mail", "--db", str(db), "import", str(export)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+            cwd=top,
+        )
+        if "Permission denied" not in done.stderr and done.returncode != 1:
+            pytest.skip(f"nobody could not run the import here: {done.stderr[-500:]}")
+        assert done.returncode == 1, done.stderr
+        secret, unreadable = export / "secret", export / "unreadable.eml"
+        assert f"cannot read {secret}: cannot list the folder: Permission denied" in done.stderr
+        assert f"cannot read {unreadable}: Permission denied" in done.stderr
+        assert "imported: 2 read, 2 new" in done.stderr
+        assert "Traceback" not in done.stderr
+        assert _imported(db) == 2
+    finally:
+        for path in (top / "export" / "secret", top / "export" / "unreadable.eml"):
+            if path.exists():
+                path.chmod(0o700)
+        shutil.rmtree(top, ignore_errors=True)
+
+
+# -- item 11: import progress and Ctrl-C ---------------------------------------------------
+def test_import_progress_moves_per_email_not_per_transaction(tmp_path: Path) -> None:
+    from inbound_mail.importer import import_emails
+    from inbound_mail.models import EmailOrigin
+    from inbound_mail.parse import ParseOptions
+    from inbound_mail.store import Store
+
+    events: list[str] = []
+    emails = [(_sms(n), EmailOrigin("eml", path=f"/x/{n}.eml")) for n in range(5)]
+    with Store.open(tmp_path / "sms.db") as store:
+        import_emails(
+            emails,
+            store,
+            ParseOptions(),
+            batch_size=10_000,
+            on_parsed=lambda: events.append("email"),
+            on_batch=lambda result: events.append("commit"),
+        )
+    assert events == ["email"] * 5 + ["commit"]
+
+
+def test_ctrl_c_during_import_commits_what_was_read_and_a_rerun_completes(
+    tmp_path: Path,
+) -> None:
+    import re
+    import signal
+    import sys
+
+    from inbound_mail.testing.wait import wait_until
+
+    total = 8_000
+    mbox = tmp_path / "big.mbox"
+    with mbox.open("wb") as out:
+        for n in range(total):
+            out.write(b"From x\n" + _sms(n).replace(b"\r\n", b"\n") + b"\n")
+    db = tmp_path / "sms.db"
+    argv = [sys.executable, "-m", "inbound_mail", "--db", str(db), "import"]
+    proc = subprocess.Popen(
+        [*argv, "--batch-size", "200", str(mbox)], stderr=subprocess.PIPE, text=True
+    )
+    try:
+        wait_until(lambda: db.exists() and _count_or_zero(db) >= 200, 60)
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, stderr
+    assert "Aborted!" not in stderr and "Traceback" not in stderr, stderr
+    match = re.search(r"interrupted: (\d+) emails committed\. Run the same import again", stderr)
+    assert match, stderr
+    committed = int(match.group(1))
+    assert 200 <= committed < total, "the run was cut short"
+    assert _imported(db) == committed, "the count said is the count stored"
+    rerun = subprocess.run([*argv, str(mbox)], capture_output=True, text=True, check=False)
+    assert rerun.returncode == 0, rerun.stderr
+    assert f"{total - committed} new, {committed} duplicates" in rerun.stderr
+    assert _imported(db) == total
+
+
+def _count_or_zero(db: Path) -> int:
+    import sqlite3
+
+    try:
+        return _imported(db)
+    except sqlite3.Error:
+        return 0
