@@ -246,12 +246,26 @@ def _safe(text: str) -> str:
 def parse(state: _State, file: Any) -> None:
     """Show what FILE (one email, or - for stdin) parses to; writes nothing.
 
+    An mbox holding several emails: the first is parsed, and the count is said.
     Exit status: 0 an SMS, 1 rejected (from the provider, but malformed), 3 skipped (not from
     a sender)."""
     from .models import Rejected, Skipped
     from .parse import ParseOptions, parse_email
+    from .sources.local import first_of_mbox
 
-    outcome = parse_email(file.read(), ParseOptions.from_config(state.config().parse))
+    raw = file.read()
+    mbox = first_of_mbox(raw)
+    if mbox is not None:
+        raw, count = mbox
+        name = _safe(str(getattr(file, "name", "<stdin>")))
+        stdin = name == "<stdin>"
+        click.echo(
+            f"{'the input' if stdin else name} is an mbox holding {count} "
+            f"email{'s' if count != 1 else ''}: parsing the first"
+            + ("" if stdin else f" (`inbound-mail import {name}` reads them all)"),
+            err=True,
+        )
+    outcome = parse_email(raw, ParseOptions.from_config(state.config().parse))
     if isinstance(outcome, Skipped):
         click.echo(f"skipped: {outcome.reason}")
         sys.exit(3)

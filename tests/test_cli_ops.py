@@ -295,3 +295,54 @@ def _count_or_zero(db: Path) -> int:
         return _imported(db)
     except sqlite3.Error:
         return 0
+
+
+# -- item 11: parse on an mbox -------------------------------------------------------------
+def test_parse_on_an_mbox_says_how_many_emails_and_parses_the_first(tmp_path: Path) -> None:
+    mbox = tmp_path / "export.mbox"
+    mbox.write_bytes(
+        b"".join(b"From x\n" + _sms(n).replace(b"\r\n", b"\n") + b"\n" for n in (1, 2, 3))
+    )
+    result = CliRunner().invoke(cli, ["parse", str(mbox)])
+    assert result.exit_code == 0, result.output
+    assert result.stderr == (
+        f"{mbox} is an mbox holding 3 emails: parsing the first "
+        f"(`inbound-mail import {mbox}` reads them all)\n"
+    )
+    record = json.loads(result.stdout)
+    assert record["text"] == "sms 1" and record["originator"] == "+393470000001"
+    piped = CliRunner().invoke(cli, ["parse", "-"], input=mbox.read_bytes())
+    assert piped.stderr.startswith("the input is an mbox holding 3 emails: parsing the first\n")
+    assert json.loads(piped.stdout)["text"] == "sms 1"
+
+
+# -- item 11: the table keeps its columns ---------------------------------------------------
+def test_messages_table_aligns_wide_characters_and_shows_control_characters_escaped(
+    tmp_path: Path,
+) -> None:
+    from inbound_mail.output import display_width
+
+    texts = [
+        "plain",
+        "tab\there",
+        "中文短信",
+        "emoji 😀🎉",
+        "e\u0301te",
+        "\x1b[31mred\u202e",
+        "中" * 40,
+    ]
+    for n, text in enumerate(texts):
+        raw = build_provider_email(f"+39347000000{n}", NUMBER, f"2024050112000{n}", text)
+        (tmp_path / f"{n}.eml").write_bytes(raw)
+    db = tmp_path / "sms.db"
+    assert invoke("--db", str(db), "import", str(tmp_path)).exit_code == 0
+    result = invoke("--db", str(db), "messages", "--format", "table")
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert len(lines) == 2 + len(texts)
+    # The last column (id) starts at the same terminal column on every line.
+    starts = {display_width(line[: line.rindex("  ") + 2]) for line in lines}
+    assert len(starts) == 1, result.output
+    assert "tab\\there" in result.output and "\t" not in result.output
+    assert "\\x1b[31mred\\u202e" in result.output and "\x1b" not in result.output
+    assert "中" * 23 + "\u2026" in result.output, "cut to the column's width"

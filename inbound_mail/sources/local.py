@@ -29,6 +29,7 @@ that separates messages is not part of them.  CRLF files keep their CRLFs.
 from __future__ import annotations
 
 import errno
+import io
 import logging
 import os
 import re
@@ -40,7 +41,7 @@ from typing import BinaryIO, Literal
 from ..errors import SourceError
 from ..models import EmailOrigin
 
-__all__ = ["ErrorCallback", "SkipCallback", "count_emails", "iter_emails"]
+__all__ = ["ErrorCallback", "SkipCallback", "count_emails", "first_of_mbox", "iter_emails"]
 
 _log = logging.getLogger(__name__)
 
@@ -220,6 +221,15 @@ def _read_file(
                 skip(path, "empty file" if not head else "not an email")
         except OSError as exc:
             error(path, _reason(exc))
+
+
+def first_of_mbox(data: bytes) -> tuple[bytes, int] | None:
+    """``(first email, number of emails)`` when ``data`` is an mbox, else None."""
+    if _classify(data[:_HEAD]) != "mbox":
+        return None
+    messages = _split_mbox(io.BytesIO(data))
+    first = next(messages, b"")
+    return first, 1 + sum(1 for _ in messages)
 
 
 def _classify(head: bytes) -> Literal["mbox", "eml"] | None:
