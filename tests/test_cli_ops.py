@@ -346,3 +346,26 @@ def test_messages_table_aligns_wide_characters_and_shows_control_characters_esca
     assert "tab\\there" in result.output and "\t" not in result.output
     assert "\\x1b[31mred\\u202e" in result.output and "\x1b" not in result.output
     assert "中" * 23 + "\u2026" in result.output, "cut to the column's width"
+
+
+# -- item 11: the demo keeps its database ---------------------------------------------------
+def test_demo_keeps_its_database_and_prints_the_exact_commands() -> None:
+    import shlex
+    import shutil
+    import threading
+
+    from inbound_mail.demo import run_demo
+
+    said: list[str] = []
+    db = run_demo(FIXTURES, keep=None, echo=said.append, stop=threading.Event())
+    try:
+        assert db.is_file()
+        assert not (db.parent / "dovecot").exists(), "the throwaway Dovecot is gone"
+        text = "\n".join(said)
+        command = f"inbound-mail --db {shlex.quote(str(db))} rejects"
+        assert f"#   {command}\n" in text, text
+        result = invoke(*shlex.split(command)[1:], "--format", "json")
+        assert result.exit_code == 0, result.output
+        assert json.loads(result.output), "the demo's rejects are there to see"
+    finally:
+        shutil.rmtree(db.parent, ignore_errors=True)
