@@ -99,8 +99,8 @@ class HeartbeatFile:
         """Overwrite the record; raises OSError.  Long values are cut to fit."""
         if self._fd is None:
             return
-        if len(str(data.get("storage_error") or "")) > 1000:
-            data = {**data, "storage_error": str(data["storage_error"])[:1000] + "..."}
+        if len(str(data.get("storage_error") or "")) > 500:  # fits SIZE even \\u-escaped
+            data = {**data, "storage_error": str(data["storage_error"])[:500] + "..."}
         payload = json.dumps(data).encode()
         os.pwrite(self._fd, payload.ljust(self.SIZE)[: self.SIZE], 0)
 

@@ -369,3 +369,69 @@ def test_demo_keeps_its_database_and_prints_the_exact_commands() -> None:
         assert json.loads(result.output), "the demo's rejects are there to see"
     finally:
         shutil.rmtree(db.parent, ignore_errors=True)
+
+
+# -- item 4: the heartbeat file a full disk cannot stop --------------------------------------
+def _fill(path: Path) -> None:
+    """Write ``path`` until its file system is full."""
+    import errno
+
+    with path.open("wb", buffering=0) as file:
+        for size in (65536, 4096, 512, 1):
+            try:
+                while file.write(b"\0" * size):
+                    pass
+            except OSError as exc:
+                if exc.errno != errno.ENOSPC:
+                    raise
+
+
+def test_the_heartbeat_file_is_rewritten_in_place_on_a_full_disk(small_fs: Path) -> None:
+    from inbound_mail.status import HeartbeatFile, read_heartbeat_file
+
+    db = small_fs / "sms.db"
+    db.touch(mode=0o640)
+    beacon = HeartbeatFile(db)
+    beacon.open()
+    try:
+        assert beacon.path == small_fs / "sms.db-heartbeat"
+        assert beacon.path.stat().st_mode & 0o777 == 0o640, "readable by who reads the database"
+        _fill(small_fs / "filler")
+        with pytest.raises(OSError):
+            (small_fs / "new-file").write_bytes(b"x" * 8192)
+        error = "database sms.db: cannot store a batch: the disk is full: free space " * 30
+        beacon.write({"heartbeat_at": 123.0, "pid": 7, "storage_error": error})
+    finally:
+        beacon.close()
+    read = read_heartbeat_file(db)
+    assert read["heartbeat_at"] == 123.0 and read["pid"] == 7
+    assert read["storage_error"].startswith("database sms.db: cannot store a batch: the disk is")
+
+
+def test_status_takes_the_newer_heartbeat_file_with_its_storage_failure(tmp_path: Path) -> None:
+    import time
+
+    from inbound_mail.status import DAEMON_KEY, HEARTBEAT_KEY, HeartbeatFile
+    from inbound_mail.store import Store
+
+    db = tmp_path / "sms.db"
+    now = time.time()
+    with Store.open(db) as store:  # the last beat the database could take: 10 minutes ago
+        store.set_state(HEARTBEAT_KEY, str(now - 600))
+        store.set_state(DAEMON_KEY, json.dumps({"pid": 7, "accounts": []}))
+    full = f"database {db}: cannot store a batch: the disk is full: free space on it"
+    beacon = HeartbeatFile(db)
+    beacon.open()
+    beacon.write({"heartbeat_at": now, "pid": 7, "storage_error": full, "stopped_at": None})
+    beacon.close()
+    result = invoke("--db", str(db), "status")
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith(
+        f"CRITICAL: 1 problem\nCRITICAL database: the daemon cannot write to its database: {full}."
+    )
+    assert "stopped or hung" not in result.output
+    beacon.open()
+    beacon.write({"heartbeat_at": now + 1, "pid": 7, "storage_error": None, "stopped_at": now})
+    beacon.close()
+    stopped = invoke("--db", str(db), "status")
+    assert "CRITICAL daemon: daemon stopped at " in stopped.output, stopped.output
