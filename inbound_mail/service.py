@@ -246,7 +246,9 @@ class Daemon:
             self._heartbeat()
             yield
         finally:
-            self._beacon.close()
+            with self._beat_lock:  # no beat may write to a closed (or reused) descriptor
+                self._stopped = True
+                self._beacon.close()
 
     def _heartbeat(self) -> None:
         """Write what ``status`` reads (each account's state, the daemon's, the time)

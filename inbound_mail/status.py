@@ -99,7 +99,7 @@ class HeartbeatFile:
         """Overwrite the record; raises OSError.  Long values are cut to fit."""
         if self._fd is None:
             return
-        if len(str(data.get("storage_error") or "")) > 500:  # fits SIZE even \\u-escaped
+        if len(str(data.get("storage_error") or "")) > 500:  # fits SIZE even if JSON-escaped
             data = {**data, "storage_error": str(data["storage_error"])[:500] + "..."}
         payload = json.dumps(data).encode()
         os.pwrite(self._fd, payload.ljust(self.SIZE)[: self.SIZE], 0)
