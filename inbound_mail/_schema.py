@@ -25,6 +25,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "check_private_file",
     "connect",
+    "connect_readonly",
     "rollback",
     "translate_error",
 ]
@@ -159,8 +160,17 @@ def _migrate_v1(conn: sqlite3.Connection) -> None:
         conn.execute(statement)
 
 
+def _migrate_stored_index(conn: sqlite3.Connection) -> None:
+    """``status`` judges a number's liveness on when its last SMS was STORED: the body's
+    ``received_at`` can lie (a date in 9999 would silence the check for ever)."""
+    conn.execute(
+        "CREATE INDEX IF NOT EXISTS messages_destination_stored "
+        "ON messages (destination, stored_at)"
+    )
+
+
 #: Forward migrations; ``MIGRATIONS[n]`` takes the schema from version n to n + 1.
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_migrate_v1]
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_migrate_v1, _migrate_stored_index]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 _HINTS = {
@@ -220,6 +230,62 @@ def connect(path: Path) -> sqlite3.Connection:
     except BaseException:
         conn.close()
         raise
+    return conn
+
+
+def connect_readonly(path: Path) -> sqlite3.Connection:
+    """Open an existing database read-only (``mode=ro``): never created, never migrated.
+
+    For the read commands (``messages``, ``rejects``, ``deliveries``, ``status``):
+    a mistyped path is an error rather than a new empty database, and a file the
+    user may read but not write can still be read.  A WAL database needs its
+    -shm file: when SQLite cannot create one (a read-only directory, with no
+    daemon running, so no -wal to miss either), the file is read as immutable.
+    """
+    if not path.exists():
+        raise StoreError(
+            f"database {path} does not exist: point --db or [database].path at the "
+            "daemon's database (`inbound-mail run` or `import` creates it)"
+        )
+    if path.is_dir():
+        raise StoreError(f"database {path} is a directory: point --db at the database file")
+    uri = path.resolve().as_uri()
+    try:
+        conn = _open_ro(f"{uri}?mode=ro", path)
+    except StoreError:
+        if Path(f"{path}-wal").exists():
+            raise  # a live WAL: reading the main file alone could show stale rows
+        conn = _open_ro(f"{uri}?immutable=1", path)
+    try:
+        version = _check_version(conn, path)
+    except sqlite3.Error as exc:
+        conn.close()
+        raise translate_error(exc, path, "cannot read") from exc
+    except BaseException:
+        conn.close()
+        raise
+    if version == 0:
+        conn.close()
+        raise StoreError(
+            f"database {path}: empty, not an inbound-mail database yet: point --db or "
+            "[database].path at the daemon's database"
+        )
+    return conn
+
+
+def _open_ro(uri: str, path: Path) -> sqlite3.Connection:
+    """Connect through ``uri`` and read the schema once, so that a file SQLite cannot
+    read fails here (it opens lazily)."""
+    try:
+        conn = sqlite3.connect(uri, uri=True, timeout=30.0, isolation_level=None)
+    except sqlite3.Error as exc:
+        raise translate_error(exc, path, "cannot open") from exc
+    try:
+        conn.execute("PRAGMA busy_timeout = 30000")
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    except sqlite3.Error as exc:
+        conn.close()
+        raise translate_error(exc, path, "cannot open") from exc
     return conn
 
 
@@ -445,6 +511,8 @@ NTH_DURATION = """SELECT duration FROM attempts
     ORDER BY duration LIMIT 1 OFFSET ?"""
 LAST_DELIVERY = "SELECT max(delivered_at) FROM deliveries WHERE sink = ?"
 LAST_BY_DESTINATION = """SELECT destination, max(received_at) AS received_at
+    FROM messages GROUP BY destination ORDER BY destination"""
+LAST_STORED_BY_DESTINATION = """SELECT destination, max(stored_at) AS stored_at
     FROM messages GROUP BY destination ORDER BY destination"""
 SET_STATE = """INSERT INTO state (key, value, updated_at) VALUES (?, ?, ?)
     ON CONFLICT (key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at"""

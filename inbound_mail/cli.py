@@ -7,6 +7,7 @@ Library errors (:class:`~inbound_mail.errors.InboundMailError`) become
 from __future__ import annotations
 
 import json
+import signal
 import sys
 import threading
 from collections.abc import Callable
@@ -163,7 +164,11 @@ def _summary(title: str, counts: dict[str, int]) -> None:
 def import_(
     state: _State, paths: tuple[Path, ...], no_deliver: bool, batch_size: int, max_size: int
 ) -> None:
-    """Import .eml files, folders of them, mbox files and Maildir folders (detected by content)."""
+    """Import .eml files, folders of them, mbox files and Maildir folders (detected by content).
+
+    A path that cannot be read is reported (`cannot read PATH: reason`) and the rest is
+    imported; the exit status is then 1.  Ctrl-C commits the emails read so far and stops:
+    running the same import again stores the rest, without duplicates."""
     from .delivery import make_router
     from .importer import import_emails
     from .parse import ParseOptions
@@ -175,32 +180,84 @@ def import_(
     tty = sys.stderr.isatty()
     total = count_emails(paths) if tty else None
     not_mail: list[Path] = []
-    with (
-        Store.open(
-            config.database.path, raw_retention_days=config.database.raw_retention / 86400 or None
-        ) as store,
-        click.progressbar(
-            length=total or 0,
-            label="importing",
-            file=sys.stderr,
-            show_eta=True,
-            show_pos=True,
-            hidden=not (tty and total),
-        ) as bar,
-    ):
-        emails = iter_emails(paths, on_skip=lambda path, reason: not_mail.append(Path(path)))
-        tally = import_emails(
-            emails,
-            store,
-            ParseOptions.from_config(config.parse),
-            route=route,
-            batch_size=batch_size,
-            max_size=max_size,
-            on_batch=lambda r: bar.update(r.read),
+    unreadable: list[Path] = []
+    committed = [0]
+    stop = threading.Event()
+
+    def cannot_read(path: Path, reason: str) -> None:
+        unreadable.append(path)
+        click.echo(f"\ncannot read {escape_control(str(path))}: {escape_control(reason)}", err=True)
+
+    def on_sigint(signum: int, frame: object) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt  # a second Ctrl-C: abandon the batch in hand
+        stop.set()
+        click.echo(
+            "\ninterrupted: committing the emails read so far (Ctrl-C again to abandon them)",
+            err=True,
         )
-    _summary(
-        "imported",
-        tally.as_dict() | ({"files that are not email": len(not_mail)} if not_mail else {}),
+
+    # Signal handlers belong to the main thread; elsewhere Ctrl-C keeps its default.
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, on_sigint) if main else None
+    try:
+        with (
+            Store.open(
+                config.database.path,
+                raw_retention_days=config.database.raw_retention / 86400 or None,
+            ) as store,
+            click.progressbar(
+                length=total or 0,
+                label="importing",
+                file=sys.stderr,
+                show_eta=True,
+                show_pos=True,
+                hidden=not (tty and total),
+            ) as bar,
+        ):
+            emails = iter_emails(
+                paths,
+                on_skip=lambda path, reason: not_mail.append(Path(path)),
+                on_error=cannot_read,
+            )
+            tally = import_emails(
+                emails,
+                store,
+                ParseOptions.from_config(config.parse),
+                route=route,
+                batch_size=batch_size,
+                max_size=max_size,
+                on_batch=lambda r: committed.__setitem__(0, committed[0] + r.read),
+                on_parsed=lambda: bar.update(1),
+                should_stop=stop.is_set,
+            )
+    except KeyboardInterrupt:
+        _interrupted(committed[0], abandoned=True)
+        sys.exit(130)
+    finally:
+        if main:
+            signal.signal(signal.SIGINT, previous)
+    extra = {"files that are not email": len(not_mail)} if not_mail else {}
+    if unreadable:
+        extra["paths that cannot be read"] = len(unreadable)
+    _summary("imported", tally.as_dict() | extra)
+    if stop.is_set():
+        _interrupted(tally.read, abandoned=False)
+        sys.exit(130)
+    if unreadable:
+        raise click.ClickException(
+            f"{len(unreadable)} path{'s' if len(unreadable) != 1 else ''} could not be read "
+            "(see `cannot read` above); everything else was imported"
+        )
+
+
+def _interrupted(committed: int, *, abandoned: bool) -> None:
+    lost = "; the batch in hand was abandoned" if abandoned else ""
+    click.echo(
+        f"interrupted: {committed} email{'s' if committed != 1 else ''} committed{lost}. "
+        "Run the same import again to store the rest: emails stored already are "
+        "recognised, nothing is stored twice.",
+        err=True,
     )
 
 
@@ -210,12 +267,26 @@ def import_(
 def parse(state: _State, file: Any) -> None:
     """Show what FILE (one email, or - for stdin) parses to; writes nothing.
 
+    An mbox holding several emails: the first is parsed, and the count is said.
     Exit status: 0 an SMS, 1 rejected (from the provider, but malformed), 3 skipped (not from
     a sender)."""
     from .models import Rejected, Skipped
     from .parse import ParseOptions, parse_email
+    from .sources.local import first_of_mbox
 
-    outcome = parse_email(file.read(), ParseOptions.from_config(state.config().parse))
+    raw = file.read()
+    mbox = first_of_mbox(raw)
+    if mbox is not None:
+        raw, count = mbox
+        name = escape_control(str(getattr(file, "name", "<stdin>")))
+        stdin = name == "<stdin>"
+        click.echo(
+            f"{'the input' if stdin else name} is an mbox holding {count} "
+            f"email{'s' if count != 1 else ''}: parsing the first"
+            + ("" if stdin else f" (`inbound-mail import {name}` reads them all)"),
+            err=True,
+        )
+    outcome = parse_email(raw, ParseOptions.from_config(state.config().parse))
     if isinstance(outcome, Skipped):
         click.echo(f"skipped: {outcome.reason}")
         sys.exit(3)
@@ -234,9 +305,12 @@ def parse(state: _State, file: Any) -> None:
 @pass_state
 def run(state: _State, once: bool) -> None:
     """Run the daemon: IDLE on every account, store each SMS once, deliver to the sinks."""
+    from .config import require_accounts
     from .service import Daemon
 
-    daemon = Daemon(state.config(), reload=state.reload, configure_logging=state.apply_logging)
+    config = state.config()
+    require_accounts(config)  # a daemon that reads nothing must not look healthy
+    daemon = Daemon(config, reload=state.reload, configure_logging=state.apply_logging)
     if not once:
         sys.exit(daemon.run())
     result = daemon.run_once()
@@ -332,7 +406,7 @@ def messages(
     """List stored SMS, oldest first."""
     from .store import Store
 
-    with Store.open(state.config().database.path) as store:
+    with Store.open_readonly(state.config().database.path) as store:
         rows = store.messages(
             since=since, until=until, originator=originator, destination=destination, limit=limit
         )
@@ -352,7 +426,7 @@ def rejects(state: _State, show_id: int | None, limit: int | None, fmt: str, raw
     control characters are shown escaped, unless ``--raw``."""
     from .store import Store
 
-    with Store.open(state.config().database.path) as store:
+    with Store.open_readonly(state.config().database.path) as store:
         if show_id is None:
             rows = store.rejects(limit=limit)
             write_rows(rows, fmt, sys.stdout, columns=REJECT_COLUMNS, raw=raw)
@@ -396,7 +470,7 @@ def deliveries(
     """List the outbox: what is owed to which sink, and why it failed."""
     from .store import Store
 
-    with Store.open(state.config().database.path) as store:
+    with Store.open_readonly(state.config().database.path) as store:
         write_rows(
             store.deliveries(status=statuses or None, sink=sink, limit=limit),
             fmt,
@@ -472,8 +546,10 @@ def sinks(state: _State) -> None:
 
     config = state.config()
     click.echo("types: " + ", ".join(available_sink_types()))
-    with Store.open(config.database.path) as store:
-        backlog = store.backlog()
+    backlog: dict[str, dict[str, int]] = {}
+    if config.database.path.exists():  # before the first run: no backlog, and no new file
+        with Store.open_readonly(config.database.path) as store:
+            backlog = store.backlog()
     rows = []
     for s in config.sinks:
         counts = backlog.get(s.name, {})
@@ -495,11 +571,16 @@ def sinks(state: _State) -> None:
 def status(state: _State, as_json: bool) -> None:
     """Health from the database and the daemon's heartbeat.
 
-    Exit status (Nagios): 0 OK, 1 WARNING, 2 CRITICAL; each problem is one line saying what
-    to fix."""
-    from .status import collect_status
+    Exit status (Nagios): 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN (the config or the database
+    cannot be read); each problem is one line saying what to fix."""
+    from .status import collect_status, unknown_status
 
-    report = collect_status(state.config())
+    try:
+        config = state.config()
+    except InboundMailError as exc:  # Nagios: a check that cannot run is UNKNOWN, not WARNING
+        report = unknown_status("config", str(exc))
+    else:
+        report = collect_status(config)
     click.echo(json.dumps(report.to_dict(), indent=2) if as_json else "\n".join(report.lines()))
     sys.exit(report.exit_code)
 

@@ -21,6 +21,8 @@ import regex
 from .errors import ConfigError
 
 __all__ = [
+    "CONFIG_CANDIDATES",
+    "CONFIG_ENV",
     "DEFAULT_SENDERS",
     "DURATION_EXPECTED",
     "AccountConfig",
@@ -35,8 +37,10 @@ __all__ = [
     "StatusConfig",
     "default_config_path",
     "default_db_path",
+    "format_duration",
     "load_config",
     "parse_duration",
+    "require_accounts",
 ]
 
 DEFAULT_SENDERS = ("smsin@agiletelecom.com",)
@@ -63,6 +67,17 @@ def parse_duration(value: object) -> float:
     raise ValueError
 
 
+def format_duration(seconds: float) -> str:
+    """The shortest exact spelling :func:`parse_duration` reads back: ``500ms``, ``30s``,
+    ``29m``, ``7d``; seconds with decimals when no unit divides evenly."""
+    for unit, size in (("d", 86400.0), ("h", 3600.0), ("m", 60.0), ("s", 1.0)):
+        if seconds >= size and float(seconds / size).is_integer():
+            return f"{int(seconds / size)}{unit}"
+    if seconds > 0 and float(seconds * 1000).is_integer():
+        return f"{int(seconds * 1000)}ms"
+    return f"{seconds:g}s"
+
+
 def default_db_path() -> Path:
     """``$STATE_DIRECTORY/inbound-mail.db`` under systemd, else ``./inbound-mail.db``."""
     state = os.environ.get("STATE_DIRECTORY")
@@ -72,16 +87,41 @@ def default_db_path() -> Path:
     return Path("inbound-mail.db")
 
 
+CONFIG_ENV = "INBOUND_MAIL_CONFIG"
+#: Where a config is looked for, in order, when neither --config nor $INBOUND_MAIL_CONFIG is set.
+CONFIG_CANDIDATES = (Path("inbound-mail.toml"), Path("/etc/inbound-mail/config.toml"))
+
+
 def default_config_path() -> Path | None:
     """``$INBOUND_MAIL_CONFIG``, else the first of ``./inbound-mail.toml`` and
     ``/etc/inbound-mail/config.toml`` that exists, else None."""
-    env = os.environ.get("INBOUND_MAIL_CONFIG")
+    env = os.environ.get(CONFIG_ENV)
     if env:
         return Path(env)
-    for candidate in (Path("inbound-mail.toml"), Path("/etc/inbound-mail/config.toml")):
+    for candidate in CONFIG_CANDIDATES:
         if candidate.is_file():
             return candidate
     return None
+
+
+def require_accounts(config: Config) -> None:
+    """Raise ConfigError unless ``config`` has an account: a daemon without one would
+    read nothing while looking healthy.  The error says where the config was looked for."""
+    if config.accounts:
+        return
+    if config.path is None:
+        looked = [f"${CONFIG_ENV} (unset)"] + [str(p.absolute()) for p in CONFIG_CANDIDATES]
+        raise ConfigError(
+            f"no config file found (looked for {', '.join(looked)}): there is no account "
+            "to read; pass --config PATH, or write one from config.example.toml with at "
+            "least one [[accounts]]"
+        )
+    raise ConfigError(
+        "no [[accounts]] in the file: there is no mailbox to read; add one "
+        "(see config.example.toml)",
+        file=str(config.path),
+        key="accounts",
+    )
 
 
 @dataclass(frozen=True, slots=True)

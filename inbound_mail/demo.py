@@ -1,11 +1,15 @@
 """The quick-start demo: a throwaway Dovecot fed from ``fixtures/``, the daemon
 running against it with a JSON Lines sink on stdout, one SMS appended while it
-runs, then a clean stop.  Everything lives in one temporary folder."""
+runs, then a clean stop.  Everything lives in one new folder; the Dovecot in it
+is removed at the end, the database is kept, and the demo prints the exact
+commands that look into it (``inbound-mail --db PATH rejects``, ...)."""
 
 from __future__ import annotations
 
 import io
 import os
+import shlex
+import shutil
 import tempfile
 import threading
 from collections.abc import Callable
@@ -45,14 +49,28 @@ path = "-"
 
 def run_demo(
     fixtures: Path, *, keep: Path | None, echo: Callable[[str], None], stop: threading.Event
-) -> None:
-    """Run the demo end to end; ``keep`` keeps its state folder for a look afterwards."""
+) -> Path:
+    """Run the demo end to end in ``keep`` (default: a new temporary folder, kept) and
+    return its database.  With ``keep``, Dovecot's folder stays too."""
     if keep is not None:
         keep.mkdir(parents=True, exist_ok=True)
-        _demo_in(keep.resolve(), fixtures, echo)
-        return
-    with tempfile.TemporaryDirectory(prefix="inbound-mail-demo-") as tmp:
-        _demo_in(Path(tmp), fixtures, echo)
+        root = keep.resolve()
+    else:
+        root = Path(tempfile.mkdtemp(prefix="inbound-mail-demo-"))
+    try:
+        _demo_in(root, fixtures, echo)
+    finally:
+        if keep is None:
+            shutil.rmtree(root / "dovecot", ignore_errors=True)
+    db = root / "inbound-mail.db"
+    where = shlex.quote(str(db))
+    echo(
+        f"# the database is kept in {root}/; look into it with:\n"
+        f"#   inbound-mail --db {where} messages\n"
+        f"#   inbound-mail --db {where} rejects\n"
+        f"#   inbound-mail --db {where} deliveries"
+    )
+    return db
 
 
 def _demo_in(root: Path, fixtures: Path, echo: Callable[[str], None]) -> None:

@@ -42,15 +42,29 @@ def import_emails(
     batch_size: int = DEFAULT_BATCH,
     max_size: int = DEFAULT_MAX_SIZE,
     on_batch: Callable[[IngestResult], None] | None = None,
+    on_parsed: Callable[[], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> Tally:
     """Parse and store every email; one transaction per batch.  Bad emails become
     rejects, never exceptions; only a store failure raises (StoreError).  An
-    email over ``max_size`` bytes is not parsed (see the module docstring)."""
+    email over ``max_size`` bytes is not parsed (see the module docstring).
+
+    ``on_parsed`` is called after each email is parsed (a progress bar that
+    moves per email, not per transaction); once ``should_stop`` returns True, the
+    emails parsed so far are committed and no more are read: a rerun of the same
+    import stores the rest, and recognises what is stored already."""
     total = Tally()
     iterator = iter(emails)
-    while batch := list(islice(iterator, batch_size)):
-        items = [_item(raw, origin, options, max_size) for raw, origin in batch]
-        del batch
+    while True:
+        items: list[IngestItem] = []
+        for raw, origin in islice(iterator, batch_size):
+            items.append(_item(raw, origin, options, max_size))
+            if on_parsed:
+                on_parsed()
+            if should_stop and should_stop():
+                break
+        if not items:
+            break
         result = store.ingest(items, route=route)
         del items
         if on_batch:
@@ -59,6 +73,8 @@ def import_emails(
         # Drop this batch before the next one is read: otherwise two batches are
         # alive at once, and peak memory grows with the batch size twice over.
         del result
+        if should_stop and should_stop():
+            break
     return total
 
 

@@ -20,13 +20,22 @@ from __future__ import annotations
 import csv
 import json
 import re
+import unicodedata
 from collections.abc import Iterable, Sequence
 from typing import Any, TextIO
 
-__all__ = ["FORMATS", "escape_control", "is_terminal", "neutralise_formula", "write_rows"]
+__all__ = [
+    "FORMATS",
+    "display_width",
+    "escape_control",
+    "is_terminal",
+    "neutralise_formula",
+    "write_rows",
+]
 
 FORMATS = ("table", "json", "jsonl", "csv")
 _CELL = 48
+_ZERO_WIDTH = frozenset({"Mn", "Me", "Cf"})  # combining marks, joiners, variation selectors
 # C0, DEL, C1; Arabic letter mark, LRM/RLM, bidi embeddings/overrides/isolates, LS/PS.
 _CONTROL = re.compile(
     "[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069\u2028\u2029]"
@@ -118,23 +127,52 @@ def _csv_cell(value: object, raw: bool, escape: bool) -> str:
 def _table(
     rows: list[dict[str, Any]], out: TextIO, columns: Sequence[str], *, escape: bool = True
 ) -> int:
+    """Columns aligned by terminal width, not by code points: a CJK character or an
+    emoji takes two columns, a combining mark none."""
     cells = [[_cell(row.get(c), _CELL, escape=escape) for c in columns] for row in rows]
-    widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)]
-    out.write("  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip() + "\n")
+    widths = [
+        max([display_width(c)] + [display_width(r[i]) for r in cells])
+        for i, c in enumerate(columns)
+    ]
+    out.write("  ".join(_pad(c, w) for c, w in zip(columns, widths, strict=True)).rstrip() + "\n")
     out.write("  ".join("-" * w for w in widths) + "\n")
     for row in cells:
-        out.write("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip() + "\n")
+        out.write("  ".join(_pad(v, w) for v, w in zip(row, widths, strict=True)).rstrip() + "\n")
     return len(rows)
 
 
+def display_width(text: str) -> int:
+    """How many terminal columns ``text`` takes (wide East Asian characters: 2)."""
+    return sum(_char_width(c) for c in text)
+
+
+def _char_width(char: str) -> int:
+    if unicodedata.category(char) in _ZERO_WIDTH:
+        return 0
+    return 2 if unicodedata.east_asian_width(char) in ("W", "F") else 1
+
+
+def _pad(text: str, columns: int) -> str:
+    return text + " " * (columns - display_width(text))
+
+
 def _cell(value: object, limit: int | None, *, escape: bool = False) -> str:
+    """The text of one cell.  In a table (``limit`` set): one line, control characters
+    shown escaped unless raw (a tab would break the alignment, an escape sequence would
+    drive the terminal), cut to ``limit`` columns."""
     text = "" if value is None else str(value)
     if limit is not None:
         text = text.replace("\n", "\u21b5")
         if escape:
             text = escape_control(text)
-        if len(text) > limit:
-            text = text[: limit - 1] + "\u2026"
+        if display_width(text) > limit:
+            kept, used = [], 0
+            for char in text:
+                used += _char_width(char)
+                if used > limit - 1:
+                    break
+                kept.append(char)
+            text = "".join(kept) + "\u2026"
     return text
 
 

@@ -23,6 +23,7 @@ worker shows a recent sign of life.  The heartbeat job writes what
 from __future__ import annotations
 
 import faulthandler
+import json
 import logging
 import os
 import signal
@@ -46,7 +47,14 @@ from .metrics import Metrics, create_metrics
 from .notify import Health, Notifier, Supervisor, watchdog_interval
 from .secrets import exposed_secrets_warning, read_password
 from .sinks import Sink
-from .status import ACCOUNT_PREFIX, DAEMON_KEY, HEARTBEAT_KEY, account_state, daemon_state
+from .status import (
+    ACCOUNT_PREFIX,
+    DAEMON_KEY,
+    HEARTBEAT_KEY,
+    HeartbeatFile,
+    account_state,
+    daemon_state,
+)
 from .store import IngestResult, Store, daemon_lock
 
 __all__ = ["Daemon", "OnceResult"]
@@ -97,6 +105,11 @@ class Daemon:
         self._written: dict[str, str] = {}
         self._next_heartbeat = 0.0
         self._heartbeat_error: str | None = None
+        self._written_storage: str | None = None
+        self._beacon = HeartbeatFile(self.db_path)
+        self._beacon_error: str | None = None
+        self._beat_lock = threading.Lock()
+        self._stopped = False
         self._lock = threading.Lock()
         self._stored = 0
         self._outcomes = {"delivered": 0, "failed": 0, "dead": 0}
@@ -124,7 +137,7 @@ class Daemon:
         code (0 on a warm stop).  Signals can only be installed from the main thread."""
         if install_signals:  # first of all: a SIGTERM during start-up is a warm stop too
             self._install_signal_handlers()
-        with self._prepared():
+        with self._prepared(), self._heartbeats():
             self._scheduler = scheduler = self._start_scheduler()
             self._gen.start(scheduler)
             log_event(
@@ -140,6 +153,7 @@ class Daemon:
             self.notifier.stopping()
             self._gen.stop_and_join(scheduler, STOP_GRACE)
             scheduler.shutdown(wait=False)
+            self._record_stop()
         log_event(_log, logging.INFO, "daemon.stopped")
         return 0
 
@@ -227,30 +241,100 @@ class Daemon:
         scheduler.start()
         return scheduler
 
+    @contextmanager
+    def _heartbeats(self) -> Iterator[None]:
+        """The heartbeat file open, and a first beat written at once: until then
+        ``status`` would read the previous run's "stopped"."""
+        try:
+            self._beacon.open()
+        except OSError as exc:
+            self._beacon_failed(exc)
+        try:
+            self._heartbeat()
+            yield
+        finally:
+            with self._beat_lock:  # no beat may write to a closed (or reused) descriptor
+                self._stopped = True
+                self._beacon.close()
+
     def _heartbeat(self) -> None:
         """Write what ``status`` reads (each account's state, the daemon's, the time)
-        every HEARTBEAT_INTERVAL, and at once when an account's state changes."""
+        every HEARTBEAT_INTERVAL, and at once when an account's state or the storage
+        failure changes."""
         workers, now = self.account_workers, time.monotonic()
         states = {
             w.account.name: account_state(w.health, stalled=account_stalled(w, now))
             for w in workers
         }
-        if states == self._written and now < self._next_heartbeat:
+        storage = self._storage_error(workers)
+        if (
+            states == self._written
+            and storage == self._written_storage
+            and now < self._next_heartbeat
+            and self._heartbeat_error is None
+        ):
             return
-        try:
-            with Store.open(self.db_path) as store:
-                for name, value in states.items():
-                    store.set_state(ACCOUNT_PREFIX + name, value)
-                daemon = daemon_state(os.getpid(), self._started_at, list(states))
-                store.set_state(DAEMON_KEY, daemon)
-                store.set_state(HEARTBEAT_KEY, str(time.time()))
-        except StoreError as exc:  # a full disk, say: one line, not a traceback every 10 s
-            if str(exc) != self._heartbeat_error:
-                log_event(_log, logging.ERROR, "daemon.heartbeat_failed", error=str(exc))
-            self._heartbeat_error = str(exc)
-            return
-        self._heartbeat_error = None
-        self._written, self._next_heartbeat = states, now + HEARTBEAT_INTERVAL
+        if self._beat(states, storage):
+            self._written, self._written_storage = states, storage
+            self._next_heartbeat = now + HEARTBEAT_INTERVAL
+
+    def _storage_error(self, workers: list[AccountWorker]) -> str | None:
+        """The database failure the daemon meets now: its own heartbeat's, else a worker's."""
+        if self._heartbeat_error is not None:
+            return self._heartbeat_error
+        return next((w.health.storage_error for w in workers if w.health.storage_error), None)
+
+    def _beat(
+        self, states: dict[str, str], storage: str | None, *, stopped_at: float | None = None
+    ) -> bool:
+        """One beat to the database, then to the heartbeat file (which has it even when
+        the database cannot take it); True when the database took it."""
+        with self._beat_lock:
+            if self._stopped:
+                return True  # the stop is the last word: a late beat must not hide it
+            self._stopped = stopped_at is not None
+            beat, pid = time.time(), os.getpid()
+            daemon = daemon_state(
+                pid, self._started_at, list(states), storage_error=storage, stopped_at=stopped_at
+            )
+            stored = True
+            try:
+                with Store.open(self.db_path) as store:
+                    for name, value in states.items():
+                        store.set_state(ACCOUNT_PREFIX + name, value)
+                    store.set_state(DAEMON_KEY, json.dumps(daemon))
+                    store.set_state(HEARTBEAT_KEY, str(beat))
+            except StoreError as exc:  # a full disk, say: one line, not a traceback every 10 s
+                if str(exc) != self._heartbeat_error:
+                    log_event(_log, logging.ERROR, "daemon.heartbeat_failed", error=str(exc))
+                self._heartbeat_error = daemon["storage_error"] = str(exc)
+                stored = False
+            else:
+                self._heartbeat_error = None
+            try:
+                self._beacon.write({**daemon, "heartbeat_at": beat})
+            except OSError as exc:
+                self._beacon_failed(exc)
+            return stored
+
+    def _record_stop(self) -> None:
+        """Tell ``status`` the daemon stopped cleanly, and when."""
+        states = {
+            w.account.name: account_state(w.health, stalled=False) for w in self.account_workers
+        }
+        self._beat(states, self._storage_error(self.account_workers), stopped_at=time.time())
+
+    def _beacon_failed(self, exc: OSError) -> None:
+        if str(exc) != self._beacon_error:  # once per distinct error
+            log_event(
+                _log,
+                logging.WARNING,
+                "daemon.heartbeat_file_failed",
+                path=str(self._beacon.path),
+                error=str(exc),
+                effect="status reads the heartbeat from the database alone",
+            )
+        self._beacon_error = str(exc)
 
     def _prune(self) -> None:
         with Store.open(self.db_path, raw_retention_days=self._retention_days()) as store:

@@ -38,7 +38,7 @@ from typing import Any
 from sqlite_utils import Database
 
 from . import _schema as q
-from ._schema import connect, rollback, translate_error
+from ._schema import connect, connect_readonly, rollback, translate_error
 from ._store_rows import (
     _BACKLOG_KEYS,
     _HEX,
@@ -129,6 +129,17 @@ class Store:
         """
         db_path = Path(path)
         return cls(connect(db_path), db_path, raw_retention_days=raw_retention_days, clock=clock)
+
+    @classmethod
+    def open_readonly(cls, path: str | Path, *, clock: Callable[[], float] = time.time) -> Store:
+        """Open an existing database read-only, for the commands that only read.
+
+        Raises :class:`StoreError` when ``path`` does not exist (nothing is
+        created), is not an inbound-mail database, or cannot be read.  Any
+        write through this Store fails with a "read-only" StoreError.
+        """
+        db_path = Path(path)
+        return cls(connect_readonly(db_path), db_path, raw_retention_days=None, clock=clock)
 
     @property
     def database(self) -> Database:
@@ -471,6 +482,12 @@ class Store:
         """``{destination: received_at}`` of the latest SMS to each number."""
         rows = self._rows("cannot read messages", q.LAST_BY_DESTINATION)
         return {row["destination"]: row["received_at"] for row in rows}
+
+    def last_stored_by_destination(self) -> dict[str, str]:
+        """``{destination: stored_at}`` of the SMS to each number stored last: when this
+        process last heard of the number, whatever date the email's body claims."""
+        rows = self._rows("cannot read messages", q.LAST_STORED_BY_DESTINATION)
+        return {row["destination"]: row["stored_at"] for row in rows}
 
     # -- housekeeping ----------------------------------------------------------
     def prune_raw(self, *, now: float | None = None) -> int:

@@ -30,7 +30,13 @@ from pathlib import Path
 from imapclient import IMAPClient
 
 from ..config import AccountConfig
-from ..errors import ImapAuthError, ImapConnectionError, ImapError, InboundMailError
+from ..errors import (
+    ImapAuthError,
+    ImapConnectionError,
+    ImapError,
+    InboundMailError,
+    StoreError,
+)
 from ..faults import fault_stall
 from ..logs import log_event
 from ..parse import ParseOptions
@@ -58,6 +64,9 @@ class AccountHealth:
     connected: bool = False
     last_sync_at: float | None = None
     last_error: str | None = None
+    storage_error: str | None = None
+    """The database failure that ended the last session (disk full, ...), until a pass
+    succeeds: the daemon reports it to ``status`` as CRITICAL at once."""
     reconnects: int = 0
     idle_refreshes: int = 0
     last_tick: float = field(default_factory=time.monotonic)
@@ -147,6 +156,8 @@ class AccountWorker:
         # `status` and the log line name the account already: not twice.
         named = isinstance(exc, ImapError) and exc.account == self.account.name
         self.health.last_error = exc.reason if isinstance(exc, ImapError) and named else str(exc)
+        if isinstance(exc, StoreError):
+            self.health.storage_error = str(exc)
         level = logging.ERROR if isinstance(exc, InboundMailError) else logging.CRITICAL
         log_event(
             _log,
@@ -231,6 +242,9 @@ class AccountWorker:
 
     def _sync(self, syncer: FolderSync, folder: str) -> None:
         syncer.sync(folder)
+        # A whole pass stored: what a storage failure left unstored (still beyond the
+        # checkpoint, still unacknowledged) has been stored by now.
+        self.health.storage_error = None
         self.health.last_sync_at = time.time()
         self.health.tick()
 

@@ -22,7 +22,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
-from ..config import DURATION_EXPECTED, parse_duration
+from ..config import DURATION_EXPECTED, format_duration, parse_duration
 from ..errors import ConfigError
 from ..secrets import REDACTED, redact_url, url_secrets
 
@@ -169,8 +169,11 @@ class SinkOptions:
             raise self.error(name, f"expected one of {', '.join(map(repr, allowed))}")
         return value
 
-    def duration(self, name: str, default: float, *, positive: bool = True) -> float:
-        """Seconds, from a number or a string like ``"30s"``."""
+    def duration(
+        self, name: str, default: float, *, positive: bool = True, high: float = 3600.0
+    ) -> float:
+        """Seconds, from a number or a string like ``"30s"``, at most ``high`` (every
+        number in the config has a range; the default suits timeouts)."""
         value = self._value(name)
         if value is None:
             return default
@@ -179,8 +182,9 @@ class SinkOptions:
         except ValueError as exc:
             detail = f" ({exc})" if str(exc) else ""
             raise self.error(name, f"expected {DURATION_EXPECTED}, got {value!r}{detail}") from None
-        if positive and seconds <= 0:
-            raise self.error(name, "expected a duration greater than zero")
+        if (positive and seconds <= 0) or seconds > high:
+            low = "greater than zero" if positive else "from 0s"
+            raise self.error(name, f"expected a duration {low} and at most {format_duration(high)}")
         return seconds
 
     def str_table(self, name: str) -> dict[str, str]:
