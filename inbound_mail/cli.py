@@ -139,6 +139,7 @@ def _summary(title: str, counts: dict[str, int]) -> None:
 @pass_state
 def import_(state: _State, paths: tuple[Path, ...], no_deliver: bool, batch_size: int) -> None:
     """Import .eml files, folders of them, mbox files and Maildir folders (detected by content)."""
+    from .authenticity import Verifier
     from .delivery import make_router
     from .importer import import_emails
     from .parse import ParseOptions
@@ -171,6 +172,7 @@ def import_(state: _State, paths: tuple[Path, ...], no_deliver: bool, batch_size
             route=route,
             batch_size=batch_size,
             on_batch=lambda r: bar.update(r.read),
+            verifier=Verifier.from_config(config.parse),
         )
     _summary(
         "imported",

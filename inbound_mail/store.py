@@ -204,6 +204,31 @@ class Store:
             batch.flush(cur, checkpoint, acks)
         return result
 
+    def release(
+        self, reject_id: int, item: IngestItem, *, route: Router | None = None
+    ) -> IngestResult | None:
+        """Store a released reject's SMS (``item``) and mark the reject released, in ONE
+        transaction.  None (and nothing written) if the reject was released before, so a
+        repeated release never delivers twice."""
+        if not isinstance(item.outcome, SmsRecord):
+            raise StoreError(f"reject {reject_id}: only an SMS record can be released")
+        now = self._clock()
+        batch = _Batch(stamp=iso(now), now=now)
+        result = IngestResult()
+        with self._write("cannot release a reject") as cur:
+            cur.execute(q.RELEASE_REJECT, (batch.stamp, item.outcome.id, reject_id))
+            if cur.rowcount != 1:
+                return None
+            record = item.outcome
+            if batch.add_record(cur, item, record, record.id):
+                result.new.append(record)
+                if route is not None:
+                    batch.add_deliveries(record.id, route(record))
+            else:
+                result.duplicates.append(record)
+            batch.flush(cur, None, ())
+        return result
+
     # -- IMAP bookkeeping --------------------------------------------------
     def get_checkpoint(self, account: str, folder: str) -> Checkpoint | None:
         """The checkpoint of (account, folder), or None before the first batch."""

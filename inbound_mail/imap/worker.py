@@ -29,6 +29,7 @@ from pathlib import Path
 
 from imapclient import IMAPClient
 
+from ..authenticity import Verifier
 from ..config import AccountConfig
 from ..errors import ImapAuthError, ImapConnectionError, ImapError, InboundMailError
 from ..faults import fault_stall
@@ -95,8 +96,10 @@ class AccountWorker:
         stop: threading.Event,
         route: Router | None = None,
         on_batch: Callable[[AccountConfig, str, IngestResult], None] | None = None,
+        verifier: Verifier | None = None,
     ) -> None:
         self.account = account
+        self.verifier = verifier
         self.db_path = db_path
         self.parse_options = parse_options
         self.stop = stop
@@ -187,6 +190,7 @@ class AccountWorker:
                     on_found=on_found,
                     should_stop=self.stop.is_set,
                     fetch_failures=self.fetch_failures,
+                    verifier=self.verifier,
                 )
                 self.health.connected = True
                 self._set_state("connected")
