@@ -409,3 +409,6 @@ LAST_BY_DESTINATION = """SELECT destination, max(received_at) AS received_at
     FROM messages GROUP BY destination ORDER BY destination"""
 SET_STATE = """INSERT INTO state (key, value, updated_at) VALUES (?, ?, ?)
     ON CONFLICT (key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at"""
+UNAUTHENTICATED_SMS = "SELECT count(*) FROM messages WHERE authenticated = 0 AND stored_at >= ?"
+UNAUTHENTICATED_REJECTS = """SELECT count(*) FROM rejects
+    WHERE code = 'unauthenticated' AND released_at IS NULL AND rejected_at >= ?"""

@@ -26,7 +26,7 @@ from .output import FORMATS, write_rows
 
 F = TypeVar("F", bound=Callable[..., Any])
 MESSAGE_COLUMNS = ("received_at", "originator", "destination", "text", "id")
-REJECT_COLUMNS = ("id", "rejected_at", "origin", "reason")
+REJECT_COLUMNS = ("id", "rejected_at", "code", "origin", "reason")
 DELIVERY_COLUMNS = (
     "id",
     "sink",
@@ -315,13 +315,37 @@ def messages(
 
 @cli.command()
 @click.option("--show", "show_id", type=int, help="Print one reject's reason and raw email.")
+@click.option(
+    "--release",
+    "release_id",
+    type=int,
+    help="Accept one reject after looking at it: store and deliver its SMS, once.",
+)
 @click.option("--limit", type=click.IntRange(min=1))
 @format_option
 @pass_state
-def rejects(state: _State, show_id: int | None, limit: int | None, fmt: str) -> None:
-    """List emails from the provider that could not be parsed, with the reason."""
+def rejects(
+    state: _State, show_id: int | None, release_id: int | None, limit: int | None, fmt: str
+) -> None:
+    """List emails from the provider that could not be parsed or authenticated, with the
+    reason."""
     from .store import Store
 
+    if release_id is not None:
+        from .importer import release_reject
+
+        config = state.config()
+        with Store.open(config.database.path) as store:
+            released = release_reject(config, store, release_id)
+        if released.already_released_at:
+            click.echo(
+                f"reject {release_id} was already released at {released.already_released_at} "
+                f"(SMS {released.sms_id}); nothing done"
+            )
+        else:
+            what = "stored and queued for the sinks" if released.stored else "already stored"
+            click.echo(f"reject {release_id} released: SMS {released.sms_id} {what}")
+        return
     with Store.open(state.config().database.path) as store:
         if show_id is None:
             write_rows(store.rejects(limit=limit), fmt, sys.stdout, columns=REJECT_COLUMNS)
@@ -329,7 +353,12 @@ def rejects(state: _State, show_id: int | None, limit: int | None, fmt: str) -> 
         reject = store.get_reject(show_id)
     if reject is None:
         raise click.ClickException(f"no reject with id {show_id}")
-    click.echo(f"reason: {reject['reason']}\norigin: {reject['origin']}\n")
+    click.echo(f"code: {reject['code']}\nreason: {reject['reason']}\norigin: {reject['origin']}")
+    if reject["evidence"]:
+        click.echo("evidence:\n  " + reject["evidence"].replace("\n", "\n  "))
+    if reject["released_at"]:
+        click.echo(f"released: {reject['released_at']} (SMS {reject['released_sms_id']})")
+    click.echo("")
     sys.stdout.flush()
     sys.stdout.buffer.write(reject["raw"])
 

@@ -8,15 +8,19 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
 from itertools import islice
 
 from .authenticity import Deferred, Verifier
+from .config import Config
+from .delivery import make_router
+from .errors import StoreError
 from .logs import log_event
-from .models import EmailOrigin, Tally
+from .models import EmailOrigin, SmsRecord, Tally
 from .parse import ParseOptions, parse_email
 from .store import IngestItem, IngestResult, Router, Store
 
-__all__ = ["DEFAULT_BATCH", "import_emails"]
+__all__ = ["DEFAULT_BATCH", "ReleaseResult", "import_emails", "release_reject"]
 
 # Big transactions: the random-keyed indexes make every commit rewrite most of
 # their leaf pages, so fewer commits is what makes a large import fast
@@ -71,3 +75,53 @@ def import_emails(
         # alive at once, and peak memory grows with the batch size twice over.
         del result
     return total
+
+
+@dataclass(frozen=True, slots=True)
+class ReleaseResult:
+    """What ``rejects --release`` did: the SMS id, and whether it was stored now
+    (False: released before, or the same SMS was already stored)."""
+
+    sms_id: str
+    stored: bool
+    already_released_at: str | None = None
+
+
+def release_reject(config: Config, store: Store, reject_id: int) -> ReleaseResult:
+    """Accept one reject after an operator looked at it: parse its raw email again,
+    store the SMS (``authenticated`` false, the release in ``auth_reason``) and queue
+    it for the sinks, once; the release is logged.  Raises StoreError if the reject
+    does not exist or does not hold an SMS."""
+    reject = store.get_reject(reject_id)
+    if reject is None:
+        raise StoreError(f"no reject with id {reject_id}")
+    if reject["released_at"] is not None:
+        return ReleaseResult(reject["released_sms_id"], False, reject["released_at"])
+    account = next((a for a in config.accounts if a.name == reject["account"]), None)
+    options = ParseOptions.from_config(config.parse, account.senders if account else None)
+    outcome = parse_email(bytes(reject["raw"]), options)
+    if not isinstance(outcome, SmsRecord):
+        raise StoreError(
+            f"reject {reject_id} cannot be released: its email is not an SMS "
+            f"({outcome.reason}); only unauthenticated rejects can be released"
+        )
+    why = f"released by the operator from reject {reject_id}: {reject['reason']}"
+    record = replace(outcome, authenticated=False, auth_reason=why[:1000])
+    origin = EmailOrigin(
+        kind=reject["kind"],
+        account=reject["account"],
+        folder=reject["folder"],
+        uidvalidity=reject["uidvalidity"],
+        uid=reject["uid"],
+        path=reject["path"],
+        key=reject["key"],
+    )
+    result = store.release(
+        reject_id, IngestItem(bytes(reject["raw"]), record, origin), route=make_router(config.sinks)
+    )
+    if result is None:  # released by someone else since we read it
+        return release_reject(config, store, reject_id)
+    log_event(_log, logging.WARNING, "reject.released", reject=reject_id, sms=record.id,
+              origin=reject["origin"], stored="new" if result.new else "duplicate",
+              reason=reject["reason"])  # fmt: skip
+    return ReleaseResult(record.id, bool(result.new))

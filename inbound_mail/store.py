@@ -287,6 +287,17 @@ class Store:
         rows = list(self._rows("cannot read a reject", query, (reject_id,)))
         return rows[0] if rows else None
 
+    def trust_counts(self, since_epoch: float) -> dict[str, int]:
+        """Since ``since_epoch``: SMS stored with ``authenticated`` false
+        (``unauthenticated_sms``) and unauthenticated rejects not released
+        (``unauthenticated_rejects``)."""
+        since = iso(since_epoch)
+        doing = "cannot read trust counts"
+        return {
+            "unauthenticated_sms": int(self._one(doing, q.UNAUTHENTICATED_SMS, (since,))),
+            "unauthenticated_rejects": int(self._one(doing, q.UNAUTHENTICATED_REJECTS, (since,))),
+        }
+
     # -- outbox ----------------------------------------------------------------
     def pending_deliveries(
         self, sink: str, *, limit: int = 100, due_by: float | None = None
