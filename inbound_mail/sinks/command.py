@@ -2,9 +2,10 @@
 
 The program gets the record as one line of JSON on stdin and its fields in
 ``INBOUND_SMS_ID``, ``INBOUND_SMS_ORIGINATOR``, ``INBOUND_SMS_DESTINATION``,
-``INBOUND_SMS_DATE_TIME``, ``INBOUND_SMS_TEXT``, ``INBOUND_SMS_RECEIVED_AT`` and
-``INBOUND_SMS_KEYWORD`` (empty when there is none).  Its exit status decides:
-0 is delivered, 75 (``EX_TEMPFAIL``) is retried later, anything else (a
+``INBOUND_SMS_DATE_TIME``, ``INBOUND_SMS_TEXT``, ``INBOUND_SMS_RECEIVED_AT``,
+``INBOUND_SMS_KEYWORD`` (empty when there is none), ``INBOUND_SMS_AUTHENTICATED``
+(``true``, ``false``, or empty when not checked) and ``INBOUND_SMS_AUTH_REASON``.
+Its exit status decides: 0 is delivered, 75 (``EX_TEMPFAIL``) is retried later, anything else (a
 signal included) makes the delivery dead.  The last 2 KB of stderr go into
 the attempt's error.  After ``timeout`` the program's whole process group gets
 SIGTERM, then SIGKILL a second later, and the attempt is retried.
@@ -47,7 +48,10 @@ _RECORD_ENV = {
     "INBOUND_SMS_TEXT": "text",
     "INBOUND_SMS_RECEIVED_AT": "received_at",
     "INBOUND_SMS_KEYWORD": "keyword",
+    "INBOUND_SMS_AUTH_REASON": "auth_reason",
 }
+# The authenticity verdict: "true", "false", or empty when it was not checked.
+_AUTHENTICATED_ENV = "INBOUND_SMS_AUTHENTICATED"
 
 
 class CommandSink:
@@ -133,6 +137,8 @@ class CommandSink:
             value = data[field] or ""
             # NUL cannot be passed in the environment; lone surrogates cannot be encoded.
             env[variable] = str(value).replace("\0", "").encode("utf-8", "replace")
+        verdict = data["authenticated"]
+        env[_AUTHENTICATED_ENV] = "" if verdict is None else ("true" if verdict else "false")
         return env
 
 
