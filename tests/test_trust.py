@@ -361,3 +361,32 @@ def test_a_release_stores_and_delivers_once(
     [(authenticated, reason)] = rows(db, "SELECT authenticated, auth_reason FROM messages")
     assert authenticated == 0 and "released by the operator" in reason
     assert invoke(config, "rejects", "--release", "999").exit_code == 1
+
+
+# -- check ---------------------------------------------------------------------------------------
+
+
+def test_check_judges_the_latest_provider_mail(
+    mailbox: Mailbox, tmp_path: Path, dkim_key: DkimKey, dns_server: DnsServer
+) -> None:
+    config, _, _ = imap_config(tmp_path, mailbox, dns_server)
+    empty = invoke(config, "check")
+    assert "no provider email in 'INBOX' yet" in empty.output
+    assert "authserv-id" in empty.output
+    mailbox.append(dkim_key.sign(sms("check signed")))
+    mailbox.append(CASES["trusted dkim=pass"][0](dkim_key))
+    mailbox.append(sms("check forged"))
+    result = invoke(config, "check")
+    trust = [line for line in result.output.splitlines() if " trust: " in line]
+    assert len(trust) == 3, result.output
+    assert trust[0].startswith("ok") and "DKIM: pass d=agiletelecom.com" in trust[0]
+    assert trust[1].startswith("ok") and f"trusted {AUTHSERV}: dkim=pass" in trust[1]
+    assert trust[2].startswith("FAIL") and "require would REJECT" in trust[2]
+    assert result.exit_code == 1
+    assert mailbox.flags() == {uid: frozenset() for uid in mailbox.uids()}, "nothing marked"
+
+
+def test_unauthenticated_rejects_have_a_metric_category() -> None:
+    from inbound_mail.metrics import reject_category
+
+    assert reject_category("unauthenticated: no valid DKIM signature") == "unauthenticated"
