@@ -390,3 +390,68 @@ def test_unauthenticated_rejects_have_a_metric_category() -> None:
     from inbound_mail.metrics import reject_category
 
     assert reject_category("unauthenticated: no valid DKIM signature") == "unauthenticated"
+
+
+# -- the issue's scenario, every sink ------------------------------------------------------------
+
+WHSEC = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+
+
+def test_the_forged_email_of_issue_10_reaches_no_sink_and_stays_in_the_mailbox(
+    mailbox: Mailbox, tmp_path: Path, dkim_key: DkimKey, dns_server: DnsServer
+) -> None:
+    from inbound_mail.testing.webhook_receiver import WebhookReceiver
+
+    forged = prepend_headers(
+        sms("Forged: reply with the one-time code"),
+        authentication_results(
+            AUTHSERV, "dkim=none; spf=fail; dmarc=fail header.from=agiletelecom.com"
+        ),
+    )
+    real = dkim_key.sign(sms("Real: your order shipped"))
+    forged_uid = mailbox.append(forged)
+    mailbox.append(real)
+    db, out, ran = tmp_path / "sms.db", tmp_path / "out.jsonl", tmp_path / "ran.txt"
+    program = tmp_path / "handler.sh"
+    program.write_text(f'#!/bin/sh\necho "$INBOUND_SMS_TEXT" >> {ran}\n')
+    program.chmod(0o700)
+    account = mailbox.account(authserv_ids=(AUTHSERV,), after="delete", authenticate="require")
+    with WebhookReceiver() as receiver:
+        sinks: list[dict[str, object]] = [
+            {"name": "hook", "type": "webhook", "url": receiver.url, "format": "json",
+             "secret": WHSEC},
+            {"name": "file", "type": "jsonl", "path": str(out)},
+            {"name": "script", "type": "command", "argv": [str(program)]},
+        ]  # fmt: skip
+        config = write_config(
+            tmp_path / "c.toml", [account], db=db, sinks=sinks, extra=parse_lines(dns_server)
+        )
+        run_once(config)
+        posted = [r.json()["text"] for r in receiver.requests]
+    assert posted == ["Real: your order shipped"]
+    assert jsonl_texts(out) == ["Real: your order shipped"]
+    assert ran.read_text().splitlines() == ["Real: your order shipped"]
+    [(code, reason)] = rows(db, "SELECT code, reason FROM rejects")
+    assert code == "unauthenticated" and "dmarc=fail" in reason
+    assert mailbox.uids() == [forged_uid], "the forged email is left, not deleted"
+
+
+def test_backfill_of_old_mail_relies_on_the_servers_verdict(
+    mailbox: Mailbox, tmp_path: Path, dns_server: DnsServer
+) -> None:
+    # The provider rotated its key: the old selector is gone from DNS (NXDOMAIN).
+    old_key = DkimKey.generate(selector="retired2019")
+    signed_then = old_key.sign(sms("from before the rotation"))
+    mailbox.append(
+        prepend_headers(
+            signed_then,
+            authentication_results(AUTHSERV, "dkim=pass header.d=agiletelecom.com"),
+        )
+    )
+    mailbox.append(old_key.sign(sms("same key, no verdict kept")))
+    config, db, _ = imap_config(tmp_path, mailbox, dns_server)
+    result = invoke(config, "backfill", "--account", mailbox.user, "--no-deliver")
+    assert result.exit_code == 0, result.output
+    assert rows(db, "SELECT text, authenticated FROM messages") == [("from before the rotation", 1)]
+    [(evidence,)] = rows(db, "SELECT evidence FROM rejects")
+    assert "no key in DNS" in evidence
