@@ -9,8 +9,9 @@ user-facing, for sqlite-utils and Datasette):
 ``emails``       one row per source email that carried an SMS; ``duplicate`` = 1
                  when its SMS was already stored
 ``raw_emails``   the raw bytes of ``emails`` rows, pruned after the retention
-``rejects``      provider emails that failed to parse, raw bytes included (kept
-                 forever: they are the evidence a parser fix needs)
+``rejects``      provider emails that failed to parse or to authenticate (``code``,
+                 ``evidence``), raw bytes included (kept forever: they are the
+                 evidence a parser fix or a release needs)
 ``checkpoints``  the last stored UID per (account, folder) under one UIDVALIDITY
 ``pending_acks`` IMAP actions (seen, delete, move) owed for stored emails
 ``deliveries``   the outbox: one row per (SMS, sink), ``id`` order = delivery order
