@@ -279,7 +279,11 @@ class Verifier:
         """The outcome to store for ``raw``: the record marked, a reject, or Deferred."""
         if self.policy.mode == "off" or not isinstance(outcome, SmsRecord):
             return outcome
-        verdict = self.assess(raw, outcome.sender or "")
+        try:
+            verdict = self.assess(raw, outcome.sender or "")
+        except Exception as exc:  # a bug here must cost one email (not proved), never the pass
+            why = f"internal error in the authenticity check: {type(exc).__name__}: {_short(exc)}"
+            verdict = Verdict(False, False, why, why)
         if verdict.temporary:
             return Deferred(reason=verdict.reason)
         if verdict.authentic or self.policy.mode == "report":
@@ -346,10 +350,10 @@ class Verifier:
         return ("temperror" if temporary else "fail"), lines
 
     def _one_signature(self, raw: bytes, index: int, from_domain: str) -> tuple[str, str]:
-        verifier = dkim.DKIM(raw, logger=_QUIET, timeout=self.resolver.timeout)
         try:
+            verifier = dkim.DKIM(raw, logger=_QUIET, timeout=self.resolver.timeout)
             prep = verifier.verify_headerprep(index)
-        except dkim.DKIMException as exc:
+        except Exception as exc:  # dkimpy on hostile input: a failed check, never a crash
             return "fail", f"DKIM: fail (signature {index + 1} is malformed: {_short(exc)})"
         if not prep:
             return "fail", f"DKIM: fail (signature {index + 1} cannot be read)"

@@ -455,3 +455,23 @@ def test_backfill_of_old_mail_relies_on_the_servers_verdict(
     assert rows(db, "SELECT text, authenticated FROM messages") == [("from before the rotation", 1)]
     [(evidence,)] = rows(db, "SELECT evidence FROM rejects")
     assert "no key in DNS" in evidence
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        b"DKIM-Signature: garbage\r\n",
+        b"DKIM-Signature: v=1; a=rsa-sha256; d=agiletelecom.com; s=; h=from; bh=; b=\r\n",
+        b"DKIM-Signature: v=1; a=nope; d=agiletelecom.com; s=test; h=from; bh=AA==; b=AA==\r\n",
+        b"DKIM-Signature: " + b"x=y; " * 5000 + b"\r\n",
+        b"Authentication-Results: ;;;; dkim=pass\r\n",
+        b"Authentication-Results: " + AUTHSERV.encode() + b"; dkim=pass header.d=\xff\xfe\r\n",
+        b"Authentication-Results: " + AUTHSERV.encode() + b"; " + b"dkim=pass; " * 3000 + b"\r\n",
+    ],
+)
+def test_hostile_headers_are_a_failed_check_never_a_crash(
+    header: bytes, dns_server: DnsServer
+) -> None:
+    raw = header + sms("hostile")
+    outcome = verifier(dns_server).check(raw, parse_email(raw))
+    assert isinstance(outcome, Rejected) and outcome.code == "unauthenticated", outcome
