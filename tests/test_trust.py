@@ -475,3 +475,46 @@ def test_hostile_headers_are_a_failed_check_never_a_crash(
     raw = header + sms("hostile")
     outcome = verifier(dns_server).check(raw, parse_email(raw))
     assert isinstance(outcome, Rejected) and outcome.code == "unauthenticated", outcome
+
+
+# -- config ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "expected"),
+    [
+        ('authenticate = "yes"', "parse.authenticate", '"require", "report" or "off"'),
+        ("dns_timeout = 120", "parse.dns_timeout", "from 0.1 to 60 seconds"),
+        ('dns_servers = ["dns.example.com"]', "parse.dns_servers", "not a name"),
+        ('dns_servers = ["127.0.0.1:99999"]', "parse.dns_servers", "1-65535"),
+        ("dkim_domains = []", "parse.dkim_domains", "at least one domain"),
+        ('authserv_ids = ["mx example"]', "parse.authserv_ids", "not an authserv-id"),
+    ],
+)
+def test_trust_settings_are_validated(tmp_path: Path, text: str, key: str, expected: str) -> None:
+    from inbound_mail.errors import ConfigError
+
+    path = tmp_path / "c.toml"
+    path.write_text(f"[parse]\n{text}\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert key in str(info.value) and expected in str(info.value) and str(path) in str(info.value)
+
+
+def test_defaults_require_and_accounts_inherit_or_override(tmp_path: Path) -> None:
+    assert load_config(None).parse.authenticate == "require"
+    path = tmp_path / "c.toml"
+    account = '[[accounts]]\nname = "{}"\nhost = "h"\nusername = "u"\npassword_env = "P"\n'
+    path.write_text(
+        '[parse]\nauthserv_ids = ["MX.Example"]\n'
+        + account.format("a")
+        + account.format("b")
+        + 'authenticate = "report"\ndkim_domains = ["sms.agiletelecom.com"]\n'
+    )
+    a, b = load_config(path).accounts
+    assert (a.authenticate, a.authserv_ids, a.dkim_domains) == (
+        "require",
+        ("mx.example",),
+        ("agiletelecom.com",),
+    )
+    assert (b.authenticate, b.dkim_domains) == ("report", ("sms.agiletelecom.com",))
