@@ -15,7 +15,9 @@ from typing import Any, TypeVar, cast
 import regex
 
 from .config import (
+    DEFAULT_DKIM_DOMAINS,
     DEFAULT_SENDERS,
+    DNS_TIMEOUT_RANGE,
     AccountConfig,
     Config,
     DatabaseConfig,
@@ -144,13 +146,60 @@ def _parse_section(t: _Table) -> ParseConfig:
     timezone = t.get(
         "timezone", "an IANA time zone such as Europe/Rome", _check_zone, "Europe/Rome"
     )
+    low, high = DNS_TIMEOUT_RANGE
     result = ParseConfig(
         senders=tuple(s.lower() for s in t.str_list("senders", list(DEFAULT_SENDERS))),
         timezone=timezone,
         keyword=t.boolean("keyword", False),
+        authenticate=_authenticate(t, "require"),
+        authserv_ids=_authserv_ids(t, []),
+        dkim_domains=_dkim_domains(t, list(DEFAULT_DKIM_DOMAINS)),
+        dns_servers=tuple(
+            t.get(
+                "dns_servers",
+                'a list of DNS server addresses such as ["127.0.0.1", "[::1]:5353"]',
+                _check_dns_servers,
+                [],
+            )
+        ),
+        dns_timeout=t.get(
+            "dns_timeout",
+            f"a duration from {low:g} to {high:g} seconds",
+            lambda v: _check_range(parse_duration(v), low, high),
+            5.0,
+        ),
     )
     t.finish()
     return result
+
+
+def _authenticate(t: _Table, default: str) -> Any:
+    return t.get(
+        "authenticate",
+        '"require", "report" or "off"',
+        lambda v: _check_choice(v, ("require", "report", "off")),
+        default,
+    )
+
+
+def _authserv_ids(t: _Table, default: list[str]) -> tuple[str, ...]:
+    return tuple(
+        a.strip().lower()
+        for a in t.get(
+            "authserv_ids",
+            "a list of authserv-ids (the first word of your server's "
+            "Authentication-Results headers)",
+            _check_names_list,
+            default,
+        )
+    )
+
+
+def _dkim_domains(t: _Table, default: list[str]) -> tuple[str, ...]:
+    return tuple(
+        d.strip().lower()
+        for d in t.get("dkim_domains", "a non-empty list of domain names", _check_domains, default)
+    )
 
 
 def _log_section(t: _Table) -> LogConfig:
@@ -214,6 +263,9 @@ def _account(t: _Table, index: int, parse: ParseConfig) -> AccountConfig:
         resync_interval=t.duration("resync_interval", 900.0, 1, _DAY),
         connect_timeout=t.duration("connect_timeout", 30.0, 0.1, 600),
         fetch_batch=t.integer("fetch_batch", 2000, 1, 100_000),
+        authenticate=_authenticate(t, parse.authenticate),
+        authserv_ids=_authserv_ids(t, list(parse.authserv_ids)),
+        dkim_domains=_dkim_domains(t, list(parse.dkim_domains)),
         file=t.file,
         index=index,
     )
@@ -400,3 +452,42 @@ def _check_regex(value: object) -> str:
     except regex.error as exc:
         raise ValueError(str(exc)) from exc
     return cast(str, value)
+
+
+def _check_range(value: float, low: float, high: float) -> float:
+    if not low <= value <= high:
+        raise ValueError(f"out of range {low:g}-{high:g}")
+    return value
+
+
+_DOMAIN = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$")
+
+
+def _check_domains(value: object) -> list[str]:
+    domains = [d.strip().lower().rstrip(".") for d in _check_str_list(value)]
+    if not domains:
+        raise ValueError("at least one domain")
+    for domain in domains:
+        if not _DOMAIN.match(domain):
+            raise ValueError(f"{domain!r} is not a domain name")
+    return domains
+
+
+def _check_names_list(value: object) -> list[str]:
+    names = _check_str_list(value)
+    for name in names:
+        if not name.strip() or any(c.isspace() or c == ";" for c in name.strip()):
+            raise ValueError(f"{name!r} is not an authserv-id (one word, no spaces or ';')")
+    return names
+
+
+def _check_dns_servers(value: object) -> list[str]:
+    from .authenticity import parse_dns_server
+
+    servers = _check_str_list(value)
+    for server in servers:
+        try:
+            parse_dns_server(server)
+        except ValueError as exc:
+            raise ValueError(f"{server!r}: {exc}") from exc
+    return servers

@@ -169,8 +169,33 @@ def _migrate_stored_index(conn: sqlite3.Connection) -> None:
     )
 
 
+def _migrate_trust(conn: sqlite3.Connection) -> None:
+    """Trust (issue 10): the authenticity verdict on messages; reject codes, evidence
+    and releases.  Existing rows keep everything: their messages were never checked
+    (``authenticated`` NULL) and their rejects get the code their reason implies."""
+    for statement in (
+        "ALTER TABLE messages ADD COLUMN authenticated INTEGER CHECK (authenticated IN (0, 1))",
+        "ALTER TABLE messages ADD COLUMN auth_reason TEXT",
+        "ALTER TABLE rejects ADD COLUMN code TEXT NOT NULL DEFAULT 'malformed'",
+        "ALTER TABLE rejects ADD COLUMN evidence TEXT",
+        "ALTER TABLE rejects ADD COLUMN released_at TEXT",
+        "ALTER TABLE rejects ADD COLUMN released_sms_id TEXT",
+        # The two reasons sync.py wrote before codes existed.
+        """UPDATE rejects SET code = CASE
+            WHEN reason LIKE 'email is % bytes, over %' THEN 'oversized'
+            WHEN reason LIKE 'the server failed % times to return this email%' THEN 'unfetchable'
+            ELSE 'malformed' END""",
+        "CREATE INDEX rejects_code ON rejects (code, id)",
+    ):
+        conn.execute(statement)
+
+
 #: Forward migrations; ``MIGRATIONS[n]`` takes the schema from version n to n + 1.
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_migrate_v1, _migrate_stored_index]
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
+    _migrate_v1,
+    _migrate_stored_index,
+    _migrate_trust,
+]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 _HINTS = {
@@ -425,14 +450,17 @@ def rollback(conn: sqlite3.Connection) -> None:
 # Kept beside the DDL so that a column change and the SQL that uses it move together.
 
 INSERT_MESSAGE = """INSERT OR IGNORE INTO messages (id, originator, destination, date_time,
-    received_at, text, keyword, message_id, email_date, subject, sender, stored_at)
-    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"""
+    received_at, text, keyword, message_id, email_date, subject, sender, stored_at,
+    authenticated, auth_reason)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"""
 INSERT_EMAIL = """INSERT OR IGNORE INTO emails (sms_id, message_id, kind, account, folder,
     uidvalidity, uid, path, key, seen_at, duplicate) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"""
 INSERT_RAW = "INSERT INTO raw_emails (email_id, raw, stored_at) VALUES (?, ?, ?)"
 INSERT_REJECT = """INSERT OR IGNORE INTO rejects (reason, raw, rejected_at, origin, kind,
-    account, folder, uidvalidity, uid, path, key, message_id, sender, subject)
-    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"""
+    account, folder, uidvalidity, uid, path, key, message_id, sender, subject, code, evidence)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"""
+RELEASE_REJECT = """UPDATE rejects SET released_at = ?, released_sms_id = ?
+    WHERE id = ? AND released_at IS NULL"""
 INSERT_DELIVERY = """INSERT OR IGNORE INTO deliveries (sms_id, sink, status, attempts,
     created_at, next_attempt_at) VALUES (?, ?, 'pending', 0, ?, ?)"""
 UPSERT_CHECKPOINT = """INSERT INTO checkpoints (account, folder, uidvalidity, last_uid, updated_at)
@@ -455,11 +483,13 @@ KNOWN_UIDS = """SELECT uid FROM emails WHERE account = ? AND folder = ? AND uidv
         AND uid IS NOT NULL AND uid IN (SELECT value FROM json_each(?))
     UNION SELECT uid FROM rejects WHERE account = ? AND folder = ? AND uidvalidity = ?
         AND uid IS NOT NULL AND uid IN (SELECT value FROM json_each(?))"""
-REJECT_COLUMNS = """id, reason, rejected_at, origin, kind, account, folder, uidvalidity, uid,
-    path, key, message_id, sender, subject, length(raw) AS size"""
+REJECT_COLUMNS = """id, code, reason, rejected_at, origin, kind, account, folder, uidvalidity,
+    uid, path, key, message_id, sender, subject, evidence, released_at, released_sms_id,
+    length(raw) AS size"""
 PENDING = """SELECT d.id, d.sink, d.status, d.attempts, d.created_at, d.next_attempt_at,
         d.last_error, m.originator, m.destination, m.date_time, m.received_at, m.text,
-        m.keyword, m.message_id, m.email_date, m.subject, m.sender
+        m.keyword, m.message_id, m.email_date, m.subject, m.sender, m.authenticated,
+        m.auth_reason
     FROM deliveries d JOIN messages m ON m.id = d.sms_id
     WHERE d.sink = ? AND d.status = 'pending' AND d.next_attempt_at <= ?
     ORDER BY d.id LIMIT ?"""
@@ -516,3 +546,6 @@ LAST_STORED_BY_DESTINATION = """SELECT destination, max(stored_at) AS stored_at
     FROM messages GROUP BY destination ORDER BY destination"""
 SET_STATE = """INSERT INTO state (key, value, updated_at) VALUES (?, ?, ?)
     ON CONFLICT (key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at"""
+UNAUTHENTICATED_SMS = "SELECT count(*) FROM messages WHERE authenticated = 0 AND stored_at >= ?"
+UNAUTHENTICATED_REJECTS = """SELECT count(*) FROM rejects
+    WHERE code = 'unauthenticated' AND released_at IS NULL AND rejected_at >= ?"""

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 
+from .authenticity import Verifier
 from .config import Config
 from .delivery import make_router
 from .faults import fault_point
@@ -55,6 +56,7 @@ def run_backfill(
         parse_options=options,
         stop=stop or threading.Event(),
         route=make_router(config.sinks) if request.deliver else None,
+        verifier=Verifier.from_config(config.parse, account),
     )
     sync_options = SyncOptions(
         since=request.since,

@@ -3,10 +3,12 @@
 The config has already been validated by loading it.  Then, for each account:
 the password, DNS, TCP, TLS (the certificate's subject and expiry), the login,
 the server's IDLE / MOVE / UIDPLUS capabilities, the folders, and how many
-provider emails wait above the checkpoint.  For each sink: its options, then
-whether it can be reached -- a webhook's host over TCP (and TLS for https), a
-jsonl file's directory, a command's program -- without sending anything unless
-``send_test`` is set.
+provider emails wait above the checkpoint, and what the latest provider emails
+would get from the authenticity check (DKIM with d=, Authentication-Results
+found and trusted or not, and whether ``require`` would accept them).  For each
+sink: its options, then whether it can be reached -- a webhook's host over TCP
+(and TLS for https), a jsonl file's directory, a command's program -- without
+sending anything unless ``send_test`` is set.
 
 Each line is ``ok``, ``warn`` (worth knowing, not a failure) or ``FAIL``; a
 FAIL says what to fix, and makes the report's exit code 1.  The sink checks
@@ -35,6 +37,7 @@ from .imap.connection import (
     untrusted_certificate,
 )
 from .imap.worker import imap_errors
+from .models import SmsRecord
 from .secrets import exposed_secrets_warning, read_password
 from .store import Store
 
@@ -296,6 +299,7 @@ def _folder_lines(
             continue
         waiting = _waiting(client, account, config, folder)
         yield line("ok", "folders", f"{folder!r}: {waiting} provider emails wait to be read")
+        yield from _trust_lines(client, account, config, folder, line)
     if account.after.startswith("move:"):
         target = account.after.removeprefix("move:")
         if not client.folder_exists(target):
@@ -349,6 +353,68 @@ def _reason(exc: InboundMailError) -> str:
 
 def _count(n: int, noun: str) -> str:
     return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+TRUST_SAMPLE = 3  # the latest provider emails of each folder that `check` judges
+
+
+def _trust_lines(
+    client: IMAPClient, account: AccountConfig, config: Config, folder: str, line: LineMaker
+) -> Iterator[CheckLine]:
+    """What the latest provider emails would get from the authenticity check (the
+    folder is selected read-only by :func:`_waiting`; nothing is marked)."""
+    from .authenticity import Verifier
+    from .parse import ParseOptions, parse_email
+
+    if account.authenticate == "off":
+        yield line(
+            "warn",
+            "trust",
+            f'authenticate = "off" ({account.key("authenticate")}): anyone can send an '
+            "email that is stored and delivered as an SMS from the provider",
+        )
+        return
+    criteria: list[Any] = ["FROM", account.senders[0]]
+    for sender in account.senders[1:]:
+        criteria = ["OR", criteria, ["FROM", sender]]
+    uids = sorted(int(uid) for uid in client.search(criteria))[-TRUST_SAMPLE:]
+    if not uids:
+        yield line(
+            "warn",
+            "trust",
+            f"no provider email in {folder!r} yet to judge: run check again once one "
+            "arrived.  To trust your mail server's verdict, open a received email's "
+            "headers: the Authentication-Results header at the top starts with your "
+            "server's authserv-id (the word before the first ';'); put it in "
+            f"{account.key('authserv_ids')}",
+        )
+        return
+    verifier = Verifier.from_config(config.parse, account)
+    options = ParseOptions.from_config(config.parse, account.senders)
+    sizes = client.fetch(uids, ["RFC822.SIZE"])
+    small = [u for u in uids if int(sizes.get(u, {}).get(b"RFC822.SIZE", 0)) <= account.max_size]
+    fetched = client.fetch(small, ["BODY.PEEK[]"]) if small else {}
+    for uid in small:
+        raw = bytes(fetched.get(uid, {}).get(b"BODY[]", b""))
+        outcome = parse_email(raw, options)
+        if not isinstance(outcome, SmsRecord):
+            yield line("ok", "trust", f"{folder!r} UID {uid}: not an SMS ({outcome.reason})")
+            continue
+        verdict = verifier.assess(raw, outcome.sender or "", full=True)
+        said = "; ".join(verdict.evidence.splitlines())
+        if verdict.temporary:
+            yield line("warn", "trust", f"{folder!r} UID {uid}: DNS failed for now: {said}")
+        elif verdict.authentic:
+            yield line("ok", "trust", f"{folder!r} UID {uid}: require would accept it: {said}")
+        else:
+            level: Level = "FAIL" if account.authenticate == "require" else "warn"
+            yield line(
+                level,
+                "trust",
+                f"{folder!r} UID {uid}: require would REJECT it: {said}.  If it is real "
+                f"provider mail, set {account.key('authserv_ids')} to your server's "
+                "authserv-id, or check [parse] dns_servers",
+            )
 
 
 def reason(exc: BaseException) -> str:

@@ -27,7 +27,7 @@ from .output import FORMATS, escape_control, is_terminal, write_rows
 
 F = TypeVar("F", bound=Callable[..., Any])
 MESSAGE_COLUMNS = ("received_at", "originator", "destination", "text", "id")
-REJECT_COLUMNS = ("id", "rejected_at", "origin", "reason")
+REJECT_COLUMNS = ("id", "rejected_at", "code", "origin", "reason")
 DELIVERY_COLUMNS = (
     "id",
     "sink",
@@ -169,6 +169,7 @@ def import_(
     A path that cannot be read is reported (`cannot read PATH: reason`) and the rest is
     imported; the exit status is then 1.  Ctrl-C commits the emails read so far and stops:
     running the same import again stores the rest, without duplicates."""
+    from .authenticity import Verifier
     from .delivery import make_router
     from .importer import import_emails
     from .parse import ParseOptions
@@ -227,6 +228,7 @@ def import_(
                 route=route,
                 batch_size=batch_size,
                 max_size=max_size,
+                verifier=Verifier.from_config(config.parse),
                 on_batch=lambda r: committed.__setitem__(0, committed[0] + r.read),
                 on_parsed=lambda: bar.update(1),
                 should_stop=stop.is_set,
@@ -415,17 +417,46 @@ def messages(
 
 @cli.command()
 @click.option("--show", "show_id", type=int, help="Print one reject's reason and raw email.")
+@click.option(
+    "--release",
+    "release_id",
+    type=int,
+    help="Accept one reject after looking at it: store and deliver its SMS, once.",
+)
 @click.option("--limit", type=click.IntRange(min=1))
 @format_option
 @raw_option
 @pass_state
-def rejects(state: _State, show_id: int | None, limit: int | None, fmt: str, raw: bool) -> None:
-    """List emails from the provider that could not be parsed, with the reason.
+def rejects(
+    state: _State,
+    show_id: int | None,
+    release_id: int | None,
+    limit: int | None,
+    fmt: str,
+    raw: bool,
+) -> None:
+    """List emails from the provider that could not be parsed or authenticated, with the
+    reason.
 
     ``--show`` writes the raw email exactly to a pipe or file; on a terminal its
     control characters are shown escaped, unless ``--raw``."""
     from .store import Store
 
+    if release_id is not None:
+        from .importer import release_reject
+
+        config = state.config()
+        with Store.open(config.database.path) as store:
+            released = release_reject(config, store, release_id)
+        if released.already_released_at:
+            click.echo(
+                f"reject {release_id} was already released at {released.already_released_at} "
+                f"(SMS {released.sms_id}); nothing done"
+            )
+        else:
+            what = "stored and queued for the sinks" if released.stored else "already stored"
+            click.echo(f"reject {release_id} released: SMS {released.sms_id} {what}")
+        return
     with Store.open_readonly(state.config().database.path) as store:
         if show_id is None:
             rows = store.rejects(limit=limit)
@@ -434,7 +465,11 @@ def rejects(state: _State, show_id: int | None, limit: int | None, fmt: str, raw
         reject = store.get_reject(show_id)
     if reject is None:
         raise click.ClickException(f"no reject with id {show_id}")
-    head = f"reason: {reject['reason']}\norigin: {reject['origin']}\n"
+    head = f"code: {reject['code']}\nreason: {reject['reason']}\norigin: {reject['origin']}\n"
+    if reject["evidence"]:
+        head += "evidence:\n  " + reject["evidence"].replace("\n", "\n  ") + "\n"
+    if reject["released_at"]:
+        head += f"released: {reject['released_at']} (SMS {reject['released_sms_id']})\n"
     if raw or not is_terminal(sys.stdout):
         click.echo(head)
         sys.stdout.flush()

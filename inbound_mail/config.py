@@ -23,9 +23,12 @@ from .errors import ConfigError
 __all__ = [
     "CONFIG_CANDIDATES",
     "CONFIG_ENV",
+    "DEFAULT_DKIM_DOMAINS",
     "DEFAULT_SENDERS",
+    "DNS_TIMEOUT_RANGE",
     "DURATION_EXPECTED",
     "AccountConfig",
+    "AuthMode",
     "Config",
     "DatabaseConfig",
     "LogConfig",
@@ -124,11 +127,24 @@ def require_accounts(config: Config) -> None:
     )
 
 
+AuthMode = Literal["require", "report", "off"]
+DEFAULT_DKIM_DOMAINS = ("agiletelecom.com",)
+#: ``[parse] dns_timeout`` range, seconds: long enough for a slow resolver, short
+#: enough that one lookup never stalls an account's pass for long.
+DNS_TIMEOUT_RANGE = (0.1, 60.0)
+
+
 @dataclass(frozen=True, slots=True)
 class ParseConfig:
     senders: tuple[str, ...] = DEFAULT_SENDERS
     timezone: str = "Europe/Rome"
     keyword: bool = False
+    # Trust (see inbound_mail.authenticity); an account may override the first three.
+    authenticate: AuthMode = "require"
+    authserv_ids: tuple[str, ...] = ()
+    dkim_domains: tuple[str, ...] = DEFAULT_DKIM_DOMAINS
+    dns_servers: tuple[str, ...] = ()  # "ADDRESS[:PORT]"; empty: the system's resolver
+    dns_timeout: float = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,6 +194,9 @@ class AccountConfig:
     resync_interval: float = 900.0
     connect_timeout: float = 30.0
     fetch_batch: int = 2000
+    authenticate: AuthMode = "require"
+    authserv_ids: tuple[str, ...] = ()
+    dkim_domains: tuple[str, ...] = DEFAULT_DKIM_DOMAINS
     file: str | None = None
     index: int = 0
 

@@ -68,6 +68,7 @@ _CATEGORIES: tuple[tuple[re.Pattern[str], str], ...] = tuple(
         (r"^invalid Date/Time", "invalid_date_time"),
         (r"^cannot parse the MIME structure", "bad_mime"),
         (r"^internal parser error", "parser_error"),
+        (r"^unauthenticated: ", "unauthenticated"),
     )
 )
 AccountsView = Callable[[], Iterable[tuple[str, "AccountHealth"]]]
@@ -263,10 +264,20 @@ class _DatabaseCollector:
                         "SELECT reason, count(*) AS n FROM rejects GROUP BY reason"
                     )
                 )
+                unauthenticated = store.trust_counts(0.0)["unauthenticated_sms"]
         except InboundMailError as exc:
             log_event(_log, logging.WARNING, "metrics.database_failed", error=str(exc))
             return
         yield from _database_families(backlog, last_sms, reasons)
+        from prometheus_client.core import CounterMetricFamily
+
+        # authenticate = "report": SMS stored and delivered without proof of origin.
+        family = CounterMetricFamily(
+            "inbound_mail_sms_unauthenticated",
+            "SMS stored without proof that the provider sent them (authenticate = report).",
+        )
+        family.add_metric([], unauthenticated)
+        yield family
 
 
 def _database_families(

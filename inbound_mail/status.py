@@ -66,6 +66,7 @@ DAEMON_KEY = "daemon"
 ACCOUNT_PREFIX = "account:"
 HOUR = 3600.0
 _SUFFIX = "-heartbeat"
+DAY = 86400.0
 JOURNAL_HINT = "see `systemctl status inbound-mail` and `journalctl -u inbound-mail`"
 
 
@@ -256,6 +257,7 @@ def _collect(report: StatusReport, config: Config, now: float) -> None:
         for account in config.accounts:
             _judge_account(report, account, state, now, judge=fresh)
         _judge_numbers(report, config, store.last_stored_by_destination(), now)
+        _judge_trust(report, config, store.trust_counts(now - DAY))
         backlog = store.backlog()
         for sink in config.sinks:
             stats = store.delivery_stats(sink.name, now - HOUR)
@@ -263,6 +265,32 @@ def _collect(report: StatusReport, config: Config, now: float) -> None:
 
 
 # -- the judges ------------------------------------------------------------------------------
+def _judge_trust(report: StatusReport, config: Config, counts: dict[str, int]) -> None:
+    """Mail that claims to be the provider without proof: accepted (``report``) or
+    rejected (``require``; real mail rejected there is SMS the operator never gets)."""
+    reporting = [a.name for a in config.accounts if a.authenticate == "report"]
+    if config.parse.authenticate == "report" and not config.accounts:
+        reporting.append("[parse]")
+    if reporting or counts["unauthenticated_sms"]:
+        report.problem(
+            "WARNING",
+            "trust",
+            f"{counts['unauthenticated_sms']} SMS not authenticated in the last 24 h were "
+            f'stored and delivered (authenticate = "report": {", ".join(reporting) or "earlier"}'
+            "); anyone can forge those: check `inbound-mail check`, then set "
+            'authenticate = "require"',
+        )
+    if counts["unauthenticated_rejects"]:
+        report.problem(
+            "WARNING",
+            "trust",
+            f"{counts['unauthenticated_rejects']} emails claiming to be the provider were "
+            "rejected as unauthenticated in the last 24 h: look at `inbound-mail rejects`; "
+            "if they are real, fix authserv_ids / DNS (`inbound-mail check`) and "
+            "`inbound-mail rejects --release ID`",
+        )
+
+
 def _judge_heartbeat(
     report: StatusReport,
     config: Config,

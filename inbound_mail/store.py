@@ -9,8 +9,9 @@ user-facing, for sqlite-utils and Datasette):
 ``emails``       one row per source email that carried an SMS; ``duplicate`` = 1
                  when its SMS was already stored
 ``raw_emails``   the raw bytes of ``emails`` rows, pruned after the retention
-``rejects``      provider emails that failed to parse, raw bytes included (kept
-                 forever: they are the evidence a parser fix needs)
+``rejects``      provider emails that failed to parse or to authenticate (``code``,
+                 ``evidence``), raw bytes included (kept forever: they are the
+                 evidence a parser fix or a release needs)
 ``checkpoints``  the last stored UID per (account, folder) under one UIDVALIDITY
 ``pending_acks`` IMAP actions (seen, delete, move) owed for stored emails
 ``deliveries``   the outbox: one row per (SMS, sink), ``id`` order = delivery order
@@ -239,6 +240,31 @@ class Store:
             batch.flush(cur, checkpoint, acks)
         return result
 
+    def release(
+        self, reject_id: int, item: IngestItem, *, route: Router | None = None
+    ) -> IngestResult | None:
+        """Store a released reject's SMS (``item``) and mark the reject released, in ONE
+        transaction.  None (and nothing written) if the reject was released before, so a
+        repeated release never delivers twice."""
+        if not isinstance(item.outcome, SmsRecord):
+            raise StoreError(f"reject {reject_id}: only an SMS record can be released")
+        now = self._clock()
+        batch = _Batch(stamp=iso(now), now=now)
+        result = IngestResult()
+        with self._write("cannot release a reject") as cur:
+            cur.execute(q.RELEASE_REJECT, (batch.stamp, item.outcome.id, reject_id))
+            if cur.rowcount != 1:
+                return None
+            record = item.outcome
+            if batch.add_record(cur, item, record, record.id):
+                result.new.append(record)
+                if route is not None:
+                    batch.add_deliveries(record.id, route(record))
+            else:
+                result.duplicates.append(record)
+            batch.flush(cur, None, ())
+        return result
+
     # -- IMAP bookkeeping --------------------------------------------------
     def get_checkpoint(self, account: str, folder: str) -> Checkpoint | None:
         """The checkpoint of (account, folder), or None before the first batch."""
@@ -296,6 +322,17 @@ class Store:
         query = f"SELECT {q.REJECT_COLUMNS}, raw FROM rejects WHERE id = ?"
         rows = list(self._rows("cannot read a reject", query, (reject_id,)))
         return rows[0] if rows else None
+
+    def trust_counts(self, since_epoch: float) -> dict[str, int]:
+        """Since ``since_epoch``: SMS stored with ``authenticated`` false
+        (``unauthenticated_sms``) and unauthenticated rejects not released
+        (``unauthenticated_rejects``)."""
+        since = iso(since_epoch)
+        doing = "cannot read trust counts"
+        return {
+            "unauthenticated_sms": int(self._one(doing, q.UNAUTHENTICATED_SMS, (since,))),
+            "unauthenticated_rejects": int(self._one(doing, q.UNAUTHENTICATED_REJECTS, (since,))),
+        }
 
     # -- outbox ----------------------------------------------------------------
     def pending_deliveries(

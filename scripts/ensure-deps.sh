@@ -10,6 +10,8 @@ if ! command -v dovecot >/dev/null 2>&1 && [[ ! -x /usr/sbin/dovecot ]]; then
     missing+=(dovecot-imapd)  # pulls dovecot-core, which depends on openssl (test certificates)
 fi
 command -v make >/dev/null 2>&1 || missing+=(make)
+# DKIM keys for the trust tests and the demo are made with the openssl command.
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 # Debian's python3 ships venv and ensurepip in a separate package.
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
 # `systemd-analyze security --offline` scores the unit in contrib/systemd/.

@@ -17,6 +17,8 @@ from typing import Any
 
 import pytest
 
+from inbound_mail.testing.dkim import DkimKey
+from inbound_mail.testing.dns import DnsServer
 from inbound_mail.testing.dovecot import DovecotFactory, DovecotServer
 from inbound_mail.testing.mailbox import Mailbox
 
@@ -50,3 +52,21 @@ def fresh_dovecot(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DovecotF
     yield start
     for server in servers:
         server.close()
+
+
+# -- trust (issue 10): a real DNS server and a real DKIM key ------------------------------------
+
+
+@pytest.fixture(scope="session")
+def dns_server() -> Iterator[DnsServer]:
+    """A DNS server on 127.0.0.1 for the session; tests publish keys and break names."""
+    with DnsServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def dkim_key(dns_server: DnsServer) -> DkimKey:
+    """The provider's test key (d=agiletelecom.com, s=test), published in ``dns_server``."""
+    key = DkimKey.generate()
+    key.publish(dns_server)
+    return key

@@ -20,16 +20,31 @@ from inbound_mail.testing.toml import toml_value
 from inbound_mail.testing.wait import wait_until
 
 __all__ = [
+    "UNCHECKED_PARSE",
     "DaemonProcess",
     "count",
     "in_process_daemon",
     "rows",
     "toml_value",
+    "unchecked_config",
     "wait_until",
     "write_config",
 ]
 
 _SKIP = {"file", "index"}
+
+# ``[parse]`` for tests that import or parse unsigned provider emails (the golden
+# fixtures) to test something other than trust: the default, "require", would
+# reject them all.  Accounts opt out in DovecotServer.account(); trust tests
+# (test_trust*.py) use "require" / "report" with real DKIM and a real DNS server.
+UNCHECKED_PARSE = '[parse]\nauthenticate = "off"\n'
+
+
+def unchecked_config(directory: Path) -> Path:
+    """A config file holding only :data:`UNCHECKED_PARSE` (for ``--config``)."""
+    path = directory / "unchecked.toml"
+    path.write_text(UNCHECKED_PARSE, encoding="utf-8")
+    return path
 
 
 def _account_lines(account: AccountConfig) -> list[str]:

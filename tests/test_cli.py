@@ -16,6 +16,8 @@ from click.testing import CliRunner, Result
 from inbound_mail.cli import cli
 from inbound_mail.models import dedup_id
 
+from helpers import unchecked_config
+
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 # attachment_10mb.eml is over import's default --max-size (1 MiB): let every fixture parse.
 WHOLE = ("--max-size", str(16 * 1024 * 1024))
@@ -40,6 +42,14 @@ def default_option_records() -> dict[str, dict[str, Any]]:
 
 def invoke(*args: str, input: bytes | None = None) -> Result:
     return CliRunner().invoke(cli, list(args), input=input, catch_exceptions=False)
+
+
+@pytest.fixture(autouse=True)
+def _unchecked(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The golden fixtures are unsigned: these CLI tests run with authenticate = "off"
+    (tests/helpers.py says why); trust has its own tests (test_trust*.py)."""
+    config = unchecked_config(tmp_path_factory.mktemp("unchecked"))
+    monkeypatch.setenv("INBOUND_MAIL_CONFIG", str(config))
 
 
 @pytest.fixture

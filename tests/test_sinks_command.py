@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -62,6 +63,8 @@ def test_exit_0_delivers_with_json_stdin_env_and_literal_argv(
         "INBOUND_SMS_RECEIVED_AT": SMS.received_at,
         "INBOUND_SMS_KEYWORD": "A1B2",
         "INBOUND_SMS_TRUNCATED": "0",
+        "INBOUND_SMS_AUTHENTICATED": "",
+        "INBOUND_SMS_AUTH_REASON": "",
     }
     assert "IMAP_PASSWORD" not in env  # the daemon's environment is not passed on
     assert env["PATH"] == os.environ["PATH"]
@@ -239,3 +242,12 @@ def test_a_relative_program_never_becomes_a_path_lookup(
     assert sink.argv[0] == str(tmp_path / "handler.sh")
     assert sink.deliver(SMS, CONTEXT) == "exit 0"
     assert not marker.exists()
+
+
+def test_the_authenticity_verdict_is_in_the_environment(tmp_path: Path) -> None:
+    dump = tmp_path / "dump.json"
+    sms = dataclasses.replace(SMS, authenticated=False, auth_reason="no valid DKIM signature")
+    CommandSink("cmd", python(DUMP), env={"DUMP_TO": str(dump)}).deliver(sms, CONTEXT)
+    env = json.loads(dump.read_text(encoding="utf-8"))["env"]
+    assert env["INBOUND_SMS_AUTHENTICATED"] == "false"
+    assert env["INBOUND_SMS_AUTH_REASON"] == "no valid DKIM signature"

@@ -109,7 +109,8 @@ def test_open_sets_pragmas_and_schema(store: Store) -> None:
     # Column names are a user-facing interface (sqlite-utils, Datasette).
     assert list(Database(conn)["messages"].columns_dict) == [
         "id", "originator", "destination", "date_time", "received_at", "text", "keyword",
-        "message_id", "email_date", "subject", "sender", "stored_at",
+        "message_id", "email_date", "subject", "sender", "stored_at", "authenticated",
+        "auth_reason",
     ]  # fmt: skip
 
 
@@ -131,7 +132,7 @@ def test_forward_migration_runs_once(tmp_path: Path, monkeypatch: pytest.MonkeyP
     for _ in range(2):  # the second open must not re-run the migration
         with Store.open(db) as store:
             conn = store.database.conn
-            assert conn.execute("PRAGMA user_version").fetchone()[0] == len(_schema.MIGRATIONS)
+            assert conn.execute("PRAGMA user_version").fetchone()[0] == _schema.SCHEMA_VERSION + 1
             assert "note" in Database(conn)["messages"].columns_dict
 
 
@@ -140,9 +141,8 @@ def test_newer_schema_is_refused(tmp_path: Path) -> None:
     Store.open(db).close()
     with sqlite3.connect(db) as conn:
         conn.execute("PRAGMA user_version = 99")
-    with pytest.raises(
-        StoreError, match=rf"version 99 .*supports \(version {_schema.SCHEMA_VERSION}\)"
-    ):
+    expected = rf"version 99 .*supports \(version {_schema.SCHEMA_VERSION}\)"
+    with pytest.raises(StoreError, match=expected):
         Store.open(db)
 
 

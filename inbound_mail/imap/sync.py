@@ -17,6 +17,12 @@ The order is what makes the feed lossless and duplicate-free:
 6. Only then is ``after`` applied (seen / move / delete) -- and only to mail
    that produced an SMS: other senders' mail and rejects are never touched.
 
+Between parse and store, each SMS goes through the account's
+:class:`~inbound_mail.authenticity.Verifier`.  One whose verdict must wait (a
+DNS timeout or SERVFAIL while fetching its DKIM key) is neither stored nor
+acknowledged, and the checkpoint stays below its UID for the rest of the pass,
+so the next pass fetches it again (UIDs stored meanwhile are skipped as known).
+
 A FETCH that fails marks every UID it asked for.  Chunks holding a marked UID
 are then fetched one UID at a time, so one email the server cannot return
 (a corrupt file, an "Internal error") costs only itself: after
@@ -29,7 +35,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date
 from email.parser import BytesHeaderParser
 from email.policy import compat32
@@ -37,6 +43,7 @@ from typing import Any
 
 from imapclient import IMAPClient
 
+from ..authenticity import Deferred, Verifier
 from ..config import AccountConfig
 from ..faults import fault_point
 from ..logs import log_event
@@ -95,8 +102,12 @@ class FolderSync:
         on_found: Callable[[str, int], None] | None = None,
         should_stop: Callable[[], bool] = lambda: False,
         fetch_failures: FetchFailures | None = None,
+        verifier: Verifier | None = None,
     ) -> None:
         self.client = client
+        self.verifier = verifier
+        # (folder, uidvalidity) -> lowest UID deferred in this pass: the checkpoint stays below.
+        self._deferred: dict[tuple[str, int], int] = {}
         self.account = account
         self.store = store
         self.parse_options = parse_options
@@ -113,6 +124,7 @@ class FolderSync:
         readonly = options.dry_run or not options.apply_after or self.account.after == "none"
         selected = self.client.select_folder(folder, readonly=readonly)
         result = SyncResult(folder=folder, uidvalidity=int(selected[b"UIDVALIDITY"]))
+        self._deferred.pop((folder, result.uidvalidity), None)
         if not readonly:
             result.acked += self._apply_owed_acks(folder, result.uidvalidity)
         last_uid = self._last_uid(folder, result, options)
@@ -224,12 +236,15 @@ class FolderSync:
             self._fetch_failed(folder, uidvalidity, uids, exc)
             raise
         fault_point("after-fetch")
+        items = self._authenticate(folder, uidvalidity, items)
         if options.dry_run:
             return _dry_result(items)
         acks = self._acks_for(folder, uidvalidity, items, options, readonly)
+        held = self._deferred.get((folder, uidvalidity))
+        last = max(uids) if held is None else min(max(uids), held - 1)
         checkpoint = (
-            Checkpoint(self.account.name, folder, uidvalidity, max(uids))
-            if options.move_checkpoint
+            Checkpoint(self.account.name, folder, uidvalidity, last)
+            if options.move_checkpoint and last > 0
             else None
         )
         result = self.store.ingest(items, route=self.route, checkpoint=checkpoint, acks=acks)
@@ -238,6 +253,26 @@ class FolderSync:
             self.on_batch(folder, result)
         self._ack(folder, acks)
         return result
+
+    def _authenticate(
+        self, folder: str, uidvalidity: int, items: list[IngestItem]
+    ) -> list[IngestItem]:
+        """The verifier's outcome for each item; deferred ones are dropped and held back."""
+        if self.verifier is None:
+            return items
+        kept = []
+        for item in items:
+            outcome = self.verifier.check(item.raw, item.outcome)
+            if isinstance(outcome, Deferred):
+                uid = item.origin.uid or 0
+                key = (folder, uidvalidity)
+                self._deferred[key] = min(self._deferred.get(key, uid), uid)
+                log_event(_log, logging.WARNING, "auth.deferred", account=self.account.name,
+                          folder=folder, uid=uid, reason=outcome.reason,
+                          action="left unacknowledged; tried again on the next pass")  # fmt: skip
+                continue
+            kept.append(item if outcome is item.outcome else replace(item, outcome=outcome))
+        return kept
 
     def _fetch_items(self, folder: str, uidvalidity: int, uids: list[int]) -> list[IngestItem]:
         sizes = self.client.fetch(uids, ["RFC822.SIZE"])
@@ -269,7 +304,7 @@ class FolderSync:
             f"({type(exc).__name__}: {exc}); it is left in the mailbox, untouched"
         )
         origin = self._origin(folder, uidvalidity, uids[0])
-        self.store.ingest([IngestItem(b"", Rejected(reason=reason), origin)])
+        self.store.ingest([IngestItem(b"", Rejected(reason=reason, code="unfetchable"), origin)])
         log_event(_log, logging.ERROR, "imap.unfetchable", account=self.account.name,
                   folder=folder, uid=uids[0], reason=reason)  # fmt: skip
 
@@ -320,6 +355,7 @@ class FolderSync:
             reason=reason,
             sender=sender,
             message_id=(message.get("Message-ID") or "").strip() or None,
+            code="oversized",
         )
 
     def _acks_for(

@@ -29,6 +29,7 @@ from pathlib import Path
 
 from imapclient import IMAPClient
 
+from ..authenticity import Verifier
 from ..config import AccountConfig
 from ..errors import (
     ImapAuthError,
@@ -106,8 +107,10 @@ class AccountWorker:
         stop: threading.Event,
         route: Router | None = None,
         on_batch: Callable[[AccountConfig, str, IngestResult], None] | None = None,
+        verifier: Verifier | None = None,
     ) -> None:
         self.account = account
+        self.verifier = verifier
         self.db_path = db_path
         self.parse_options = parse_options
         self.stop = stop
@@ -202,6 +205,7 @@ class AccountWorker:
                     on_found=on_found,
                     should_stop=self.stop.is_set,
                     fetch_failures=self.fetch_failures,
+                    verifier=self.verifier,
                 )
                 self.health.connected = True
                 self._set_state("connected")

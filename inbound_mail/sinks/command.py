@@ -2,9 +2,10 @@
 
 The program gets the record as one line of JSON on stdin and its fields in
 ``INBOUND_SMS_ID``, ``INBOUND_SMS_ORIGINATOR``, ``INBOUND_SMS_DESTINATION``,
-``INBOUND_SMS_DATE_TIME``, ``INBOUND_SMS_TEXT``, ``INBOUND_SMS_RECEIVED_AT`` and
-``INBOUND_SMS_KEYWORD`` (empty when there is none).  Each variable holds at
-most ``ENV_VALUE_LIMIT`` (4 KiB) of UTF-8, cut at a character boundary, and
+``INBOUND_SMS_DATE_TIME``, ``INBOUND_SMS_TEXT``, ``INBOUND_SMS_RECEIVED_AT``,
+``INBOUND_SMS_KEYWORD`` (empty when there is none), ``INBOUND_SMS_AUTHENTICATED``
+(``true``, ``false``, or empty when not checked) and ``INBOUND_SMS_AUTH_REASON``.
+Each variable holds at most ``ENV_VALUE_LIMIT`` (4 KiB) of UTF-8, cut at a character boundary, and
 ``INBOUND_SMS_TRUNCATED`` is ``1`` when one was cut (else ``0``): Linux refuses
 an environment string over 128 KiB (``E2BIG``), and one long text must not make
 every attempt fail.  The whole record is always on stdin.  Its exit status decides:
@@ -59,7 +60,10 @@ _RECORD_ENV = {
     "INBOUND_SMS_TEXT": "text",
     "INBOUND_SMS_RECEIVED_AT": "received_at",
     "INBOUND_SMS_KEYWORD": "keyword",
+    "INBOUND_SMS_AUTH_REASON": "auth_reason",
 }
+# The authenticity verdict: "true", "false", or empty when it was not checked.
+_AUTHENTICATED_ENV = "INBOUND_SMS_AUTHENTICATED"
 
 
 class CommandSink:
@@ -157,6 +161,8 @@ class CommandSink:
                 encoded = encoded[:ENV_VALUE_LIMIT].decode("utf-8", "ignore").encode("utf-8")
             env[variable] = encoded
         env["INBOUND_SMS_TRUNCATED"] = "1" if truncated else "0"
+        verdict = data["authenticated"]
+        env[_AUTHENTICATED_ENV] = "" if verdict is None else ("true" if verdict else "false")
         return env
 
 
