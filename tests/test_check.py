@@ -67,7 +67,7 @@ def test_a_working_setup_passes_every_step_and_sends_nothing(
         ),
         (
             "upgraded",
-            ["password", "DNS", "TCP", "login", "TLS", "capabilities", "folders", "trust"],
+            ["password", "DNS", "TCP", "TLS", "login", "capabilities", "folders", "trust"],
         ),
     ):
         account = lines_about(result, f"account {name}")
