@@ -4,7 +4,9 @@ without accounts, ``import`` robustness and progress, ``parse`` on an mbox, the 
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,8 +16,25 @@ from click.testing import CliRunner, Result
 from inbound_mail.cli import cli
 from inbound_mail.testing.emails import build_provider_email
 
+from helpers import UNCHECKED_PARSE
+
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 NUMBER = "+393331234333"
+
+
+@pytest.fixture(autouse=True)
+def _unchecked(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """These emails are unsigned: run with authenticate = "off" (tests/helpers.py says
+    why; trust has its own tests).  Outside pytest's private tmp folders, readable by
+    all: some tests run the CLI as ``nobody``."""
+    folder = Path(tempfile.mkdtemp(prefix="inbound-mail-unchecked-"))
+    folder.chmod(0o755)
+    config = folder / "unchecked.toml"
+    config.write_text(UNCHECKED_PARSE, encoding="utf-8")
+    config.chmod(0o644)
+    monkeypatch.setenv("INBOUND_MAIL_CONFIG", str(config))
+    yield
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def invoke(*args: str, input: bytes | None = None) -> Result:

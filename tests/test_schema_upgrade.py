@@ -22,6 +22,7 @@ V1_SMS = {
 def test_a_v1_database_keeps_every_id_reject_delivery_and_ack(tmp_path: Path) -> None:
     db = tmp_path / "v1.sqlite"
     shutil.copyfile(V1, db)
+    db.chmod(0o600)  # as the earlier release created it (git checks files out 0644)
     with sqlite3.connect(db) as conn:
         assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
     with Store.open(db) as store:

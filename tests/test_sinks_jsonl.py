@@ -204,7 +204,7 @@ def test_a_dangling_symlink_is_a_temporary_failure_not_a_spin(tmp_path: Path) ->
     assert results == [1]
     with Store.open(db) as store:
         [row] = store.deliveries(sink="file")
-    assert row["status"] == "pending" and "symbolic link to a missing file" in row["last_error"]
+    assert row["status"] == "failed" and "symbolic link to a missing file" in row["last_error"]
 
 
 def test_relative_path_is_relative_to_the_config_file(tmp_path: Path) -> None:
