@@ -14,12 +14,16 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from inbound_mail.config import AccountConfig, load_config
 from inbound_mail.service import Daemon
 from inbound_mail.testing.toml import toml_value
 from inbound_mail.testing.wait import wait_until
 
 __all__ = [
+    "ON_EVERY_SERVER",
+    "SERVERS",
     "DaemonProcess",
     "count",
     "in_process_daemon",
@@ -30,6 +34,11 @@ __all__ = [
 ]
 
 _SKIP = {"file", "index"}
+
+SERVERS = ("dovecot", "cyrus-debian", "cyrus-upstream")
+"""The real IMAP servers of the suite (``imap_server`` in conftest.py)."""
+ON_EVERY_SERVER = pytest.mark.parametrize("imap_server", SERVERS, indirect=True)
+"""A test of the IMAP contract: its ``mailbox`` (and ``imap_server``) is on each server."""
 
 
 def _account_lines(account: AccountConfig) -> list[str]:
