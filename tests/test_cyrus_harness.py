@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import pwd
 import socket
 import ssl
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -202,3 +206,42 @@ def test_missing_binaries_name_what_to_install(
 def test_bad_layout_is_refused(tmp_path: Path) -> None:
     with pytest.raises(CyrusError, match="layout 'gmail'"):
         CyrusServer(tmp_path, layout="gmail")  # type: ignore[arg-type]
+
+
+_UNPRIVILEGED_SCRIPT = """
+import sys
+from pathlib import Path
+from inbound_mail.testing.cyrus import CyrusServer
+
+with CyrusServer(Path(sys.argv[1]), layout="upstream") as server:
+    uid = server.append("sms", "INBOX", b"Subject: one\\r\\n\\r\\nbody\\r\\n")
+    server.deliver_files("sms", "INBOX", [b"Subject: more\\r\\n\\r\\nbody\\r\\n"] * 5)
+    server.kick("sms")
+    print(uid, server.message_count("sms"))
+"""
+
+
+def test_runs_as_an_unprivileged_user(tmp_path: Path) -> None:
+    root = tmp_path / "server"
+    argv = [sys.executable, "-c", _UNPRIVILEGED_SCRIPT, str(root)]
+    if os.geteuid() == 0:
+        nobody = pwd.getpwnam("nobody")
+        root.mkdir()
+        os.chown(root, nobody.pw_uid, nobody.pw_gid)
+        # As nobody, which Cyrus then runs as (cyrus_user).  CAP_DAC_READ_SEARCH only
+        # lets it reach the interpreter and this checkout; everything it writes is its own.
+        capability = "+dac_read_search"
+        argv = [
+            "setpriv",
+            f"--reuid={nobody.pw_uid}",
+            f"--regid={nobody.pw_gid}",
+            "--clear-groups",
+            f"--inh-caps={capability}",
+            f"--ambient-caps={capability}",
+            *argv,
+        ]
+    environment = {**os.environ, "HOME": str(tmp_path)}
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=120, env=environment)
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["1", "6"]
