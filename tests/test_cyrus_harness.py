@@ -16,7 +16,7 @@ import imapclient
 import pytest
 from imapclient.exceptions import IMAPClientAbortError, LoginError
 
-from inbound_mail.testing.cyrus import CyrusError, CyrusServer
+from inbound_mail.testing.cyrus import CyrusError, CyrusFactory, CyrusServer
 from inbound_mail.testing.mailbox import Mailbox
 from inbound_mail.testing.wait import wait_until
 
@@ -39,7 +39,7 @@ def _client(mailbox: Mailbox, **kwargs: Any) -> imapclient.IMAPClient:
 
 
 @pytest.fixture
-def fresh_cyrus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+def fresh_cyrus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CyrusFactory]:
     servers: list[CyrusServer] = []
 
     def start(**options: Any) -> CyrusServer:
@@ -167,7 +167,7 @@ def test_kick_closes_an_idling_session(mailbox: Mailbox) -> None:
     mailbox.kick()  # nobody connected: harmless
 
 
-def test_stop_leaves_no_process_and_start_keeps_ports_and_mail(fresh_cyrus: Any) -> None:
+def test_stop_leaves_no_process_and_start_keeps_ports_and_mail(fresh_cyrus: CyrusFactory) -> None:
     server: CyrusServer = fresh_cyrus(layout="upstream")
     mailbox = server.new_mailbox("restart")
     uid = mailbox.append(_raw(1))
@@ -186,7 +186,7 @@ def test_stop_leaves_no_process_and_start_keeps_ports_and_mail(fresh_cyrus: Any)
     assert not runtime.exists()
 
 
-def test_without_idle_the_server_offers_no_idled(fresh_cyrus: Any) -> None:
+def test_without_idle_the_server_offers_no_idled(fresh_cyrus: CyrusFactory) -> None:
     server: CyrusServer = fresh_cyrus(idle=False)
     assert server.runtime_dir is not None
     assert "idled" not in (server.runtime_dir / "cyrus.conf").read_text()

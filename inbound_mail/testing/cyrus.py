@@ -69,6 +69,7 @@ from .mailbox import Mailbox
 __all__ = [
     "DEFAULT_USERS",
     "CyrusError",
+    "CyrusFactory",
     "CyrusLayout",
     "CyrusServer",
     "Mailbox",
