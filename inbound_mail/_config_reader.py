@@ -14,6 +14,7 @@ from typing import Any, TypeVar, cast
 
 from .config import (
     DEFAULT_SENDERS,
+    DURATION_EXPECTED,
     AccountConfig,
     Config,
     DatabaseConfig,
@@ -75,9 +76,7 @@ class _Table:
         return self.get(name, "true or false", _check_bool, default)
 
     def duration(self, name: str, default: Any = _MISSING) -> Any:
-        return self.get(
-            name, 'a duration (seconds, or "30s", "10m", "2h", "7d")', parse_duration, default
-        )
+        return self.get(name, DURATION_EXPECTED, parse_duration, default)
 
     def str_list(self, name: str, default: Any = _MISSING) -> Any:
         return self.get(name, "a list of strings", _check_str_list, default)

@@ -352,7 +352,7 @@ UPDATE_DELIVERY = """UPDATE deliveries SET
         status = CASE :outcome WHEN 'failed' THEN status ELSE :outcome END,
         delivered_at = CASE :outcome WHEN 'delivered' THEN :finished ELSE delivered_at END,
         next_attempt_at = CASE :outcome WHEN 'failed' THEN :next ELSE next_attempt_at END,
-        last_error = CASE :outcome WHEN 'delivered' THEN last_error ELSE :error END
+        last_error = CASE :outcome WHEN 'delivered' THEN NULL ELSE :error END
     WHERE id = :id"""
 # "WHERE true" keeps SQLite's parser from reading ON CONFLICT as a join constraint.
 REQUEUE = """INSERT INTO deliveries (sms_id, sink, status, attempts, created_at, next_attempt_at)
@@ -363,7 +363,19 @@ REQUEUE = """INSERT INTO deliveries (sms_id, sink, status, attempts, created_at,
 RETRY_DEAD = """UPDATE deliveries SET status = 'pending', attempts = 0, next_attempt_at = ?,
         last_error = NULL
     WHERE status = 'dead' AND (? IS NULL OR sink = ?)"""
-DELIVERIES = """SELECT d.id, d.sms_id, d.sink, d.status, d.attempts, d.last_error, d.created_at,
+DUE_NOW = """UPDATE deliveries SET next_attempt_at = min(next_attempt_at, ?)
+    WHERE status = 'pending' AND (? IS NULL OR sink = ?)"""
+# A counter that every reschedule bumps, in the same transaction: the delivery
+# workers (other processes, for the CLI) poll it while they wait for a row to be due.
+BUMP_STATE = """INSERT INTO state (key, value, updated_at) VALUES (?, '1', ?)
+    ON CONFLICT (key) DO UPDATE SET value = CAST(value AS INTEGER) + 1,
+        updated_at = excluded.updated_at"""
+# The status column says what the filters of Store.deliveries() select: a pending
+# row that failed at least once reads "failed".
+DELIVERIES = """SELECT d.id, d.sms_id, d.sink,
+        CASE WHEN d.status = 'pending' AND d.attempts > 0 THEN 'failed' ELSE d.status END
+            AS status,
+        d.attempts, d.last_error, d.created_at,
         d.next_attempt_at, d.delivered_at, m.originator, m.destination, m.date_time,
         m.received_at, m.text
     FROM deliveries d JOIN messages m ON m.id = d.sms_id WHERE true {where}

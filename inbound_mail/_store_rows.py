@@ -139,8 +139,10 @@ def _message_filter(
     return "".join(f" AND {c}" for c in conditions), params
 
 
+# One vocabulary: ``deliveries`` shows a pending row that failed before as "failed",
+# and each filter selects exactly the rows whose status column reads its name.
 _STATUS_FILTERS = {
-    "pending": "d.status = 'pending'",
+    "pending": "d.status = 'pending' AND d.attempts = 0",
     "failed": "d.status = 'pending' AND d.attempts > 0",
     "dead": "d.status = 'dead'",
     "delivered": "d.status = 'delivered'",

@@ -26,8 +26,14 @@ from typing import Any, Literal
 from imapclient import IMAPClient
 
 from .config import AccountConfig, Config
-from .errors import ImapTlsError, InboundMailError
-from .imap.connection import capabilities, connect, tls_context
+from .errors import ImapError, ImapTlsError, InboundMailError
+from .imap.connection import (
+    capabilities,
+    login,
+    open_session,
+    tls_context,
+    untrusted_certificate,
+)
 from .imap.worker import imap_errors
 from .secrets import read_password
 from .store import Store
@@ -79,9 +85,18 @@ def run_checks(
 
 
 def _all_lines(config: Config, send_test: bool) -> Iterator[CheckLine]:
+    from ._check_sinks import check_sink, sink_config_error  # they import CheckLine from here
+
     where = str(config.path) if config.path else "built-in defaults (no config file)"
-    counts = f"{len(config.accounts)} accounts, {len(config.sinks)} sinks"
-    yield CheckLine("ok", "config", "valid", f"{where}: {counts}")
+    counts = f"{_count(len(config.accounts), 'account')}, {_count(len(config.sinks), 'sink')}"
+    # A sink's options are config too: a typo there makes the config invalid, as `run` says.
+    invalid = {sink.name: sink_config_error(sink) for sink in config.sinks}
+    problems = {name: error for name, error in invalid.items() if error is not None}
+    if problems:
+        for error in problems.values():
+            yield CheckLine("FAIL", "config", "invalid", str(error))
+    else:
+        yield CheckLine("ok", "config", "valid", f"{where}: {counts}")
     if not config.accounts:
         yield CheckLine(
             "FAIL", "config", "accounts", "no [[accounts]]: the daemon would read no mailbox"
@@ -92,10 +107,9 @@ def _all_lines(config: Config, send_test: bool) -> Iterator[CheckLine]:
         )
     for account in config.accounts:
         yield from _check_account(account, config)
-    from ._check_sinks import check_sink  # here: it imports CheckLine from this module
-
     for sink in config.sinks:
-        yield from check_sink(sink, send_test)
+        if sink.name not in problems:
+            yield from check_sink(sink, send_test)
 
 
 # -- accounts ----------------------------------------------------------------------------
@@ -117,19 +131,25 @@ def _check_account(account: AccountConfig, config: Config) -> Iterator[CheckLine
     if not (yield from _network(account, line)):
         return
     try:
-        client = connect(account, password)
+        client = open_session(account)
     except InboundMailError as exc:
-        yield line("FAIL", "TLS" if isinstance(exc, ImapTlsError) else "login", str(exc))
+        yield line("FAIL", "TLS" if isinstance(exc, ImapTlsError) else "connect", _reason(exc))
+        return
+    # Protocol order: STARTTLS (and its certificate) comes before the login.
+    if account.tls == "starttls":
+        yield _certificate_line(client.socket(), account, line)
+    try:
+        login(client, account, password)
+    except InboundMailError as exc:
+        yield line("FAIL", "TLS" if isinstance(exc, ImapTlsError) else "login", _reason(exc))
         return
     yield line("ok", "login", f"logged in as {account.username}")
     try:
         with imap_errors(account.name):
-            if account.tls == "starttls":
-                yield _certificate_line(client.socket(), account, line)
             yield from _capability_lines(client, account, line)
             yield from _folder_lines(client, account, config, line)
     except InboundMailError as exc:
-        yield line("FAIL", "session", str(exc))
+        yield line("FAIL", "session", _reason(exc))
     finally:
         with suppress(Exception):  # the check is over; a dead connection has nothing to say
             client.logout()
@@ -181,14 +201,17 @@ def _greeting(
     try:
         greeting = sock.makefile("rb").readline(200)
     except OSError as exc:
-        greeting = f"({reason(exc)})".encode()
-    if greeting.startswith((b"* OK", b"* PREAUTH")):
-        return True
+        got = reason(exc)
+    else:
+        if greeting.startswith((b"* OK", b"* PREAUTH")):
+            return True
+        text = "".join(c if c.isprintable() else "?" for c in greeting[:60].decode("latin-1"))
+        got = f"it sent {text.strip()!r}" if text.strip() else "it sent nothing"
     yield line(
         "FAIL",
         "TLS",
         f"no IMAP greeting from {account.host}:{account.port} "
-        f'({greeting[:60]!r}): a TLS-only port? use tls = "implicit" there, or the '
+        f'({got}): a TLS-only port? use tls = "implicit" there, or the '
         f"server's STARTTLS port (usually 143); see {account.key('tls')}",
     )
     return False
@@ -203,12 +226,7 @@ def _handshake(
         with context.wrap_socket(sock, server_hostname=account.host) as tls_sock:
             yield _certificate_line(tls_sock, account, line)
     except ssl.SSLCertVerificationError as exc:
-        yield line(
-            "FAIL",
-            "TLS",
-            f"certificate of {where} not trusted ({exc.verify_message}): set "
-            f"{account.key('ca_file')} to the CA that signed it, or fix the server",
-        )
+        yield line("FAIL", "TLS", untrusted_certificate(exc, account))
         return False
     except (OSError, InboundMailError) as exc:
         yield line(
@@ -269,7 +287,8 @@ def _folder_lines(
             yield line(
                 "FAIL",
                 "folders",
-                f"{folder!r} does not exist: create it, or fix {account.key('folders')}",
+                f"{folder!r} does not exist ({_existing_folders(client)}): create it, "
+                f"or fix {account.key('folders')}",
             )
             continue
         waiting = _waiting(client, account, config, folder)
@@ -300,6 +319,33 @@ def _waiting(client: IMAPClient, account: AccountConfig, config: Config, folder:
     if last:
         criteria = [criteria, "UID", f"{last + 1}:*"]
     return len([uid for uid in client.search(criteria) if int(uid) > last])
+
+
+MAX_FOLDERS_SHOWN = 20
+
+
+def _existing_folders(client: IMAPClient) -> str:
+    """What the server has instead: its folders (the first few) and, when the
+    personal namespace has one, the prefix folder names need (``INBOX.``)."""
+    names = sorted(str(name) for _flags, _delimiter, name in client.list_folders())
+    shown = ", ".join(repr(name) for name in names[:MAX_FOLDERS_SHOWN])
+    more = f" and {len(names) - MAX_FOLDERS_SHOWN} more" if len(names) > MAX_FOLDERS_SHOWN else ""
+    text = f"the server has {shown or 'no folders'}{more}"
+    if "NAMESPACE" in capabilities(client):
+        personal = client.namespace().personal or ()
+        prefix = str(personal[0][0]) if personal and personal[0][0] else ""
+        if prefix:
+            text += f"; its folders are named {prefix}NAME"
+    return text
+
+
+def _reason(exc: InboundMailError) -> str:
+    """The error without the account's name: every line already starts with it."""
+    return exc.reason if isinstance(exc, ImapError) and exc.reason else str(exc)
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def reason(exc: BaseException) -> str:

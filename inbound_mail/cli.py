@@ -119,8 +119,18 @@ def _date(value: str | None) -> date | None:
         raise click.BadParameter(f"expected a date YYYY-MM-DD, got {value!r}") from exc
 
 
+def _count(n: int, one: str, many: str) -> str:
+    """``1 delivery``, ``2 deliveries``."""
+    return f"{n} {one if n == 1 else many}"
+
+
+# The words of the summaries whose plural is not for one ("1 duplicate", "1 file ...").
+_SINGULAR = {"duplicates": "duplicate", "files that are not email": "file that is not email"}
+
+
 def _summary(title: str, counts: dict[str, int]) -> None:
-    click.echo(f"{title}: " + ", ".join(f"{v} {k}" for k, v in counts.items()), err=True)
+    words = [f"{v} {_SINGULAR.get(k, k) if v == 1 else k}" for k, v in counts.items()]
+    click.echo(f"{title}: " + ", ".join(words), err=True)
 
 
 # -- ingestion ------------------------------------------------------------------
@@ -334,20 +344,26 @@ def rejects(state: _State, show_id: int | None, limit: int | None, fmt: str) -> 
 
 # -- deliveries -------------------------------------------------------------------
 @cli.command()
-@click.option("--status", type=click.Choice(["pending", "failed", "dead", "delivered"]))
+@click.option(
+    "--status",
+    "statuses",
+    multiple=True,
+    type=click.Choice(["pending", "failed", "dead", "delivered"]),
+    help="pending: not tried yet; failed: failed, retried at next_attempt_at (repeatable).",
+)
 @click.option("--sink")
 @click.option("--limit", type=click.IntRange(min=1))
 @format_option
 @pass_state
 def deliveries(
-    state: _State, status: str | None, sink: str | None, limit: int | None, fmt: str
+    state: _State, statuses: tuple[str, ...], sink: str | None, limit: int | None, fmt: str
 ) -> None:
     """List the outbox: what is owed to which sink, and why it failed."""
     from .store import Store
 
     with Store.open(state.config().database.path) as store:
         write_rows(
-            store.deliveries(status=status, sink=sink, limit=limit),
+            store.deliveries(status=statuses or None, sink=sink, limit=limit),
             fmt,
             sys.stdout,
             columns=DELIVERY_COLUMNS,
@@ -382,7 +398,33 @@ def retry_dead(state: _State, sink: str | None) -> None:
         config.sink(sink)
     with Store.open(config.database.path) as store:
         count = store.retry_dead(sink)
-    click.echo(f"requeued {count} dead deliveries", err=True)
+    click.echo(f"requeued {_count(count, 'dead delivery', 'dead deliveries')}", err=True)
+
+
+@cli.command()
+@click.argument("sink_names", metavar="[SINK]...", nargs=-1)
+@click.option("--all", "all_sinks", is_flag=True, help="Every configured sink.")
+@click.option("--dead", is_flag=True, help="Dead deliveries too, with a fresh set of attempts.")
+@pass_state
+def retry(state: _State, sink_names: tuple[str, ...], all_sinks: bool, dead: bool) -> None:
+    """Make the pending and failed deliveries of SINK due now (after an outage).
+
+    The running daemon sends them within a second; attempts already made still count
+    (use --dead for rows that were given up on)."""
+    from .store import Store
+
+    if bool(sink_names) == all_sinks:
+        raise click.UsageError("name one or more sinks, or give --all")
+    config = state.config()
+    names = [s.name for s in config.sinks] if all_sinks else list(dict.fromkeys(sink_names))
+    for name in names:
+        config.sink(name)  # an unknown name is an error that lists the configured ones
+    with Store.open(config.database.path) as store:
+        for name in names:
+            done = store.retry_now(name, dead=dead)
+            revived = f" ({done.revived} of them dead before)" if dead else ""
+            click.echo(f"{name}: {_count(done.due, 'delivery', 'deliveries')} due now{revived}",
+                       err=True)  # fmt: skip
 
 
 @cli.command()
@@ -396,7 +438,12 @@ def sinks(state: _State) -> None:
     click.echo("types: " + ", ".join(available_sink_types()))
     with Store.open(config.database.path) as store:
         backlog = store.backlog()
-    rows = [{"name": s.name, "type": s.type, **backlog.get(s.name, {})} for s in config.sinks]
+    rows = []
+    for s in config.sinks:
+        counts = backlog.get(s.name, {})
+        # The words of `deliveries --status`: pending = not tried yet, failed = retrying.
+        pending = counts.get("pending", 0) - counts.get("failed", 0)
+        rows.append({"name": s.name, "type": s.type, **counts, "pending": pending})
     write_rows(
         rows,
         "table",

@@ -20,6 +20,7 @@ from .errors import ConfigError
 
 __all__ = [
     "DEFAULT_SENDERS",
+    "DURATION_EXPECTED",
     "AccountConfig",
     "Config",
     "DatabaseConfig",
@@ -42,17 +43,22 @@ _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 
 
+DURATION_EXPECTED = 'a duration (seconds, or "30s", "10m", "2h", "7d")'
+"""What a duration looks like, for the errors that name the key."""
+
+
 def parse_duration(value: object) -> float:
-    """Seconds from a number or a string such as ``"30s"``, ``"10m"``, ``"2h"``, ``"7d"``."""
-    if isinstance(value, bool):
-        raise ValueError("a duration, not a boolean")
-    if isinstance(value, int | float):
+    """Seconds from a number or a string such as ``"30s"``, ``"10m"``, ``"2h"``, ``"7d"``.
+
+    The ValueError says only what is wrong beyond the form (``negative``), or
+    nothing: callers say :data:`DURATION_EXPECTED` once, with the value."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
         if value < 0:
-            raise ValueError("a duration must not be negative")
+            raise ValueError("negative")
         return float(value)
     if isinstance(value, str) and (m := _DURATION.match(value)):
         return float(m.group(1)) * _UNITS[m.group(2)]
-    raise ValueError('a duration: seconds as a number, or a string like "30s", "10m", "2h", "7d"')
+    raise ValueError
 
 
 def default_db_path() -> Path:

@@ -83,6 +83,8 @@ class ImapError(InboundMailError):
 
     def __init__(self, message: str, *, account: str | None = None) -> None:
         self.account = account
+        self.reason = message
+        """The message without the account's name, for lines that already name it."""
         super().__init__(f"account {account!r}: {message}" if account else message)
 
 

@@ -5,9 +5,10 @@
 The first SIGTERM or SIGINT asks for a warm stop: workers finish the batch in
 hand, commit, log out, and the process exits 0.  A second signal forces the exit.
 
-SIGHUP re-reads the config.  An invalid one (or one whose secrets cannot be
-read) is refused with a log line, and the running config stays.  A valid one
-replaces every worker (:class:`~inbound_mail._generation.Generation`): the old
+SIGHUP makes every pending delivery due now (a receiver may be back), then
+re-reads the config.  An invalid one (or one whose secrets cannot be read) is
+refused with a log line, and the running config stays.  A valid one replaces
+every worker (:class:`~inbound_mail._generation.Generation`): the old
 ones stop warmly (batch committed, attempts recorded), then new ones start from
 the new config, in the same process.  Sink files are reopened either way
 (logrotate).  ``database.path`` and ``metrics.listen`` need a restart.
@@ -37,8 +38,8 @@ from apscheduler.schedulers.background import BackgroundScheduler
 
 from ._generation import Generation, account_stalled
 from .config import AccountConfig, Config, load_config
-from .delivery import DeliveryWorker
-from .errors import ConfigError, InboundMailError, StoreError
+from .delivery import DeliveryWorker, run_once_concurrently
+from .errors import ConfigError, ImapError, InboundMailError, StoreError
 from .imap.worker import AccountHealth, AccountWorker
 from .logs import log_event
 from .metrics import Metrics, create_metrics
@@ -150,16 +151,19 @@ class Daemon:
                 try:
                     worker.run_once()
                 except InboundMailError as exc:
-                    result.failures[worker.account.name] = str(exc)
+                    # The CLI and the log line name the account: keep it out of the reason.
+                    named = isinstance(exc, ImapError) and exc.account == worker.account.name
+                    reason = exc.reason if isinstance(exc, ImapError) and named else str(exc)
+                    result.failures[worker.account.name] = reason
                     log_event(
                         _log,
                         logging.ERROR,
                         "imap.failed",
                         account=worker.account.name,
-                        error=str(exc),
+                        error=reason,
                     )
-            for delivery in self.delivery_workers:
-                delivery.run_once()
+            # Every sink at once: a slow one does not hold up the others.
+            run_once_concurrently(self.delivery_workers)
         return result
 
     def request_stop(self) -> None:
@@ -272,6 +276,7 @@ class Daemon:
 
     def _reload(self, supervisor: Supervisor) -> None:
         log_event(_log, logging.INFO, "daemon.reload_requested")
+        self._deliveries_due_now()
         try:
             new = self._next_generation(self._reload_config())
         except InboundMailError as exc:
@@ -303,6 +308,17 @@ class Daemon:
             self._configure_logging(new.config)
         assert self._scheduler is not None
         new.start(self._scheduler)
+
+    def _deliveries_due_now(self) -> None:
+        """SIGHUP also means "try the sinks again": a receiver that is back, or whose
+        config was just fixed, should not wait out a backoff of up to retry_cap."""
+        try:
+            with Store.open(self.db_path) as store:
+                due = store.retry_now().due
+        except StoreError as exc:
+            log_event(_log, logging.ERROR, "daemon.reschedule_failed", error=str(exc))
+            return
+        log_event(_log, logging.INFO, "daemon.deliveries_due", deliveries=due)
 
     def _next_generation(self, config: Config) -> Generation:
         """A generation for ``config``, sinks built: raises if anything in it is invalid."""

@@ -31,6 +31,7 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +63,7 @@ from .lock import daemon_lock, take_lock
 from .models import Rejected, SmsRecord
 
 __all__ = [
+    "SCHEDULE_KEY",
     "AttemptOutcome",
     "AttemptRecord",
     "Checkpoint",
@@ -70,11 +72,26 @@ __all__ = [
     "IngestItem",
     "IngestResult",
     "PendingAck",
+    "RetryResult",
     "Router",
     "Store",
     "daemon_lock",
     "iso",
 ]
+
+
+SCHEDULE_KEY = "outbox.rescheduled"
+"""The ``state`` key bumped by every command that makes deliveries due (see
+:meth:`Store.schedule_version`)."""
+
+
+@dataclass(frozen=True, slots=True)
+class RetryResult:
+    """What :meth:`Store.retry_now` did: ``due`` pending deliveries made due now,
+    ``revived`` of them dead ones given a fresh set of attempts."""
+
+    due: int
+    revived: int
 
 
 class Store:
@@ -327,7 +344,9 @@ class Store:
                 where += " AND id = ?"
                 params.append(sms_id)
             cur.execute(q.REQUEUE.format(where=where), [sink, now, now, *params])
-            return cur.rowcount
+            queued = cur.rowcount
+            self._rescheduled(cur)
+            return queued
 
     def _resolve_prefix(self, cur: sqlite3.Cursor, prefix: str) -> str | None:
         """The one SMS id starting with ``prefix``; None if none; StoreError if several."""
@@ -348,27 +367,57 @@ class Store:
         now = self._clock()
         with self._write("cannot retry dead deliveries") as cur:
             cur.execute(q.RETRY_DEAD, (now, sink, sink))
-            return cur.rowcount
+            revived = cur.rowcount
+            self._rescheduled(cur)
+            return revived
+
+    def retry_now(self, sink: str | None = None, *, dead: bool = False) -> RetryResult:
+        """Make the pending deliveries of ``sink`` (or of every sink) due now, those
+        waiting for a retry included, keeping their attempt count; with ``dead``,
+        dead ones too, with a fresh set of attempts.  A running daemon notices within
+        :data:`inbound_mail.delivery.SCHEDULE_POLL` seconds (:meth:`schedule_version`)."""
+        now = self._clock()
+        with self._write("cannot reschedule deliveries") as cur:
+            revived = 0
+            if dead:
+                cur.execute(q.RETRY_DEAD, (now, sink, sink))
+                revived = cur.rowcount
+            cur.execute(q.DUE_NOW, (now, sink, sink))
+            due = cur.rowcount
+            self._rescheduled(cur)
+        return RetryResult(due=due, revived=revived)
+
+    def schedule_version(self) -> str | None:
+        """A value that changes whenever deliveries are made due by another command
+        (``retry``, ``retry-dead``, ``replay``, a reload); cheap to poll."""
+        return self.get_state(SCHEDULE_KEY)
+
+    def _rescheduled(self, cur: sqlite3.Cursor) -> None:
+        cur.execute(q.BUMP_STATE, (SCHEDULE_KEY, iso(self._clock())))
 
     def deliveries(
         self,
         *,
-        status: str | None = None,
+        status: str | Sequence[str] | None = None,
         sink: str | None = None,
         limit: int | None = None,
     ) -> Iterator[dict[str, Any]]:
         """Outbox rows in id order with their SMS fields; times as ISO text.
 
-        ``status``: ``pending`` (every queued row), ``failed`` (pending rows
-        that failed at least once), ``dead`` or ``delivered``.
+        ``status`` (one, or several): ``pending`` (queued, not tried yet),
+        ``failed`` (queued, failed at least once: retried at ``next_attempt_at``),
+        ``dead`` or ``delivered``; the ``status`` column uses the same words.
         """
         where, params = "", []
         if status is not None:
-            if status not in _STATUS_FILTERS:
-                raise StoreError(
-                    f"unknown delivery status {status!r}: {', '.join(_STATUS_FILTERS)}"
-                )
-            where += f" AND {_STATUS_FILTERS[status]}"
+            wanted = [status] if isinstance(status, str) else list(status)
+            for name in wanted:
+                if name not in _STATUS_FILTERS:
+                    raise StoreError(
+                        f"unknown delivery status {name!r}: {', '.join(_STATUS_FILTERS)}"
+                    )
+            if wanted:
+                where += " AND (" + " OR ".join(f"({_STATUS_FILTERS[n]})" for n in wanted) + ")"
         if sink is not None:
             where += " AND d.sink = ?"
             params.append(sink)

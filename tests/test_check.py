@@ -61,7 +61,7 @@ def test_a_working_setup_passes_every_step_and_sends_nothing(
     assert not [line for line in result.stdout.splitlines() if not line.startswith("ok ")]
     for name, order in (
         (mailbox.user, ["password", "DNS", "TCP", "TLS", "login", "capabilities", "folders"]),
-        ("upgraded", ["password", "DNS", "TCP", "login", "TLS", "capabilities", "folders"]),
+        ("upgraded", ["password", "DNS", "TCP", "TLS", "login", "capabilities", "folders"]),
     ):
         account = lines_about(result, f"account {name}")
         assert [line.split(":")[0].split()[-1] for line in account] == order, account
@@ -107,7 +107,8 @@ def test_each_problem_is_one_failing_line_that_says_what_to_fix(
     }
     expected = {
         "FAIL account login login": "check username and password",
-        "FAIL account folder folders": "'Nope' does not exist: create it, or fix accounts[1]",
+        "FAIL account folder folders": "'Nope' does not exist (the server has 'INBOX'): create "
+        "it, or fix accounts[1]",
         "FAIL account tcp TCP": "Connection refused",
         "FAIL account trust TLS": "set accounts[3].ca_file",
         "FAIL account dns DNS": "check accounts[4].host",
@@ -116,7 +117,7 @@ def test_each_problem_is_one_failing_line_that_says_what_to_fix(
         "FAIL sink file reachable": "does not exist: create it",
         "FAIL sink script reachable": "does not exist: fix sinks[2].argv",
         "FAIL sink onpath reachable": "is not on PATH",
-        "FAIL sink typo options": "sinks[4].colour: unknown option",
+        "FAIL config invalid": "sinks[4].colour: unknown option",
     }
     assert set(fails) == set(expected), result.stdout
     for key, fix in expected.items():

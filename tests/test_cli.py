@@ -74,7 +74,7 @@ def test_import_summary_counts(db: Path) -> None:
     # file that is not an email, before the parser would skip it.
     skipped = sum(1 for c in cases if c["outcome"] == "skipped" and c["name"] != "garbage_bytes")
     assert f"{rejected} rejected" in first and f"{skipped} skipped" in first
-    assert "1 duplicates" in first, "duplicate_a / duplicate_b: one SMS under two Message-IDs"
+    assert "1 duplicate," in first, "duplicate_a / duplicate_b: one SMS under two Message-IDs"
     second = invoke("--db", str(db), "import", str(FIXTURES)).output
     assert " 0 new" in second
 

@@ -155,7 +155,7 @@ def test_receiver_down_then_up_gets_everything_in_order(
     thread = threading.Thread(target=worker.run, args=(stop,), daemon=True)
     thread.start()
     wait_until(lambda: rows(db)[0]["attempts"] >= 3, 5)
-    assert all(r["status"] == "pending" for r in rows(db))
+    assert [r["status"] for r in rows(db)] == ["failed"] + ["pending"] * 4
     assert all(r["attempts"] == 0 for r in rows(db)[1:]), "younger rows must wait for the head"
     receiver.up()
     wait_until(lambda: all(r["status"] == "delivered" for r in rows(db)), 10)
@@ -164,7 +164,10 @@ def test_receiver_down_then_up_gets_everything_in_order(
     worker.close()
     texts = [r.form()["text"][0] for r in receiver.requests]
     assert texts == [r.text for r in records]
-    assert "connection failed" in (rows(db)[0]["last_error"] or "")
+    assert rows(db)[0]["last_error"] is None, "a delivered row clears its error"
+    with Store.open(db) as store:  # the attempt log keeps it
+        errors = [row["error"] for row in store.database.query("SELECT error FROM attempts")]
+    assert "connection failed" in (errors[0] or "")
 
 
 def test_keep_alive_reuses_one_connection(receiver: WebhookReceiver) -> None:

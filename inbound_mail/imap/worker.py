@@ -36,7 +36,7 @@ from ..logs import log_event
 from ..parse import ParseOptions
 from ..secrets import read_password
 from ..store import IngestResult, Router, Store
-from .connection import connect
+from .connection import connect, server_text
 from .sync import FetchFailures, FolderSync, SyncOptions, SyncResult
 
 __all__ = ["AccountHealth", "AccountWorker", "backoff_delay", "imap_errors"]
@@ -74,9 +74,11 @@ def imap_errors(account: str) -> Iterator[None]:
     except InboundMailError:
         raise
     except imaplib.IMAP4.abort as exc:
-        raise ImapConnectionError(f"connection lost: {exc}", account=account) from exc
+        raise ImapConnectionError(f"connection lost: {server_text(exc)}", account=account) from exc
     except imaplib.IMAP4.error as exc:
-        raise ImapError(f"the server refused a command: {exc}", account=account) from exc
+        raise ImapError(
+            f"the server refused a command: {server_text(exc)}", account=account
+        ) from exc
     except (TimeoutError, OSError, ssl.SSLError) as exc:
         raise ImapConnectionError(
             f"connection lost: {exc or type(exc).__name__}", account=account
@@ -142,14 +144,16 @@ class AccountWorker:
         delay = backoff_delay(self._attempt, base=5.0 if isinstance(exc, ImapAuthError) else 1.0)
         self._attempt += 1
         self.health.reconnects += 1
-        self.health.last_error = str(exc)
+        # `status` and the log line name the account already: not twice.
+        named = isinstance(exc, ImapError) and exc.account == self.account.name
+        self.health.last_error = exc.reason if isinstance(exc, ImapError) and named else str(exc)
         level = logging.ERROR if isinstance(exc, InboundMailError) else logging.CRITICAL
         log_event(
             _log,
             level,
             "imap.disconnected",
             account=self.account.name,
-            error=str(exc),
+            error=self.health.last_error,
             error_type=type(exc).__name__,
             retry_in=f"{delay:.1f}s",
             **(

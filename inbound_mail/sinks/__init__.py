@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
-from ..config import parse_duration
+from ..config import DURATION_EXPECTED, parse_duration
 from ..errors import ConfigError
 
 if TYPE_CHECKING:
@@ -176,7 +176,8 @@ class SinkOptions:
         try:
             seconds = parse_duration(value)
         except ValueError as exc:
-            raise self.error(name, f"expected {exc}") from None
+            detail = f" ({exc})" if str(exc) else ""
+            raise self.error(name, f"expected {DURATION_EXPECTED}, got {value!r}{detail}") from None
         if positive and seconds <= 0:
             raise self.error(name, "expected a duration greater than zero")
         return seconds
