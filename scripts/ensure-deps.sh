@@ -49,10 +49,14 @@ unpack_cyrus_imapd() {
         (cd "$tmp" && apt-get download -q -o APT::Sandbox::User=root "cyrus-imapd=$version") ||
             { rm -rf "$tmp"; return 1; }
     fi
-    dpkg -x "$tmp"/cyrus-imapd_*.deb "$tmp/root"
-    echo "$version" >"$tmp/root/VERSION"
-    rm -rf "$cyrus_dir"
-    mv "$tmp/root" "$cyrus_dir"
+    # Called under `if !`, where set -e does not apply: every step checks itself, and
+    # the VERSION stamp is written last, so a half-done unpack is redone next time.
+    dpkg -x "$tmp"/cyrus-imapd_*.deb "$tmp/root" &&
+        [[ -x $tmp/root/usr/lib/cyrus/bin/imapd && -x $tmp/root/usr/lib/cyrus/bin/idled ]] &&
+        rm -rf "$cyrus_dir" &&
+        mv "$tmp/root" "$cyrus_dir" &&
+        echo "$version" >"$cyrus_dir/VERSION" ||
+        { rm -rf "$tmp"; return 1; }
     rm -rf "$tmp"
 }
 

@@ -110,7 +110,11 @@ def cyrus_imapd_dir() -> Path:
 
 
 class CyrusServer:
-    """One private Cyrus instance; a context manager that starts and removes it."""
+    """One private Cyrus instance; a context manager that starts and removes it.
+
+    ``idle=False`` leaves ``idled`` out, as Debian's stock ``cyrus.conf`` does: IDLE is
+    still offered, but imapd then looks for new mail only once a minute.
+    """
 
     host = "127.0.0.1"
 
