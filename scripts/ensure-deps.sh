@@ -14,6 +14,10 @@ command -v make >/dev/null 2>&1 || missing+=(make)
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
 # `systemd-analyze security --offline` scores the unit in contrib/systemd/.
 command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
+# The redis and nats sinks are tested against private redis-server and
+# nats-server -js instances that the suite starts itself (never the packages' services).
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+command -v nats-server >/dev/null 2>&1 || missing+=(nats-server)
 
 if ((${#missing[@]} == 0)); then
     exit 0
@@ -25,8 +29,8 @@ if [[ $(id -u) -ne 0 ]]; then
 fi
 echo "installing: ${missing[*]}"
 export DEBIAN_FRONTEND=noninteractive
-# The tests start private Dovecot instances: keep the package from starting the
-# system-wide one (policy-rc.d exit 101 = "do not start services").
+# The tests start private Dovecot, Redis and NATS instances: keep the packages from
+# starting the system-wide ones (policy-rc.d exit 101 = "do not start services").
 if [[ ! -e /usr/sbin/policy-rc.d ]]; then
     printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
     chmod 755 /usr/sbin/policy-rc.d
