@@ -22,7 +22,7 @@ import shutil
 import signal
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Literal
 
 from ..errors import InboundMailError
 from ._process import ProcessGroup, free_ports
@@ -47,8 +47,12 @@ class RedisServer:
         *,
         password: str | None = "secret",  # noqa: S107  (a throwaway test server's)
         tls: bool = False,
+        appendfsync: Literal["always", "everysec"] = "always",
     ) -> None:
+        """``appendfsync="everysec"`` (the benchmarks) trades the last second of
+        acknowledged writes on a SIGKILL for speed; the tests keep ``always``."""
         self.root = root
+        self.appendfsync = appendfsync
         self.password = password
         self.tls = tls
         self.host = "127.0.0.1"
@@ -105,7 +109,14 @@ class RedisServer:
             raise RedisServerError("redis-server is missing: apt-get install redis-server")
         argv = [binary, "--bind", self.host, "--dir", str(self.data_dir)]
         argv += ["--daemonize", "no", "--save", "", "--appendonly", "yes"]
-        argv += ["--appendfsync", "always", "--protected-mode", "no", "--loglevel", "notice"]
+        argv += [
+            "--appendfsync",
+            self.appendfsync,
+            "--protected-mode",
+            "no",
+            "--loglevel",
+            "notice",
+        ]
         if self.password is not None:
             argv += ["--requirepass", self.password]
         if self.tls:
