@@ -161,7 +161,9 @@ def _redis_sender(
     import redis
 
     password = Path(options["password_file"]).read_text().strip()
-    client = redis.Redis.from_url(options["url"], password=password)
+    # The same socket timeout as the sink's default: a timeout per attempt is part of
+    # the work (and costs a poll() per read), as httpx's default 5 s is for webhooks.
+    client = redis.Redis.from_url(options["url"], password=password, socket_timeout=30.0)
     stream = options["stream"]
 
     def send(rec: SmsRecord) -> None:

@@ -143,6 +143,7 @@ class RedisSink:
         self._add = self._client.register_script(_ADD_ONCE)
         self._probe = self._client.register_script(_PROBE)
         self._prefix = "{" + stream + "}:inbound-mail:"
+        self._ttl = max(1, round(dedup_window))
 
     @classmethod
     def from_config(cls, config: SinkConfig) -> RedisSink:
@@ -193,10 +194,10 @@ class RedisSink:
         """The key whose presence makes a record with ``sms_id`` a duplicate."""
         return f"{self._prefix}id:{sms_id}"
 
-    def fields(self, record: SmsRecord) -> list[str]:
+    def fields(self, record: SmsRecord, sms_id: str | None = None) -> list[str]:
         """The entry's fields and values, flattened: ``[name, value, ...]``."""
         if self.format == "json":
-            return ["id", record.id, "json", record_json(record)]
+            return ["id", sms_id or record.id, "json", record_json(record)]
         flat: list[str] = []
         for key, value in record.to_dict().items():
             if value is not None:
@@ -205,9 +206,9 @@ class RedisSink:
 
     def deliver(self, record: SmsRecord, context: DeliveryContext) -> str | None:
         """Add the record unless its marker exists; return ``XADD <entry id>``."""
-        ttl = max(1, round(self.dedup_window))
-        args = [ttl, self.maxlen, *self.fields(record)]
-        reply = self._call(self._add, [self.marker_key(record.id), self.stream], args)
+        sms_id = record.id  # a hash: computed once here
+        args = [self._ttl, self.maxlen, *self.fields(record, sms_id)]
+        reply = self._call(self._add, [f"{self._prefix}id:{sms_id}", self.stream], args)
         added, entry = int(reply[0]), _text(reply[1])
         if added:
             return f"XADD {entry}"
