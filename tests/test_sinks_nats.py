@@ -245,6 +245,25 @@ def test_server_down_is_temporary_not_a_hang(tmp_path: Path, sinks: list[Sink]) 
         sink.deliver(record(), CONTEXT)
 
 
+def test_token_login(tmp_path: Path, sinks: list[Sink]) -> None:
+    with NatsServer(tmp_path / "nats", token="s3cret-token-42") as server:
+        stream, subject = new_stream(server)
+        good = tmp_path / "token"
+        good.write_text("s3cret-token-42\n")
+        good.chmod(0o600)
+        options = {"url": server.url, "stream": stream, "subject": subject}
+        config = SinkConfig(name="bus", type="nats", options={**options, "token_file": str(good)})
+        make(sinks, config).deliver(record(), CONTEXT)
+        assert len(server.messages(stream)) == 1
+        config = SinkConfig(name="bus", type="nats", options={**options, "token_env": "NATS_T"})
+        with pytest.MonkeyPatch.context() as env:
+            env.setenv("NATS_T", "wrong-token-77")
+            wrong = make(sinks, config)
+        with pytest.raises(PermanentDeliveryError, match="refused the login") as caught:
+            wrong.deliver(record(1), CONTEXT)
+        assert "wrong-token-77" not in str(caught.value)
+
+
 def test_tls_is_verified(tmp_path: Path, sinks: list[Sink]) -> None:
     with NatsServer(tmp_path / "nats", tls=True) as server:
         stream, subject = new_stream(server)

@@ -11,8 +11,9 @@ same store) still holds its streams and their messages::
         ...  # point a nats sink at server.url, user server.user, password_file ...
         assert len(server.messages("SMS")) == 1
 
-Clients log in as :attr:`NatsServer.user` / :attr:`NatsServer.password`; with
-``tls=True`` the port wants TLS (trust :attr:`NatsServer.ca_file`).
+Clients log in as :attr:`NatsServer.user` / :attr:`NatsServer.password` (or
+with :attr:`NatsServer.token` when one is given); with ``tls=True`` the port
+wants TLS (trust :attr:`NatsServer.ca_file`).
 """
 
 from __future__ import annotations
@@ -65,9 +66,12 @@ class NatsServer:
         *,
         user: str = "sms",
         password: str = "secret",  # noqa: S107  (a throwaway test server's)
+        token: str | None = None,
         tls: bool = False,
     ) -> None:
+        """With ``token``, clients log in with that token instead of user and password."""
         self.root = root
+        self.token = token
         self.user = user
         self.password = password
         self.tls = tls
@@ -103,10 +107,12 @@ class NatsServer:
             tls_options: dict[str, Any] = {}
             if self.tls:
                 tls_options["tls"] = ssl.create_default_context(cafile=str(self.ca_file))
+            login: dict[str, Any] = {"user": self.user, "password": self.password}
+            if self.token is not None:
+                login = {"token": self.token}
             nc = await nats.connect(
                 self.url,
-                user=self.user,
-                password=self.password,
+                **login,
                 connect_timeout=2,
                 allow_reconnect=False,
                 **tls_options,
@@ -221,7 +227,9 @@ class NatsServer:
             f"listen: {json.dumps(f'{self.host}:{self.port}')}",
             f"jetstream {{ store_dir: {json.dumps(str(self.store_dir))} }}",
             "authorization {",
-            f"  users = [ {{ user: {json.dumps(self.user)}, "
+            f"  token: {json.dumps(self.token)}"
+            if self.token is not None
+            else f"  users = [ {{ user: {json.dumps(self.user)}, "
             f"password: {json.dumps(self.password)} }} ]",
             "}",
         ]
