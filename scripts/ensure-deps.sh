@@ -17,7 +17,9 @@ command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
 # The redis and nats sinks are tested against private redis-server and
 # nats-server -js instances that the suite starts itself (never the packages' services).
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
-command -v nats-server >/dev/null 2>&1 || missing+=(nats-server)
+if ! command -v nats-server >/dev/null 2>&1 && [[ ! -x /usr/sbin/nats-server ]]; then
+    missing+=(nats-server)  # in /usr/sbin too
+fi
 
 if ((${#missing[@]} == 0)); then
     exit 0

@@ -148,6 +148,16 @@ def test_a_resend_adds_no_second_entry_within_the_window(redis_server: RedisServ
     sink.close()
 
 
+def test_markers_share_the_streams_cluster_slot(redis_server: RedisServer) -> None:
+    from redis.crc import key_slot
+
+    for stream in ("sms", "tenant-{eu}-sms", "{sms}", "a{b}c}"):
+        sink = RedisSink("bus", redis_server.url, stream)
+        marker = sink.marker_key(record().id)
+        assert key_slot(marker.encode()) == key_slot(stream.encode()), (stream, marker)
+        sink.close()
+
+
 def test_maxlen_trims_the_stream_approximately(redis_server: RedisServer) -> None:
     stream = stream_name()
     sink = create_sink(sink_config(redis_server, stream, maxlen=10))
@@ -280,6 +290,7 @@ def test_tls_is_verified(tmp_path: Path) -> None:
         ({"url": "http://x", "stream": "s"}, "url", "redis:// or rediss://"),
         ({"url": "redis://127.0.0.1"}, "stream", "required"),
         ({"url": "redis://127.0.0.1", "stream": "s", "maxlen": -1}, "maxlen", "whole number"),
+        ({"url": "redis://127.0.0.1", "stream": "odd{}name"}, "stream", "hash tag"),
         ({"url": "redis://127.0.0.1", "stream": "s", "dedup_window": "0.5s"}, "dedup_window",
          "from 1s"),
         ({"url": "redis://127.0.0.1", "stream": "s", "dedup_window": "60d"}, "dedup_window",

@@ -310,6 +310,7 @@ class NatsSink:
             await self._disconnect()
             reason = self._scrub(str(exc) or type(exc).__name__)
             raise TemporaryDeliveryError(f"NATS connection lost: {reason}") from None
+        self._last_error = None  # a publish went through: no standing violation
         if ack.duplicate:
             return f"PubAck {ack.stream} seq {ack.seq} (duplicate: dropped by the stream)"
         return f"PubAck {ack.stream} seq {ack.seq}"

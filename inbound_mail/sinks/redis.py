@@ -6,7 +6,8 @@ default), ``json``: the same document as the JSON webhook
 field of the record (``originator``, ``text``, ...; unset ones left out).
 
 Idempotent on the SMS id: one Lua script (atomic in Redis) looks for a marker
-key ``{<stream>}:inbound-mail:id:<sms id>``; if it is there the add is a
+key ``{<stream>}:inbound-mail:id:<sms id>`` (``<stream>:inbound-mail:id:...``
+when the stream name has a hash tag of its own); if it is there the add is a
 duplicate and nothing is written, otherwise it runs ``XADD`` and sets the
 marker, holding the new entry id, with a TTL of ``dedup_window`` (24 h by
 default).  A resend after a crash, or the same SMS delivered by a second
@@ -142,7 +143,7 @@ class RedisSink:
         )
         self._add = self._client.register_script(_ADD_ONCE)
         self._probe = self._client.register_script(_PROBE)
-        self._prefix = "{" + stream + "}:inbound-mail:"
+        self._prefix = _marker_prefix(stream)
         self._ttl = max(1, round(dedup_window))
 
     @classmethod
@@ -160,6 +161,10 @@ class RedisSink:
         except ValueError as exc:
             raise opts.error("url", str(exc)) from None
         stream = opts.required_str("stream")
+        try:
+            _marker_prefix(stream)
+        except ValueError as exc:
+            raise opts.error("stream", str(exc)) from None
         fmt: Format = "fields" if opts.choice("format", _FORMATS, "json") == "fields" else "json"
         maxlen = opts.integer("maxlen", 0, minimum=0, maximum=10**12)
         window = _bounded(opts, "dedup_window", DEFAULT_DEDUP_WINDOW, _MIN_WINDOW, _MAX_WINDOW)
@@ -274,6 +279,23 @@ class RedisSink:
         for secret in self._secrets:
             text = text.replace(secret, REDACTED)
         return text
+
+
+def _marker_prefix(stream: str) -> str:
+    """The prefix of the marker keys, in the stream's Redis Cluster slot.
+
+    A key's slot is that of its hash tag (the text between the first ``{`` and
+    the next ``}``, if not empty), else of the whole key.  A stream name with a
+    tag of its own keeps it; any other is made the markers' tag."""
+    start = stream.find("{")
+    end = stream.find("}", start + 1) if start >= 0 else -1
+    if start >= 0 and end > start + 1:
+        return f"{stream}:inbound-mail:"
+    if "{" in stream or "}" in stream:  # no key derived from it could share its slot
+        raise ValueError(
+            "expected a stream name without braces, or with a Redis Cluster hash tag like sms-{eu}"
+        )
+    return "{" + stream + "}:inbound-mail:"
 
 
 def _text(value: Any) -> str:
