@@ -245,6 +245,14 @@ def test_server_down_is_temporary_not_a_hang(tmp_path: Path, sinks: list[Sink]) 
         sink.deliver(record(), CONTEXT)
 
 
+def test_a_denied_publish_is_permanent(tmp_path: Path, sinks: list[Sink]) -> None:
+    with NatsServer(tmp_path / "nats", publish_deny=["sms.denied"]) as server:
+        server.create_stream("DENIED", ["sms.denied"])
+        sink = make(sinks, sink_config(server, "DENIED", "sms.denied", timeout=1.0))
+        with pytest.raises(PermanentDeliveryError, match=r"denied the publish .*violation"):
+            sink.deliver(record(), CONTEXT)
+
+
 def test_token_login(tmp_path: Path, sinks: list[Sink]) -> None:
     with NatsServer(tmp_path / "nats", token="s3cret-token-42") as server:
         stream, subject = new_stream(server)

@@ -68,10 +68,13 @@ class NatsServer:
         password: str = "secret",  # noqa: S107  (a throwaway test server's)
         token: str | None = None,
         tls: bool = False,
+        publish_deny: Sequence[str] = (),
     ) -> None:
-        """With ``token``, clients log in with that token instead of user and password."""
+        """With ``token``, clients log in with that token instead of user and password;
+        ``publish_deny``: subjects the user may not publish to."""
         self.root = root
         self.token = token
+        self.publish_deny = tuple(publish_deny)
         self.user = user
         self.password = password
         self.tls = tls
@@ -230,7 +233,8 @@ class NatsServer:
             f"  token: {json.dumps(self.token)}"
             if self.token is not None
             else f"  users = [ {{ user: {json.dumps(self.user)}, "
-            f"password: {json.dumps(self.password)} }} ]",
+            f"password: {json.dumps(self.password)}, "
+            f"permissions: {{ publish: {{ deny: {json.dumps(list(self.publish_deny))} }} }} }} ]",
             "}",
         ]
         if self.tls:
