@@ -420,6 +420,8 @@ def _describe(exc: BaseException) -> str:
 
 def _is_auth(text: str) -> bool:
     lowered = text.lower()
+    if "timeout" in lowered:  # "Authentication Timeout": the login came too late
+        return False
     return any(w in lowered for w in ("authorization violation", "authentication", "user auth"))
 
 

@@ -13,7 +13,8 @@ marker, holding the new entry id, with a TTL of ``dedup_window`` (24 h by
 default).  A resend after a crash, or the same SMS delivered by a second
 inbound-mail (see "Scale-out" in the README), within that window adds no
 second entry.  The ``{<stream>}`` hash tag keeps the marker in the stream's
-slot, so the script also runs on a Redis Cluster.  ``maxlen`` trims the stream
+hash slot, as a script on a Redis Cluster requires (behind a cluster-aware
+proxy); the sink itself talks to one server.  ``maxlen`` trims the stream
 approximately (``MAXLEN ~``) on each add; 0, the default, never trims.
 
 Outcomes: an acknowledged add (or a duplicate) is delivered; authentication
@@ -52,7 +53,7 @@ DEFAULT_DEDUP_WINDOW = 86400.0
 # Refusals that pass: the server is alive but cannot take the write right now.
 _TEMPORARY_REPLIES = frozenset(
     {"OOM", "READONLY", "BUSY", "TRYAGAIN", "CLUSTERDOWN", "MASTERDOWN", "LOADING",
-     "NOREPLICAS", "MISCONF", "MOVED", "ASK"}
+     "NOREPLICAS", "MISCONF"}
 )  # fmt: skip
 
 # KEYS[1] marker, KEYS[2] stream; ARGV[1] marker TTL (s), ARGV[2] maxlen (0: no
@@ -268,6 +269,12 @@ class RedisSink:
                 raise PermanentDeliveryError(
                     f"the key {self.stream!r} is not a stream: {message}; "
                     "choose another stream name"
+                ) from exc
+            if word in ("MOVED", "ASK"):
+                raise PermanentDeliveryError(
+                    f"the server is a Redis Cluster node ({message}): the redis sink talks "
+                    "to one server; point url at a standalone or primary Redis, or a "
+                    "cluster-aware proxy"
                 ) from exc
             if word in _TEMPORARY_REPLIES:
                 raise TemporaryDeliveryError(f"Redis refused the write: {message}") from exc
