@@ -260,6 +260,19 @@ def test_a_key_that_is_not_a_stream_is_permanent(redis_server: RedisServer) -> N
     sink.close()
 
 
+def test_out_of_memory_is_temporary_then_delivered(tmp_path: Path) -> None:
+    stream = stream_name()
+    with RedisServer(tmp_path / "redis") as server:
+        sink = create_sink(sink_config(server, stream))
+        with server.client() as client:
+            client.config_set("maxmemory", "1")  # noeviction: every write refused
+            with pytest.raises(TemporaryDeliveryError, match="OOM command not allowed"):
+                sink.deliver(record(), CONTEXT)
+            client.config_set("maxmemory", "0")
+        assert sink.deliver(record(), CONTEXT) == f"XADD {server.entries(stream)[0][0]}"
+        sink.close()
+
+
 def test_server_down_is_temporary_not_a_hang(tmp_path: Path) -> None:
     server = RedisServer(tmp_path / "redis")  # never started: connection refused
     sink = create_sink(sink_config(server, stream_name(), timeout=2.0))

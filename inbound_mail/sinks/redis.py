@@ -264,7 +264,9 @@ class RedisSink:
             ) from exc
         except rx.ResponseError as exc:
             message = self._scrub(str(exc))
-            word = message.split(" ", 1)[0].upper()
+            word = _reply_code(exc, message)
+            if not message.startswith(word):  # redis-py strips the codes it knows
+                message = f"{word} {message}"
             if word == "WRONGTYPE":
                 raise PermanentDeliveryError(
                     f"the key {self.stream!r} is not a stream: {message}; "
@@ -303,6 +305,30 @@ def _marker_prefix(stream: str) -> str:
             "expected a stream name without braces, or with a Redis Cluster hash tag like sms-{eu}"
         )
     return "{" + stream + "}:inbound-mail:"
+
+
+# redis-py turns these error replies into classes and drops the code from the text.
+_CODED_ERRORS = (
+    ("MovedError", "MOVED"), ("AskError", "ASK"), ("OutOfMemoryError", "OOM"),
+    ("ReadOnlyError", "READONLY"), ("TryAgainError", "TRYAGAIN"),
+    ("ClusterDownError", "CLUSTERDOWN"), ("MasterDownError", "MASTERDOWN"),
+    ("ClusterCrossSlotError", "CROSSSLOT"), ("ExecAbortError", "EXECABORT"),
+)  # fmt: skip
+
+
+def _reply_code(exc: Exception, message: str) -> str:
+    """The error reply's code (``OOM``, ``WRONGTYPE``, ...), however redis-py
+    presents it."""
+    from redis import exceptions as rx
+
+    code = getattr(exc, "status_code", None)
+    if isinstance(code, str) and code:
+        return code.upper()
+    for name, known in _CODED_ERRORS:
+        cls = getattr(rx, name, None)
+        if cls is not None and isinstance(exc, cls):
+            return known
+    return message.split(" ", 1)[0].upper()
 
 
 def _text(value: Any) -> str:
