@@ -331,7 +331,10 @@ def test_check_finds_the_stream_and_its_window(nats_server: NatsServer, tmp_path
     lines = list(check_sink(sink_config(nats_server, stream, subject), send_test=False))
     assert [(line.level, line.step) for line in lines] == [("ok", "options"), ("ok", "reachable")]
     assert f"stream {stream!r} captures {subject!r}" in lines[1].detail
-    assert "duplicate window 3600s" in lines[1].detail
+    assert "duplicate window 3600s)" in lines[1].detail
+    short, _ = new_stream(nats_server, window=120)
+    brief = list(check_sink(sink_config(nats_server, short, f"sms.{short.lower()}.in"), False))
+    assert brief[1].level == "ok" and "120s; short for scale-out" in brief[1].detail
     assert nats_server.messages(stream) == [], "check publishes nothing"
 
     missing = list(check_sink(sink_config(nats_server, "NOPE", subject), send_test=False))

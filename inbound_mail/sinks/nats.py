@@ -57,6 +57,7 @@ T = TypeVar("T")
 _CONNECT_TIMEOUT_CAP = 10.0
 _MAX_TIMEOUT = 600.0
 _SCHEMES = ("nats", "tls")
+_SHORT_WINDOW = 3600.0
 # The JetStream API error code for "expected stream does not match".
 _EXPECTED_STREAM_MISMATCH = 10060
 _log = logging.getLogger(__name__)
@@ -333,9 +334,12 @@ class NatsSink:
         if not any(subject_matches(pattern, self.subject) for pattern in subjects):
             raise self._not_captured(subjects)
         window = info.config.duplicate_window or 0.0
+        hint = ""
+        if window < _SHORT_WINDOW:  # a resend or a second daemon's copy later than this is kept
+            hint = "; short for scale-out and resends: consider --dupe-window 24h"
         return (
             f"{redact_url(self.url)}: stream {self.stream!r} captures {self.subject!r} "
-            f"({info.state.messages} messages; duplicate window {window:g}s)"
+            f"({info.state.messages} messages; duplicate window {window:g}s{hint})"
         )
 
     async def _explain_no_stream(self) -> DeliveryError:
