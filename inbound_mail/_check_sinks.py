@@ -1,8 +1,10 @@
 """The sink half of ``inbound-mail check`` (see :mod:`inbound_mail.check`).
 
 A sink's options are validated by building it; then a webhook's host is reached
-over TCP (and TLS for https), a jsonl file's directory must be writable, and a
-command's program must exist and be executable.  Nothing is delivered unless
+over TCP (and TLS for https), a jsonl file's directory must be writable, a
+command's program must exist and be executable, and a redis or nats sink's
+``probe()`` logs in and proves its stream can be written (Redis) or exists and
+captures the subject (JetStream).  Nothing is delivered unless
 ``send_test`` is set: then one record that says it is a test.
 """
 
@@ -151,10 +153,24 @@ def _command_reachable(config: SinkConfig, sink: Sink) -> tuple[Level, str]:
     return "ok", f"{program} is {found}"
 
 
+def _probe_reachable(config: SinkConfig, sink: Sink) -> tuple[Level, str]:
+    """Event-stream sinks (redis, nats) probe the server themselves: connect,
+    authenticate, and prove the stream exists or can be written."""
+    probe: Callable[[], str] | None = getattr(sink, "probe", None)
+    if probe is None:
+        return "warn", f"no check for a {config.type} sink"
+    try:
+        return "ok", probe()
+    except InboundMailError as exc:
+        return "FAIL", str(exc)
+
+
 _REACHABILITY: dict[str, Callable[[SinkConfig, Sink], tuple[Level, str]]] = {
     "webhook": _webhook_reachable,
     "jsonl": _jsonl_reachable,
     "command": _command_reachable,
+    "redis": _probe_reachable,
+    "nats": _probe_reachable,
 }
 
 

@@ -30,6 +30,12 @@ command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
 # `systemd-analyze security --offline` scores the unit in contrib/systemd/.
 command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
+# The redis and nats sinks are tested against private redis-server and
+# nats-server -js instances that the suite starts itself (never the packages' services).
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+if ! command -v nats-server >/dev/null 2>&1 && [[ ! -x /usr/sbin/nats-server ]]; then
+    missing+=(nats-server)  # in /usr/sbin too
+fi
 
 # Unpack cyrus-imapd of the same version as the installed cyrus-common (imapd links
 # against its libraries) into $cyrus_dir; skipped when that version is already there.
@@ -73,7 +79,7 @@ if ((${#missing[@]} > 0)); then
     fi
     echo "installing: ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
-    # The tests start private Dovecot and Cyrus instances: keep the packages from
+    # The tests start private Dovecot, Cyrus, Redis and NATS instances: keep the packages from
     # starting the system-wide ones (policy-rc.d exit 101 = "do not start services").
     if [[ ! -e /usr/sbin/policy-rc.d ]]; then
         printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d

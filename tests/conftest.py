@@ -9,6 +9,8 @@
 - ``mailbox``: a new user on that server for one test (isolation without a restart).
 - ``fresh_dovecot``: a factory of servers owned by one test (stopped after it), for
   tests that kill, restart or reconfigure the server.
+- ``redis_server`` / ``nats_server``: one private redis-server and one
+  ``nats-server -js`` for the session (the redis and nats sinks' tests).
 
 Waiting for something is ``inbound_mail.testing.wait.wait_until`` (never a bare sleep).
 """
@@ -26,6 +28,8 @@ from inbound_mail.testing.dkim import DkimKey
 from inbound_mail.testing.dns import DnsServer
 from inbound_mail.testing.dovecot import DovecotFactory, DovecotServer
 from inbound_mail.testing.mailbox import Mailbox, MailServer
+from inbound_mail.testing.nats_server import NatsServer
+from inbound_mail.testing.redis_server import RedisServer
 
 # The ids of ``imap_server``'s parameters, and the session fixture of each.
 _SERVER_FIXTURES = {
@@ -87,6 +91,22 @@ def fresh_dovecot(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DovecotF
     yield start
     for server in servers:
         server.close()
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """The session's shared redis-server (password ``secret``).  Use a stream name of
+    your own; start a ``RedisServer`` of the test's own to restart or kill one."""
+    with RedisServer(tmp_path_factory.mktemp("redis")) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer]:
+    """The session's shared ``nats-server -js`` (user ``sms``/``secret``).  Create a
+    stream of your own; start a ``NatsServer`` of the test's own to restart one."""
+    with NatsServer(tmp_path_factory.mktemp("nats")) as server:
+        yield server
 
 
 # -- trust (issue 10): a real DNS server and a real DKIM key ------------------------------------

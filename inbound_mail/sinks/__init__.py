@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from ..config import DURATION_EXPECTED, format_duration, parse_duration
 from ..errors import ConfigError
-from ..secrets import REDACTED, redact_url, url_secrets
+from ..secrets import REDACTED, read_secret, redact_url, url_secrets
 
 if TYPE_CHECKING:
     from ..config import SinkConfig
@@ -187,6 +187,17 @@ class SinkOptions:
             raise self.error(name, f"expected a duration {low} and at most {format_duration(high)}")
         return seconds
 
+    def integer(self, name: str, default: int, *, minimum: int, maximum: int) -> int:
+        """A whole number in ``[minimum, maximum]``."""
+        value = self._value(name)
+        if value is None:
+            return default
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.error(name, f"expected a whole number from {minimum} to {maximum}")
+        if not minimum <= value <= maximum:
+            raise self.error(name, f"expected a whole number from {minimum} to {maximum}")
+        return value
+
     def str_table(self, name: str) -> dict[str, str]:
         """A table whose values are all strings (e.g. headers, environment)."""
         value = self._value(name)
@@ -215,6 +226,29 @@ class SinkOptions:
         if not path.is_absolute() and self.config.file:
             return Path(self.config.file).parent / path
         return path
+
+    def secret(self, what: str, *, inline: bool = False) -> str | None:
+        """A secret from ``<what>_file`` (0600), ``<what>_env`` or ``<what>_credential``
+        (a systemd credential), or with ``inline`` from ``<what>`` itself; None when
+        none is set.  At most one of them may be set."""
+        value = self.optional_str(what) if inline else None
+        file_key, env_key, credential_key = f"{what}_file", f"{what}_env", f"{what}_credential"
+        file = self.path(file_key) if self.optional_str(file_key) is not None else None
+        env = self.optional_str(env_key)
+        credential = self.optional_str(credential_key)
+        given = [
+            key
+            for key, v in ((what, value), (file_key, file), (env_key, env),
+                           (credential_key, credential))
+            if v is not None
+        ]  # fmt: skip
+        if len(given) > 1:
+            raise self.error(given[1], f"set only one of {', '.join(given)}")
+        if value is not None or not given:
+            return value
+        return read_secret(
+            f"sink {self.config.name!r}", what, file=file, env=env, credential=credential
+        )
 
     def finish(self) -> None:
         """Reject every option no getter asked for."""
