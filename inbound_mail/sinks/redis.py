@@ -357,4 +357,3 @@ def _bounded(opts: SinkOptions, name: str, default: float, low: float, high: flo
             name, f"expected a duration from {format_duration(low)} to {format_duration(high)}"
         )
     return seconds
-
