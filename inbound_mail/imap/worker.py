@@ -11,6 +11,13 @@ A silently dead connection is found by the IDLE deadline: after
 with DONE, which must be answered within the socket's read timeout, re-SELECTs
 and searches; a dead socket fails there and the worker reconnects.  TCP
 keepalive on the socket is a second line of defence.
+
+Mail that reaches the folder while a pass runs is announced in reply to the
+pass's own commands, not in IDLE: when a pass says so (``SyncResult.arrived``)
+the worker passes again before it re-enters IDLE, so a burst of SMS never
+waits for a later event.  An ``after`` action the server refuses leaves its
+acks owed (shown in :class:`AccountHealth`) and is retried when its backoff
+is over: the worker wakes from IDLE for it.
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ from ..logs import log_event
 from ..parse import ParseOptions
 from ..secrets import read_password
 from ..store import IngestResult, Router, Store
+from .acks import ACK_RETRY_BASE, AckRetries
 from .connection import connect
 from .sync import FetchFailures, FolderSync, SyncOptions, SyncResult
 
@@ -60,6 +68,12 @@ class AccountHealth:
     last_error: str | None = None
     reconnects: int = 0
     idle_refreshes: int = 0
+    acks_owed: int = 0
+    """Acknowledgements owed because the server refused the ``after`` action."""
+    ack_error: str | None = None
+    """Why: the folder, the action and the server's answer."""
+    ack_failures: int = 0
+    """Refused acknowledgement attempts since start (a counter)."""
     last_tick: float = field(default_factory=time.monotonic)
 
     def tick(self) -> None:
@@ -105,6 +119,7 @@ class AccountWorker:
         self.health = AccountHealth()
         self.sync_requested = threading.Event()
         self.fetch_failures: FetchFailures = {}
+        self.ack_retries = AckRetries(lambda attempt: backoff_delay(attempt, base=ACK_RETRY_BASE))
         self._attempt = 0
 
     def request_sync(self) -> None:
@@ -187,6 +202,7 @@ class AccountWorker:
                     on_found=on_found,
                     should_stop=self.stop.is_set,
                     fetch_failures=self.fetch_failures,
+                    ack_retries=self.ack_retries,
                 )
                 self.health.connected = True
                 self._set_state("connected")
@@ -212,6 +228,9 @@ class AccountWorker:
                 if reason == "news":
                     self._sync(syncer, self.account.folders[0])
                     continue
+                if reason == "acks":
+                    self._sync_all(syncer, clear_request=False)
+                    continue
             else:
                 self._set_state("polling")
                 while not self.stop.is_set() and not self.sync_requested.wait(1.0):
@@ -219,16 +238,35 @@ class AccountWorker:
             if not self.stop.is_set():
                 self._sync_all(syncer)
 
-    def _sync_all(self, syncer: FolderSync) -> None:
-        self.sync_requested.clear()
+    def _sync_all(self, syncer: FolderSync, *, clear_request: bool = True) -> None:
+        if clear_request:
+            self.sync_requested.clear()
         # The IDLE folder goes last, so it is the one left selected.
         for folder in reversed(self.account.folders):
             self._sync(syncer, folder)
 
     def _sync(self, syncer: FolderSync, folder: str) -> None:
-        syncer.sync(folder)
-        self.health.last_sync_at = time.time()
-        self.health.tick()
+        """Pass over ``folder`` until no mail arrived during the last pass."""
+        while True:
+            result = syncer.sync(folder)
+            self.health.last_sync_at = time.time()
+            self._show_acks()
+            self.health.tick()
+            if not result.arrived or self.stop.is_set():
+                return
+
+    def _show_acks(self) -> None:
+        """Copy the refused acknowledgements into the health that status and metrics read."""
+        failing = self.ack_retries.failing
+        self.health.ack_failures = self.ack_retries.failures_total
+        self.health.acks_owed = sum(failure.owed for failure in failing)
+        self.health.ack_error = (
+            "; ".join(
+                f"{failure.folder}: {failure.action} refused ({failure.answer})"
+                for failure in failing
+            )
+            or None
+        )
 
     def _idle(self, client: IMAPClient) -> str:
         """IDLE until news, a refresh, a resync request, silence past the deadline, or stop."""
@@ -240,6 +278,8 @@ class AccountWorker:
             now = time.monotonic()
             if self.sync_requested.is_set():
                 reason = "resync"
+            elif self.ack_retries.any_due():
+                reason = "acks"  # a refused `after` is due for another try
             elif now - started >= self.account.idle_refresh:
                 reason = "refresh"
                 self.health.idle_refreshes += 1
