@@ -2,8 +2,10 @@
 
 The config has already been validated by loading it.  Then, for each account:
 the password, DNS, TCP, TLS (the certificate's subject and expiry), the login,
-the server's IDLE / MOVE / UIDPLUS capabilities, the folders, and how many
-provider emails wait above the checkpoint.  For each sink: its options, then
+the server's IDLE / MOVE / UIDPLUS capabilities, the folders (each configured
+name shown with the server's name for it, resolved through NAMESPACE), the
+``after = "move:..."`` target (created when missing; FAIL when the server
+refuses), and how many provider emails wait above the checkpoint.  For each sink: its options, then
 whether it can be reached -- a webhook's host over TCP (and TLS for https), a
 jsonl file's directory, a command's program -- without sending anything unless
 ``send_test`` is set.
@@ -15,6 +17,7 @@ live in :mod:`inbound_mail._check_sinks`.
 
 from __future__ import annotations
 
+import imaplib
 import socket
 import ssl
 import time
@@ -27,7 +30,9 @@ from imapclient import IMAPClient
 
 from .config import AccountConfig, Config
 from .errors import ImapTlsError, InboundMailError
+from .imap.acks import server_text
 from .imap.connection import capabilities, connect, tls_context
+from .imap.namespace import folder_names
 from .imap.worker import imap_errors
 from .secrets import read_password
 from .store import Store
@@ -264,24 +269,50 @@ def _capability_lines(
 def _folder_lines(
     client: IMAPClient, account: AccountConfig, config: Config, line: LineMaker
 ) -> Iterator[CheckLine]:
+    names = folder_names(client)
+    if names.prefix:
+        yield line(
+            "ok",
+            "namespace",
+            f"personal folders are under {names.prefix!r} (separator {names.separator!r}): "
+            "configured names are resolved under it",
+        )
     for folder in account.folders:
-        if not client.folder_exists(folder):
+        shown = names.describe(folder)
+        if not client.folder_exists(names.resolve(folder)):
             yield line(
                 "FAIL",
                 "folders",
-                f"{folder!r} does not exist: create it, or fix {account.key('folders')}",
+                f"{shown} does not exist: create it, or fix {account.key('folders')}",
             )
             continue
-        waiting = _waiting(client, account, config, folder)
-        yield line("ok", "folders", f"{folder!r}: {waiting} provider emails wait to be read")
+        waiting = _waiting(client, account, config, names.resolve(folder))
+        yield line("ok", "folders", f"{shown}: {waiting} provider emails wait to be read")
     if account.after.startswith("move:"):
-        target = account.after.removeprefix("move:")
-        if not client.folder_exists(target):
-            yield line(
-                "warn",
-                "folders",
-                f"{target!r} (after = move) does not exist yet: it is created on the first move",
-            )
+        yield _after_target_line(client, account, names.resolve, line)
+
+
+def _after_target_line(
+    client: IMAPClient, account: AccountConfig, resolve: Callable[[str], str], line: LineMaker
+) -> CheckLine:
+    """The ``move:`` target exists, or is created now as the first move would; else FAIL."""
+    name = account.after.removeprefix("move:")
+    target = resolve(name)
+    shown = repr(name) if target == name else f"{name!r} -> {target!r}"
+    if client.folder_exists(target):
+        return line("ok", "after", f"move to {shown}: the folder exists")
+    try:
+        client.create_folder(target)
+    except imaplib.IMAP4.abort:
+        raise
+    except imaplib.IMAP4.error as exc:
+        return line(
+            "FAIL",
+            "after",
+            f"move to {shown}: the folder does not exist and the server refuses to create "
+            f"it ({server_text(exc)}): create it, or fix {account.key('after')}",
+        )
+    return line("ok", "after", f"move to {shown}: the folder did not exist, created it")
 
 
 def _waiting(client: IMAPClient, account: AccountConfig, config: Config, folder: str) -> int:

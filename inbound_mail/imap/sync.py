@@ -45,7 +45,7 @@ import imaplib
 import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date
 from email.parser import BytesHeaderParser
 from email.policy import compat32
@@ -208,7 +208,13 @@ class FolderSync:
                 reason="UIDVALIDITY changed",
             )
             self.store.clear_acks(stale)
-        current = [ack for ack in owed if ack.uidvalidity == uidvalidity]
+        # The `after` in force decides, not the one at commit time: fixing the
+        # config after a refusal (say, a move target) settles what is owed.
+        current = [
+            ack if ack.action == self.account.after else replace(ack, action=self.account.after)
+            for ack in owed
+            if ack.uidvalidity == uidvalidity
+        ]
         if not current:
             self.ack_retries.forget(folder)
         return self._ack(folder, current)
