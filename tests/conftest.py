@@ -2,6 +2,10 @@
 
 - ``dovecot``: one private Dovecot for the whole session.  Do not stop or kill it;
   use ``fresh_dovecot`` for that.
+- ``cyrus_debian``, ``cyrus_upstream``: one private Cyrus IMAP for the session in each
+  namespace layout (``INBOX.Sub`` and ``Sub``); likewise never stopped by a test.
+- ``imap_server``: the server of ``mailbox``: the shared Dovecot, or each of the three
+  for a test marked ``@ON_EVERY_SERVER`` (``helpers.py``): the IMAP contract tests.
 - ``mailbox``: a new user on that server for one test (isolation without a restart).
 - ``fresh_dovecot``: a factory of servers owned by one test (stopped after it), for
   tests that kill, restart or reconfigure the server.
@@ -17,8 +21,16 @@ from typing import Any
 
 import pytest
 
+from inbound_mail.testing.cyrus import CyrusServer
 from inbound_mail.testing.dovecot import DovecotFactory, DovecotServer
-from inbound_mail.testing.mailbox import Mailbox
+from inbound_mail.testing.mailbox import Mailbox, MailServer
+
+# The ids of ``imap_server``'s parameters, and the session fixture of each.
+_SERVER_FIXTURES = {
+    "dovecot": "dovecot",
+    "cyrus-debian": "cyrus_debian",
+    "cyrus-upstream": "cyrus_upstream",
+}
 
 
 @pytest.fixture(scope="session")
@@ -28,12 +40,35 @@ def dovecot(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DovecotServer]
         yield server
 
 
+@pytest.fixture(scope="session")
+def cyrus_debian(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CyrusServer]:
+    """The session's Cyrus in Debian's layout: folders are ``INBOX.Sub``."""
+    with CyrusServer(tmp_path_factory.mktemp("cyrus-debian"), layout="debian") as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def cyrus_upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CyrusServer]:
+    """The session's Cyrus in upstream's layout: folders are ``Sub``, beside INBOX."""
+    with CyrusServer(tmp_path_factory.mktemp("cyrus-upstream"), layout="upstream") as server:
+        yield server
+
+
 @pytest.fixture
-def mailbox(dovecot: DovecotServer, request: pytest.FixtureRequest) -> Mailbox:
+def imap_server(request: pytest.FixtureRequest) -> MailServer:
+    """The shared server ``mailbox`` lives on: Dovecot unless parametrized (indirectly)
+    with ``"cyrus-debian"`` or ``"cyrus-upstream"``."""
+    name = getattr(request, "param", "dovecot")
+    server: MailServer = request.getfixturevalue(_SERVER_FIXTURES[name])
+    return server
+
+
+@pytest.fixture
+def mailbox(imap_server: MailServer, request: pytest.FixtureRequest) -> Mailbox:
     """A user of its own on the shared server, named after the test for readable logs."""
-    dovecot.start()  # a no-op, unless an earlier test broke the rule and stopped it
+    imap_server.start()  # a no-op, unless an earlier test broke the rule and stopped it
     prefix = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower()).strip("-")[:40]
-    return dovecot.new_mailbox(prefix or "user")
+    return imap_server.new_mailbox(prefix or "user")
 
 
 @pytest.fixture

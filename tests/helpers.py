@@ -14,15 +14,21 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from inbound_mail.config import AccountConfig, load_config
 from inbound_mail.service import Daemon
 from inbound_mail.testing.toml import toml_value
 from inbound_mail.testing.wait import wait_until
 
 __all__ = [
+    "NEEDS_NAMESPACE",
+    "ON_EVERY_SERVER",
+    "SERVERS",
     "DaemonProcess",
     "count",
     "in_process_daemon",
+    "on_every_server",
     "rows",
     "toml_value",
     "wait_until",
@@ -30,6 +36,28 @@ __all__ = [
 ]
 
 _SKIP = {"file", "index"}
+
+SERVERS = ("dovecot", "cyrus-debian", "cyrus-upstream")
+"""The real IMAP servers of the suite (``imap_server`` in conftest.py)."""
+
+
+def on_every_server(xfail: Mapping[str, str] | None = None) -> pytest.MarkDecorator:
+    """Run a test of the IMAP contract with its ``mailbox`` (and ``imap_server``) on each
+    server; ``xfail`` maps a server to the product defect (reason) that fails it there."""
+    xfail = xfail or {}
+    params = [
+        pytest.param(name, marks=pytest.mark.xfail(strict=True, reason=xfail[name]))
+        if name in xfail
+        else name
+        for name in SERVERS
+    ]
+    return pytest.mark.parametrize("imap_server", params, indirect=True)
+
+
+ON_EVERY_SERVER = on_every_server()
+"""A test of the IMAP contract: its ``mailbox`` (and ``imap_server``) is on each server."""
+NEEDS_NAMESPACE = "needs NAMESPACE resolution (imapcore)"
+"""Why ``after = "move:Processed"`` fails on Debian's Cyrus: CREATE Processed is refused."""
 
 
 def _account_lines(account: AccountConfig) -> list[str]:

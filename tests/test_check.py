@@ -1,4 +1,7 @@
-"""``inbound-mail check``: every step against real servers, one actionable line per problem."""
+"""``inbound-mail check``: every step against real servers, one actionable line per problem.
+
+The account steps (``@ON_EVERY_SERVER``) run against Dovecot and Cyrus in both layouts.
+"""
 
 from __future__ import annotations
 
@@ -13,12 +16,11 @@ from click.testing import CliRunner, Result
 from inbound_mail.cli import cli
 from inbound_mail.testing._process import free_ports
 from inbound_mail.testing.certs import make_certificates
-from inbound_mail.testing.dovecot import DovecotServer
 from inbound_mail.testing.emails import build_provider_email
-from inbound_mail.testing.mailbox import Mailbox
+from inbound_mail.testing.mailbox import Mailbox, MailServer
 from inbound_mail.testing.webhook_receiver import WebhookReceiver
 
-from helpers import write_config
+from helpers import NEEDS_NAMESPACE, ON_EVERY_SERVER, on_every_server, write_config
 
 
 def check(config: Path, *args: str) -> Result:
@@ -29,6 +31,7 @@ def lines_about(result: Result, subject: str) -> list[str]:
     return [line for line in result.stdout.splitlines() if f" {subject} " in line]
 
 
+@ON_EVERY_SERVER
 def test_a_working_setup_passes_every_step_and_sends_nothing(
     mailbox: Mailbox, tmp_path: Path
 ) -> None:
@@ -71,8 +74,9 @@ def test_a_working_setup_passes_every_step_and_sends_nothing(
     assert "onpath reachable: true is /" in result.stdout
 
 
+@ON_EVERY_SERVER
 def test_each_problem_is_one_failing_line_that_says_what_to_fix(
-    mailbox: Mailbox, dovecot: DovecotServer, tmp_path: Path
+    mailbox: Mailbox, imap_server: MailServer, tmp_path: Path
 ) -> None:
     wrong = tmp_path / "wrong"
     wrong.write_text("not-the-password")
@@ -84,7 +88,9 @@ def test_each_problem_is_one_failing_line_that_says_what_to_fix(
         mailbox.account(name="tcp", port=closed),
         mailbox.account(name="trust", ca_file=None),
         mailbox.account(name="dns", host="imap.does-not-exist.invalid"),
-        mailbox.account(name="plain", tls="starttls", port=dovecot.imaps_port, connect_timeout=3.0),
+        mailbox.account(
+            name="plain", tls="starttls", port=imap_server.imaps_port, connect_timeout=3.0
+        ),
     ]
     sinks: list[dict[str, Any]] = [
         {"name": "hook", "type": "webhook", "url": f"http://127.0.0.1:{closed}/x"},
@@ -118,6 +124,16 @@ def test_each_problem_is_one_failing_line_that_says_what_to_fix(
     assert "ok   account folder folders: 'INBOX'" in result.stdout, (
         "the good folder is still checked"
     )
+
+
+@on_every_server(xfail={"cyrus-debian": NEEDS_NAMESPACE})
+def test_the_move_target_is_named_as_the_server_names_it(mailbox: Mailbox, tmp_path: Path) -> None:
+    account = mailbox.account(after="move:Processed")
+    config = write_config(tmp_path / "c.toml", [account], db=tmp_path / "s.db")
+    result = check(config)
+    assert result.exit_code == 0, result.stdout
+    # INBOX.Processed on Debian's Cyrus, where a folder beside INBOX cannot be created.
+    assert mailbox.folder("Processed") in result.stdout, result.stdout
 
 
 def test_send_test_delivers_one_test_sms_to_each_sink(tmp_path: Path) -> None:
