@@ -270,23 +270,23 @@ def _folder_lines(
     client: IMAPClient, account: AccountConfig, config: Config, line: LineMaker
 ) -> Iterator[CheckLine]:
     names = folder_names(client)
-    if names.prefix:
-        yield line(
-            "ok",
-            "namespace",
-            f"personal folders are under {names.prefix!r} (separator {names.separator!r}): "
-            "configured names are resolved under it",
-        )
     for folder in account.folders:
-        shown = names.describe(folder)
-        if not client.folder_exists(names.resolve(folder)):
+        resolved = names.resolve(folder)
+        if not client.folder_exists(resolved):
+            named = (
+                ""
+                if resolved == folder
+                else f" (the server's name for it: {resolved!r}, its personal folders "
+                f"being under {names.prefix!r})"
+            )
             yield line(
                 "FAIL",
                 "folders",
-                f"{shown} does not exist: create it, or fix {account.key('folders')}",
+                f"{folder!r} does not exist: create it, or fix {account.key('folders')}{named}",
             )
             continue
-        waiting = _waiting(client, account, config, names.resolve(folder))
+        waiting = _waiting(client, account, config, resolved)
+        shown = names.describe(folder)
         yield line("ok", "folders", f"{shown}: {waiting} provider emails wait to be read")
     if account.after.startswith("move:"):
         yield _after_target_line(client, account, names.resolve, line)

@@ -28,7 +28,7 @@ from inbound_mail.testing.dovecot import DovecotFactory, DovecotServer
 from inbound_mail.testing.emails import build_provider_email
 from inbound_mail.testing.mailbox import Mailbox
 
-from helpers import count, in_process_daemon, rows, wait_until, write_config
+from helpers import ON_EVERY_SERVER, count, in_process_daemon, rows, wait_until, write_config
 
 # Courier's and Debian Cyrus's layout: every personal folder lives under "INBOX.".
 INBOX_PREFIX = """
@@ -39,6 +39,10 @@ namespace inbox {
 }
 """
 FAST = {"idle_deadline": 5.0, "connect_timeout": 5.0}
+# A folder name every server of the suite refuses to create (Dovecot: "Mailbox
+# name too long", Cyrus: "Invalid mailbox name"), as Debian's Cyrus refused
+# "Processed" before names were resolved through NAMESPACE.
+REFUSED = "R" * 600
 
 
 def sms(n: int) -> bytes:
@@ -102,14 +106,13 @@ def test_the_servers_answer_is_text_not_a_bytes_literal() -> None:
 
 
 # -- a refused `after` never blocks new mail ---------------------------------------------
+@ON_EVERY_SERVER
 def test_a_refused_move_never_blocks_new_mail_and_is_retried_with_backoff(
     mailbox: Mailbox, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="inbound_mail")
     db = tmp_path / "sms.db"
-    # Dovecot refuses to create a name that begins with "~", as Debian's Cyrus
-    # refuses "Processed" outside INBOX.
-    account = mailbox.account(after="move:~Refused", **FAST)
+    account = mailbox.account(after=f"move:{REFUSED}", **FAST)
     extra = '[metrics]\nlisten = "127.0.0.1:0"\n'
     config = write_config(tmp_path / "c.toml", [account], db=db, extra=extra)
     mailbox.append(sms(0))
@@ -134,15 +137,15 @@ def test_a_refused_move_never_blocks_new_mail_and_is_retried_with_backoff(
         refusals = [r for r in caplog.records if r.getMessage() == "imap.ack_refused"]
         fields = refusals[0].inbound_mail_fields  # type: ignore[attr-defined]
         assert fields["folder"] == "INBOX"
-        assert fields["action"] == "move to '~Refused'"
-        assert "Begins with '~'" in fields["answer"] and "b'" not in fields["answer"]
+        assert fields["action"] == f"move to {mailbox.folder(REFUSED)!r}"
+        assert "create failed" in fields["answer"] and "b'" not in fields["answer"]
         assert "accounts[0].after" in fields["fix"]
 
         report = wait_until(lambda: (r := collect_status(load_config(config))).problems and r, 10)
         (problem,) = [p for p in report.problems if "acknowledgements owed" in p.message]
         assert problem.level == "WARNING" and report.exit_code == 1
-        assert "acknowledgements owed: 6 (INBOX: move to '~Refused' refused" in problem.message
-        assert "Begins with '~'" in problem.message and "accounts[0].after" in problem.message
+        assert "acknowledgements owed: 6 (INBOX: move to " in problem.message
+        assert "create failed" in problem.message and "accounts[0].after" in problem.message
 
         assert daemon.metrics is not None and daemon.metrics.address is not None
         text = httpx.get(f"http://127.0.0.1:{daemon.metrics.address[1]}/metrics").text
@@ -173,7 +176,7 @@ def test_a_refused_move_never_blocks_new_mail_and_is_retried_with_backoff(
             ),
             15,
         )
-    assert mailbox.message_count("Done") == 6
+    assert mailbox.message_count(mailbox.folder("Done")) == 6
 
 
 def _fields(account: AccountConfig) -> dict[str, object]:
@@ -230,7 +233,6 @@ def test_check_shows_each_resolved_name_and_creates_the_move_target(
     config = write_config(tmp_path / "c.toml", [account], db=tmp_path / "sms.db")
     result = check(config)
     assert result.exit_code == 0, result.stdout
-    assert "personal folders are under 'INBOX.'" in result.stdout
     assert "ok   account " in result.stdout
     assert "folders: 'INBOX': 0 provider emails" in result.stdout
     assert "folders: 'Sub' -> 'INBOX.Sub': 0 provider emails" in result.stdout
@@ -243,14 +245,29 @@ def test_check_shows_each_resolved_name_and_creates_the_move_target(
     assert "move to 'Processed' -> 'INBOX.Processed': the folder exists" in again.stdout
 
 
-def test_check_fails_when_the_move_target_cannot_be_created(
-    mailbox: Mailbox, tmp_path: Path
+def test_check_names_a_missing_folder_as_the_server_would(
+    prefixed: DovecotServer, tmp_path: Path
 ) -> None:
-    account = mailbox.account(after="move:~Refused")
+    mailbox = prefixed.new_mailbox("missing")
+    account = mailbox.account(folders=["INBOX", "Nope"])
     config = write_config(tmp_path / "c.toml", [account], db=tmp_path / "sms.db")
     result = check(config)
     assert result.exit_code == 1, result.stdout
     (fail,) = [line for line in result.stdout.splitlines() if line.startswith("FAIL")]
-    assert "after: move to '~Refused': the folder does not exist and the server refuses" in fail
-    assert "Begins with '~'" in fail and "b'" not in fail
+    assert "'Nope' does not exist: create it, or fix accounts[0].folders" in fail
+    assert "the server's name for it: 'INBOX.Nope'" in fail and "under 'INBOX.'" in fail
+
+
+@ON_EVERY_SERVER
+def test_check_fails_when_the_move_target_cannot_be_created(
+    mailbox: Mailbox, tmp_path: Path
+) -> None:
+    account = mailbox.account(after=f"move:{REFUSED}")
+    config = write_config(tmp_path / "c.toml", [account], db=tmp_path / "sms.db")
+    result = check(config)
+    assert result.exit_code == 1, result.stdout
+    (fail,) = [line for line in result.stdout.splitlines() if line.startswith("FAIL")]
+    assert "the folder does not exist and the server refuses to create it" in fail
+    assert f"after: move to {REFUSED!r}" in fail and repr(mailbox.folder(REFUSED)) in fail
+    assert "create failed" in fail and "b'" not in fail
     assert "accounts[0].after" in fail

@@ -18,7 +18,7 @@ from inbound_mail.store import IngestResult
 from inbound_mail.testing.emails import build_provider_email
 from inbound_mail.testing.mailbox import Mailbox
 
-from helpers import count, in_process_daemon, wait_until, write_config
+from helpers import ON_EVERY_SERVER, count, in_process_daemon, wait_until, write_config
 
 BURST = 50
 
@@ -27,6 +27,7 @@ def sms(n: int) -> bytes:
     return build_provider_email(f"+39347{n:07d}", "+393331234333", "20240501120000", f"burst {n}")
 
 
+@ON_EVERY_SERVER
 @pytest.mark.parametrize("after", ["seen", "move:Processed", "none"])
 def test_back_to_back_burst_every_email_stored_within_two_seconds(
     mailbox: Mailbox, tmp_path: Path, after: str
