@@ -25,11 +25,8 @@ The order is what makes the feed lossless and duplicate-free:
    an untagged ``EXISTS`` (or ``RECENT``) in reply to whatever command was
    running, and never repeated.  :attr:`SyncResult.arrived` says so, and the
    worker passes again before it re-enters IDLE.  Reading those responses
-   costs nothing: imaplib keeps them anyway.  A server reports mail only in
-   reply to a command (Dovecot's IDLE does not report mail that came before
-   it), so a daemon pass whose last commit was not followed by an ``after``
-   command (``after = "none"``, only rejects or other senders' mail, a retry
-   not due) ends with a NOOP: one round trip, after the SMS is stored.
+   costs nothing: imaplib keeps them anyway.  (Mail that comes after the
+   pass's last command is the worker's to catch: see its NOOP before IDLE.)
 
 A FETCH that fails marks every UID it asked for.  Chunks holding a marked UID
 are then fetched one UID at a time, so one email the server cannot return
@@ -131,7 +128,6 @@ class FolderSync:
         # across the reconnects.
         self.ack_retries = AckRetries() if ack_retries is None else ack_retries
         self._names: FolderNames | None = None
-        self._silent_since_commit = False  # no command since the last commit
 
     @property
     def names(self) -> FolderNames:
@@ -155,10 +151,7 @@ class FolderSync:
         selected = self.client.select_folder(folder, readonly=readonly)
         result = SyncResult(folder=folder, uidvalidity=int(selected[b"UIDVALIDITY"]))
         arrivals = _Arrivals.after_select(self.client, selected)
-        self._silent_since_commit = False
         self._pass(folder, result, selected, options, readonly)
-        if self._silent_since_commit and options.move_checkpoint and not options.dry_run:
-            self.client.noop()  # let the server tell of mail that came during the commit
         result.arrived = arrivals.seen(self.client)
         return result
 
@@ -227,7 +220,6 @@ class FolderSync:
             self.ack_retries.deferred(folder, self._owed(folder))
             return 0
         try:
-            self._silent_since_commit = False
             apply_acks(self.client, folder, acks, self.resolve)
         except imaplib.IMAP4.abort:
             raise  # the connection is gone: the session ends, the acks stay owed
@@ -332,7 +324,6 @@ class FolderSync:
             else None
         )
         result = self.store.ingest(items, route=self.route, checkpoint=checkpoint, acks=acks)
-        self._silent_since_commit = True
         fault_point("after-commit")
         if self.on_batch:
             self.on_batch(folder, result)

@@ -15,9 +15,17 @@ keepalive on the socket is a second line of defence.
 Mail that reaches the folder while a pass runs is announced in reply to the
 pass's own commands, not in IDLE: when a pass says so (``SyncResult.arrived``)
 the worker passes again before it re-enters IDLE, so a burst of SMS never
-waits for a later event.  An ``after`` action the server refuses leaves its
-acks owed (shown in :class:`AccountHealth`) and is retried when its backoff
-is over: the worker wakes from IDLE for it.
+waits for a later event.  Mail that comes after the pass's last command is
+caught by a NOOP right before IDLE.  Dovecot's IDLE tells only of changes made
+after it started, so mail committed between that NOOP and the start of IDLE
+would wait for the next change: after a pass that found mail, the worker ends
+its IDLE once, :data:`CONFIRM_AFTER` seconds in (DONE is answered with what
+changed), and goes back to IDLE.  Two commands after each burst, none on the
+way of an SMS.
+
+An ``after`` action the server refuses leaves its acks owed (shown in
+:class:`AccountHealth`) and is retried when its backoff is over: the worker
+wakes from IDLE for it.
 """
 
 from __future__ import annotations
@@ -33,6 +41,7 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from imapclient import IMAPClient
 
@@ -51,6 +60,7 @@ __all__ = ["AccountHealth", "AccountWorker", "backoff_delay", "imap_errors"]
 
 _log = logging.getLogger("inbound_mail.imap")
 BACKOFF_CAP = 300.0
+CONFIRM_AFTER = 0.5
 
 
 def backoff_delay(attempt: int, *, base: float = 1.0, cap: float = BACKOFF_CAP) -> float:
@@ -222,12 +232,16 @@ class AccountWorker:
             )
         self._sync_all(syncer)
         self._attempt = 0  # connected and caught up: the next failure starts backoff afresh
+        confirm = False
         while not self.stop.is_set():
             if use_idle:
-                reason = self._idle(client)
+                reason = self._idle(client, confirm=confirm)
+                confirm = reason == "news"  # mail may come during the pass's tail
                 if reason == "news":
                     self._sync(syncer, self.account.folders[0])
                     continue
+                if reason == "confirm":
+                    continue  # nothing came before IDLE started: IDLE again
                 if reason == "acks":
                     self._sync_all(syncer, clear_request=False)
                     continue
@@ -268,15 +282,22 @@ class AccountWorker:
             or None
         )
 
-    def _idle(self, client: IMAPClient) -> str:
-        """IDLE until news, a refresh, a resync request, silence past the deadline, or stop."""
+    def _idle(self, client: IMAPClient, *, confirm: bool = False) -> str:
+        """IDLE until news, a refresh, a resync request, silence past the deadline, or stop;
+        with ``confirm``, end it :data:`CONFIRM_AFTER` seconds in, to hear of mail that
+        came just before IDLE started."""
         self._set_state("idle")
+        if _news(client.noop()[1]):  # mail since the last command: IDLE would not tell
+            return "news"
         client.idle()
         started = heard = time.monotonic()
+        confirm_at = started + CONFIRM_AFTER if confirm else None
         reason = "stop"
         while not self.stop.is_set():
             now = time.monotonic()
-            if self.sync_requested.is_set():
+            if confirm_at is not None and now >= confirm_at:
+                reason = "confirm"
+            elif self.sync_requested.is_set():
                 reason = "resync"
             elif self.ack_retries.any_due():
                 reason = "acks"  # a refused `after` is due for another try
@@ -286,31 +307,32 @@ class AccountWorker:
             elif now - heard >= self.account.idle_deadline:
                 reason = "probe"  # DONE below must be answered, or the connection is dead
             else:
-                reason = self._idle_wait(client)
+                wait = 1.0 if confirm_at is None else max(0.01, min(1.0, confirm_at - now))
+                reason = self._idle_wait(client, wait)
                 if reason == "heard":
                     heard = time.monotonic()
                 if reason in ("heard", "quiet"):
                     continue
             break
-        client.idle_done()
+        _text, responses = client.idle_done()
+        if reason != "stop" and _news(responses):
+            return "news"  # DONE is answered with what changed, IDLE's blind spot included
         return reason
 
-    def _idle_wait(self, client: IMAPClient) -> str:
+    def _idle_wait(self, client: IMAPClient, timeout: float) -> str:
         fault_stall("stall-idle")
         waited_from = time.monotonic()
-        responses = client.idle_check(timeout=1.0)
+        responses = client.idle_check(timeout=timeout)
         self.health.tick()
         if not responses:
             # A readable socket with nothing parsed is EOF: probe at once.
-            return "quiet" if time.monotonic() - waited_from >= 0.5 else "probe"
+            return "quiet" if time.monotonic() - waited_from >= timeout / 2 else "probe"
         for response in responses:
             if len(response) >= 2 and response[0] == b"BYE":
                 raise ImapConnectionError(
                     f"server said BYE: {response[1]!r}", account=self.account.name
                 )
-        if any(len(r) >= 2 and r[1] in (b"EXISTS", b"RECENT") for r in responses):
-            return "news"
-        return "heard"
+        return "news" if _news(responses) else "heard"
 
     def _batch_stored(self, folder: str, result: IngestResult) -> None:
         self.health.tick()  # a long catch-up pass is progress too, for the watchdog
@@ -347,6 +369,11 @@ class AccountWorker:
             log_event(_log, logging.INFO, "imap.state", account=self.account.name, state=state)
         self.health.state = state
         self.health.tick()
+
+
+def _news(responses: list[Any]) -> bool:
+    """Any ``* N EXISTS`` or ``* N RECENT`` among parsed untagged responses."""
+    return any(len(r) >= 2 and r[1] in (b"EXISTS", b"RECENT") for r in responses)
 
 
 def _logout(client: IMAPClient) -> None:
