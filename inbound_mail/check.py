@@ -32,7 +32,7 @@ from .config import AccountConfig, Config
 from .errors import ImapTlsError, InboundMailError
 from .imap.acks import server_text
 from .imap.connection import capabilities, connect, tls_context
-from .imap.namespace import folder_names
+from .imap.namespace import FolderNames, folder_names
 from .imap.worker import imap_errors
 from .secrets import read_password
 from .store import Store
@@ -289,16 +289,15 @@ def _folder_lines(
         shown = names.describe(folder)
         yield line("ok", "folders", f"{shown}: {waiting} provider emails wait to be read")
     if account.after.startswith("move:"):
-        yield _after_target_line(client, account, names.resolve, line)
+        yield _after_target_line(client, account, names, line)
 
 
 def _after_target_line(
-    client: IMAPClient, account: AccountConfig, resolve: Callable[[str], str], line: LineMaker
+    client: IMAPClient, account: AccountConfig, names: FolderNames, line: LineMaker
 ) -> CheckLine:
     """The ``move:`` target exists, or is created now as the first move would; else FAIL."""
     name = account.after.removeprefix("move:")
-    target = resolve(name)
-    shown = repr(name) if target == name else f"{name!r} -> {target!r}"
+    target, shown = names.resolve(name), names.describe(name)
     if client.folder_exists(target):
         return line("ok", "after", f"move to {shown}: the folder exists")
     try:
