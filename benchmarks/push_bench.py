@@ -67,19 +67,17 @@ def measure(kind: str, work: Path, count: int) -> dict[str, Any]:
             print(f"  {kind}: {case}, {count} APPENDs ...", flush=True)
             result = measure_push(server, user, case_dir, count=count, idle_window=0, gap=gap)
             results[case] = {
-                path: _summary(values, result.missed[kind_key])
-                for path, values, kind_key in (
-                    ("bare", result.raw_ms, "raw"),
-                    ("daemon", result.commit_ms, "commit"),
-                    ("sink", result.sink_ms, "sink"),
-                )
+                "bare": _summary(result.raw_ms, result.missed["raw"], strict=False),
+                "daemon": _summary(result.commit_ms, result.missed["commit"]),
+                "sink": _summary(result.sink_ms, result.missed["sink"]),
             }
     return results
 
 
-def _summary(values: list[float], missed: int) -> dict[str, Any]:
-    # A miss counts as the 10 s it was given, so that the percentiles cannot hide it.
-    counted = values + [MISSED_MS] * missed
+def _summary(values: list[float], missed: int, *, strict: bool = True) -> dict[str, Any]:
+    # The daemon's misses count as the 10 s they were given, so that its percentiles
+    # cannot hide them; the bare client's do not, so that its figures stay a yardstick.
+    counted = values + [MISSED_MS] * missed if strict else values
     return {
         "p50": percentile(counted, 0.5),
         "p99": percentile(counted, 0.99),
@@ -127,7 +125,8 @@ def render(figures: dict[str, Any], count: int) -> tuple[str, dict[str, Any]]:
         f"and case: {worst:+.0f} ms at worst -> " + ("met" if worst <= GOAL_P99_MS else "MISSED")
     )
     table.notes.append(
-        "missed: bare/daemon APPENDs not seen within 10 s; each counts as 10,000 ms above"
+        "missed: bare/daemon APPENDs not seen within 10 s; a daemon miss counts as "
+        "10,000 ms in its percentiles, a bare one is left out of the bare figures"
     )
     return table.render(), verdict
 
