@@ -2,13 +2,15 @@
 
 The config has already been validated by loading it.  Then, for each account:
 the password, DNS, TCP, TLS (the certificate's subject and expiry), the login,
-the server's IDLE / MOVE / UIDPLUS capabilities, the folders, and how many
-provider emails wait above the checkpoint, and what the latest provider emails
-would get from the authenticity check (DKIM with d=, Authentication-Results
-found and trusted or not, and whether ``require`` would accept them).  For each
-sink: its options, then whether it can be reached -- a webhook's host over TCP
-(and TLS for https), a jsonl file's directory, a command's program -- without
-sending anything unless ``send_test`` is set.
+the server's IDLE / MOVE / UIDPLUS capabilities, the folders (each configured
+name shown with the server's name for it, resolved through NAMESPACE), the
+``after = "move:..."`` target (created when missing; FAIL when the server
+refuses), how many provider emails wait above the checkpoint, and what the
+latest provider emails would get from the authenticity check (DKIM with d=,
+Authentication-Results found and trusted or not, and whether ``require`` would
+accept them).  For each sink: its options, then whether it can be reached -- a
+webhook's host over TCP (and TLS for https), a jsonl file's directory, a
+command's program -- without sending anything unless ``send_test`` is set.
 
 Each line is ``ok``, ``warn`` (worth knowing, not a failure) or ``FAIL``; a
 FAIL says what to fix, and makes the report's exit code 1.  The sink checks
@@ -17,6 +19,7 @@ live in :mod:`inbound_mail._check_sinks`.
 
 from __future__ import annotations
 
+import imaplib
 import socket
 import ssl
 import time
@@ -33,9 +36,11 @@ from .imap.connection import (
     capabilities,
     login,
     open_session,
+    server_text,
     tls_context,
     untrusted_certificate,
 )
+from .imap.namespace import FolderNames, folder_names
 from .imap.worker import imap_errors
 from .models import SmsRecord
 from .secrets import exposed_secrets_warning, read_password
@@ -288,26 +293,51 @@ def _capability_lines(
 def _folder_lines(
     client: IMAPClient, account: AccountConfig, config: Config, line: LineMaker
 ) -> Iterator[CheckLine]:
+    names = folder_names(client)
     for folder in account.folders:
-        if not client.folder_exists(folder):
+        resolved = names.resolve(folder)
+        if not client.folder_exists(resolved):
+            named = (
+                ""
+                if resolved == folder
+                else f" (the server's name for it: {resolved!r}, its personal folders "
+                f"being under {names.prefix!r})"
+            )
             yield line(
                 "FAIL",
                 "folders",
                 f"{folder!r} does not exist ({_existing_folders(client)}): create it, "
-                f"or fix {account.key('folders')}",
+                f"or fix {account.key('folders')}{named}",
             )
             continue
-        waiting = _waiting(client, account, config, folder)
-        yield line("ok", "folders", f"{folder!r}: {waiting} provider emails wait to be read")
-        yield from _trust_lines(client, account, config, folder, line)
+        waiting = _waiting(client, account, config, resolved)
+        shown = names.describe(folder)
+        yield line("ok", "folders", f"{shown}: {waiting} provider emails wait to be read")
+        yield from _trust_lines(client, account, config, resolved, line)
     if account.after.startswith("move:"):
-        target = account.after.removeprefix("move:")
-        if not client.folder_exists(target):
-            yield line(
-                "warn",
-                "folders",
-                f"{target!r} (after = move) does not exist yet: it is created on the first move",
-            )
+        yield _after_target_line(client, account, names, line)
+
+
+def _after_target_line(
+    client: IMAPClient, account: AccountConfig, names: FolderNames, line: LineMaker
+) -> CheckLine:
+    """The ``move:`` target exists, or is created now as the first move would; else FAIL."""
+    name = account.after.removeprefix("move:")
+    target, shown = names.resolve(name), names.describe(name)
+    if client.folder_exists(target):
+        return line("ok", "after", f"move to {shown}: the folder exists")
+    try:
+        client.create_folder(target)
+    except imaplib.IMAP4.abort:
+        raise
+    except imaplib.IMAP4.error as exc:
+        return line(
+            "FAIL",
+            "after",
+            f"move to {shown}: the folder does not exist and the server refuses to create "
+            f"it ({server_text(exc)}): create it, or fix {account.key('after')}",
+        )
+    return line("ok", "after", f"move to {shown}: the folder did not exist, created it")
 
 
 def _waiting(client: IMAPClient, account: AccountConfig, config: Config, folder: str) -> int:

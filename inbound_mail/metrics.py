@@ -13,6 +13,8 @@ Counted in the daemon as it works (reset by a restart, as Prometheus expects):
 ``inbound_mail_delivery_duration_seconds{sink}``    attempt durations (histogram)
 ``inbound_mail_reconnects_total{account}``          sessions that ended in an error
 ``inbound_mail_idle_refreshes_total{account}``      IDLE re-issued after ``idle_refresh``
+``inbound_mail_ack_failures_total{account}``        ``after`` actions the server refused
+``inbound_mail_acks_owed{account}``                 acknowledgements owed because of them
 ``inbound_mail_account_connected{account}``         1 while logged in
 ``inbound_mail_account_last_sync_timestamp_seconds{account}``
 
@@ -202,15 +204,16 @@ class _AccountCollector:
     def __init__(self, accounts: AccountsView) -> None:
         self._accounts = accounts
         self._lock = threading.Lock()
-        self._retired: dict[str, tuple[int, int]] = {}
+        self._retired: dict[str, tuple[int, int, int]] = {}
 
     def retire(self, workers: Iterable[tuple[str, AccountHealth]]) -> None:
         with self._lock:
             for name, health in workers:
-                reconnects, refreshes = self._retired.get(name, (0, 0))
+                reconnects, refreshes, ack_failures = self._retired.get(name, (0, 0, 0))
                 self._retired[name] = (
                     reconnects + health.reconnects,
                     refreshes + health.idle_refreshes,
+                    ack_failures + health.ack_failures,
                 )
 
     def describe(self) -> list[Metric]:
@@ -233,16 +236,28 @@ class _AccountCollector:
         refreshes = CounterMetricFamily(
             "inbound_mail_idle_refreshes", "IDLE re-issued after idle_refresh.", labels=["account"]
         )
+        ack_failures = CounterMetricFamily(
+            "inbound_mail_ack_failures",
+            "After actions (seen, move, delete) the server refused.",
+            labels=["account"],
+        )
+        acks_owed = GaugeMetricFamily(
+            "inbound_mail_acks_owed",
+            "Acknowledgements owed because the server refused the after action.",
+            labels=["account"],
+        )
         with self._lock:
             retired = dict(self._retired)
         for name, health in self._accounts():
-            old_reconnects, old_refreshes = retired.get(name, (0, 0))
+            old_reconnects, old_refreshes, old_ack_failures = retired.get(name, (0, 0, 0))
+            ack_failures.add_metric([name], old_ack_failures + health.ack_failures)
+            acks_owed.add_metric([name], health.acks_owed)
             connected.add_metric([name], 1.0 if health.connected else 0.0)
             if health.last_sync_at is not None:
                 last_sync.add_metric([name], health.last_sync_at)
             reconnects.add_metric([name], old_reconnects + health.reconnects)
             refreshes.add_metric([name], old_refreshes + health.idle_refreshes)
-        yield from (connected, last_sync, reconnects, refreshes)
+        yield from (connected, last_sync, reconnects, refreshes, ack_failures, acks_owed)
 
 
 class _DatabaseCollector:

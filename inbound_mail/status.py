@@ -136,6 +136,8 @@ def account_state(health: AccountHealth, *, stalled: bool) -> str:
             "last_error": health.last_error,
             "reconnects": health.reconnects,
             "idle_refreshes": health.idle_refreshes,
+            "acks_owed": health.acks_owed,
+            "ack_error": health.ack_error,
             "stalled": stalled,
         }
     )
@@ -372,6 +374,14 @@ def _judge_account(
         )
     elif not data.get("connected") and data.get("state") == "backoff":
         report.problem("WARNING", subject, f"disconnected, retrying: {data.get('last_error')}")
+    if data.get("ack_error"):
+        # New mail still flows; the mailbox keeps what `after` should have moved/marked.
+        report.problem(
+            "WARNING",
+            subject,
+            f"acknowledgements owed: {data.get('acks_owed', 0)} ({data['ack_error']}); "
+            f"retried with backoff: fix the server or {account.key('after')}",
+        )
     limit = _sync_limit(account)
     last_sync = _float(data.get("last_sync_at"))
     if last_sync is None and data.get("state") not in ("starting", "connecting", "connected"):

@@ -22,7 +22,6 @@ from inbound_mail.testing.toml import toml_value
 from inbound_mail.testing.wait import wait_until
 
 __all__ = [
-    "NEEDS_NAMESPACE",
     "ON_EVERY_SERVER",
     "SERVERS",
     "UNCHECKED_PARSE",
@@ -72,8 +71,6 @@ def on_every_server(xfail: Mapping[str, str] | None = None) -> pytest.MarkDecora
 
 ON_EVERY_SERVER = on_every_server()
 """A test of the IMAP contract: its ``mailbox`` (and ``imap_server``) is on each server."""
-NEEDS_NAMESPACE = "needs NAMESPACE resolution (imapcore)"
-"""Why ``after = "move:Processed"`` fails on Debian's Cyrus: CREATE Processed is refused."""
 
 
 def _account_lines(account: AccountConfig) -> list[str]:

@@ -20,7 +20,7 @@ from inbound_mail.testing.emails import build_provider_email
 from inbound_mail.testing.mailbox import Mailbox, MailServer
 from inbound_mail.testing.webhook_receiver import WebhookReceiver
 
-from helpers import NEEDS_NAMESPACE, ON_EVERY_SERVER, on_every_server, write_config
+from helpers import ON_EVERY_SERVER, write_config
 
 
 def check(config: Path, *args: str) -> Result:
@@ -140,7 +140,7 @@ def test_each_problem_is_one_failing_line_that_says_what_to_fix(
     )
 
 
-@on_every_server(xfail={"cyrus-debian": NEEDS_NAMESPACE})
+@ON_EVERY_SERVER
 def test_the_move_target_is_named_as_the_server_names_it(mailbox: Mailbox, tmp_path: Path) -> None:
     account = mailbox.account(after="move:Processed")
     config = write_config(tmp_path / "c.toml", [account], db=tmp_path / "s.db")

@@ -206,6 +206,15 @@ def test_tcp_keepalive_is_on(mailbox: Mailbox, closing: list[IMAPClient]) -> Non
         assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT) == 3
 
 
+def test_tcp_nodelay_is_on(mailbox: Mailbox, closing: list[IMAPClient]) -> None:
+    # imapclient sends a command and its CRLF in two writes: with Nagle on, the
+    # CRLF waits for the server's delayed ACK (~40 ms a command on Cyrus).
+    for tls in ("implicit", "starttls", "none"):
+        sock = _open(mailbox, closing, tls=tls).socket()
+
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0, tls
+
+
 def test_capability_helpers(
     mailbox: Mailbox, fresh_dovecot: DovecotFactory, closing: list[IMAPClient]
 ) -> None:
