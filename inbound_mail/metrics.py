@@ -233,16 +233,22 @@ class _AccountCollector:
         refreshes = CounterMetricFamily(
             "inbound_mail_idle_refreshes", "IDLE re-issued after idle_refresh.", labels=["account"]
         )
+        expired = GaugeMetricFamily(
+            "inbound_mail_account_authorization_expired",
+            "1 while the account's OAuth2 grant is refused: run `inbound-mail auth NAME`.",
+            labels=["account"],
+        )
         with self._lock:
             retired = dict(self._retired)
         for name, health in self._accounts():
             old_reconnects, old_refreshes = retired.get(name, (0, 0))
+            expired.add_metric([name], 1.0 if health.state == "authorization_expired" else 0.0)
             connected.add_metric([name], 1.0 if health.connected else 0.0)
             if health.last_sync_at is not None:
                 last_sync.add_metric([name], health.last_sync_at)
             reconnects.add_metric([name], old_reconnects + health.reconnects)
             refreshes.add_metric([name], old_refreshes + health.idle_refreshes)
-        yield from (connected, last_sync, reconnects, refreshes)
+        yield from (connected, last_sync, reconnects, refreshes, expired)
 
 
 class _DatabaseCollector:

@@ -468,8 +468,7 @@ def _device_flow(
     url = oauth.device_authorization_url
     if not url:
         raise OAuthError(
-            "no device_authorization_url for this account: use the loopback flow "
-            "(--flow loopback)",
+            "no device_authorization_url for this account: use the loopback flow (--flow loopback)",
             account=account.name,
         )
     form = {"client_id": oauth.client_id, "scope": " ".join(oauth.scope)}
@@ -555,7 +554,9 @@ def _loopback_flow(
     try:
         redirect_uri = f"http://127.0.0.1:{listener.port}/"
         verifier = generate_token(64)
-        extra = {"access_type": "offline", "prompt": "consent"} if oauth.provider == "google" else {}
+        extra = (
+            {"access_type": "offline", "prompt": "consent"} if oauth.provider == "google" else {}
+        )
         with oauth_client(
             oauth, secret, redirect_uri=redirect_uri, code_challenge_method="S256"
         ) as client:
@@ -569,8 +570,7 @@ def _loopback_flow(
             params = parse_qs(urlsplit(answer).query)
             if params.get("state", [""])[0] != state:
                 raise OAuthError(
-                    "the browser came back with a wrong state (a forged redirect?): "
-                    "run auth again",
+                    "the browser came back with a wrong state (a forged redirect?): run auth again",
                     account=account.name,
                 )
             if "error" in params:

@@ -38,6 +38,7 @@ from ..errors import (
     ImapConnectionError,
     ImapError,
     InboundMailError,
+    OAuthError,
     StoreError,
 )
 from ..faults import fault_stall
@@ -180,8 +181,10 @@ class AccountWorker:
         self._attempt += 1
         self.health.reconnects += 1
         # `status` and the log line name the account already: not twice.
-        named = isinstance(exc, ImapError) and exc.account == self.account.name
-        self.health.last_error = exc.reason if isinstance(exc, ImapError) and named else str(exc)
+        named = isinstance(exc, ImapError | OAuthError) and exc.account == self.account.name
+        self.health.last_error = (
+            exc.reason if isinstance(exc, ImapError | OAuthError) and named else str(exc)
+        )
         if isinstance(exc, StoreError):
             self.health.storage_error = str(exc)
         level = logging.ERROR if isinstance(exc, InboundMailError) else logging.CRITICAL
