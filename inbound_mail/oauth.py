@@ -476,7 +476,7 @@ def _device_flow(
         form["client_secret"] = secret
     with oauth_client(oauth, secret) as client:
         try:
-            response = client.post(url, data=form, withhold_token=True)
+            response = client.request("POST", url, data=form, withhold_token=True)
             grant = response.json()
         except httpx.HTTPError as exc:
             raise OAuthError(f"cannot reach {url}: {exc}", account=account.name) from None
