@@ -35,7 +35,9 @@ import os
 import secrets
 import stat
 import threading
+import sys
 import time
+import warnings
 import webbrowser
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -331,7 +333,13 @@ def _stored_form(
 def oauth_client(oauth: OAuth2Config, secret: str | None, **kwargs: Any) -> Any:
     """An Authlib ``OAuth2Client`` (an httpx.Client) for ``oauth``: TLS verified, the
     config's timeout, the client secret in the form body when there is one."""
-    from authlib.integrations.httpx_client import OAuth2Client
+    import authlib.deprecate  # installs its "always" filter first, so ours below wins
+
+    with warnings.catch_warnings():
+        # Authlib 1.9 prefers the httpx2 package and warns when it falls back to httpx,
+        # which this project uses (and Authlib still supports): not the user's concern.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from authlib.integrations.httpx_client import OAuth2Client
 
     return OAuth2Client(
         client_id=oauth.client_id,
@@ -356,6 +364,7 @@ def fetch_token(
     names the endpoint and never holds a secret."""
     from authlib.integrations.base_client import OAuthError as AuthlibError
 
+    http = _http_module(client)
     where = f"token endpoint {oauth.token_url}"
     hidden = [s for s in [secret, *hide, *params.values()] if s and len(s) >= 8]
     try:
@@ -372,17 +381,17 @@ def fetch_token(
                 account=account.name,
             ) from None
         raise OAuthError(f"{where} refused: {_printable(said)}", account=account.name) from None
-    except httpx.TimeoutException:
+    except http.TimeoutException:
         raise OAuthError(
             f"{where} did not answer within {oauth.timeout:g} s", account=account.name
         ) from None
-    except httpx.HTTPStatusError as exc:
+    except http.HTTPStatusError as exc:
         raise OAuthError(
             f"{where} answered HTTP {exc.response.status_code} "
             f"({_content_type(exc.response)}): the provider is failing; retrying later",
             account=account.name,
         ) from None
-    except httpx.HTTPError as exc:
+    except http.HTTPError as exc:
         raise OAuthError(
             f"cannot reach {where}: {scrub(str(exc), hidden) or type(exc).__name__}",
             account=account.name,
@@ -398,7 +407,16 @@ def fetch_token(
     return dict(token)
 
 
-def _content_type(response: httpx.Response) -> str:
+def _http_module(client: Any) -> Any:
+    """The HTTP library under Authlib's client (httpx, or httpx2 when installed), whose
+    exception classes the token requests raise."""
+    for base in type(client).__mro__:
+        if base.__name__ == "Client" and base.__module__.startswith("httpx"):
+            return sys.modules[base.__module__.split(".")[0]]
+    return httpx
+
+
+def _content_type(response: Any) -> str:
     kind = response.headers.get("content-type", "no content type").split(";")[0].strip()
     return _printable(kind)[:60] or "no content type"
 
@@ -478,7 +496,7 @@ def _device_flow(
         try:
             response = client.request("POST", url, data=form, withhold_token=True)
             grant = response.json()
-        except httpx.HTTPError as exc:
+        except _http_module(client).HTTPError as exc:
             raise OAuthError(f"cannot reach {url}: {exc}", account=account.name) from None
         except ValueError:
             raise OAuthError(
