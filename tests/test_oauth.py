@@ -27,81 +27,8 @@ from inbound_mail.testing.dovecot import DovecotServer
 from inbound_mail.testing.emails import build_provider_email
 from inbound_mail.testing.oauth_server import OAuthServer
 
-from helpers import count, in_process_daemon, wait_until, write_config
-
-CLIENT_SECRET = "client-secret-" + "7" * 20
-
-
-def _email(n: int) -> bytes:
-    return build_provider_email("+393471112233", "+393331234333", f"2024050112{n:04d}", f"sms {n}")
-
-
-class Rig:
-    """One test's user, OAuth2 client and files."""
-
-    def __init__(self, auth: OAuthServer, server: DovecotServer, tmp: Path, name: str) -> None:
-        self.auth, self.server, self.tmp = auth, server, tmp
-        self.mailbox = server.new_mailbox(name)
-        self.user = self.mailbox.user
-        auth.user = self.user  # who signs in at the provider, as a person would
-        self.client_id = f"app-{uuid.uuid4().hex[:8]}"
-        self.db = tmp / "state" / "inbound-mail.db"
-        self.db.parent.mkdir()
-        self.secret_file = tmp / "client-secret"
-        self.secret_file.write_text(CLIENT_SECRET + "\n")
-        self.secret_file.chmod(0o600)
-
-    def account(self, *, flow: str = "refresh_token", **oauth: Any) -> AccountConfig:
-        options: dict[str, Any] = {
-            "provider": "custom",
-            "client_id": self.client_id,
-            "token_url": self.auth.token_url,
-            "authorization_url": f"{self.auth.url}/authorize",
-            "device_authorization_url": f"{self.auth.url}/device_authorization",
-            "scope": ("imap", "offline_access"),
-            "flow": flow,
-            "timeout": 2.0,
-            **oauth,
-        }
-        if flow == "client_credentials":
-            options.update(client_secret_file=self.secret_file, scope=("imap",))
-            self.auth.add_client(self.client_id, CLIENT_SECRET, scope="imap", app_user=self.user)
-        else:
-            self.auth.add_client(self.client_id, None)
-        return self.mailbox.account(
-            name="m365",
-            password_file=None,
-            auth="oauth2",
-            oauth2=OAuth2Config(**options),
-            idle_deadline=5.0,
-            connect_timeout=5.0,
-        )
-
-    def sign_in(self, account: AccountConfig) -> None:
-        """``inbound-mail auth`` by the device flow; the test approves like a person would."""
-        device_sign_in(account, self.db, self.auth)
-
-    def config(self, account: AccountConfig) -> Path:
-        return write_config(self.tmp / "config.toml", [account], db=self.db)
-
-
-def device_sign_in(account: AccountConfig, db: Path, auth: OAuthServer) -> None:
-    said: list[str] = []
-    done: list[object] = []
-    thread = threading.Thread(
-        target=lambda: done.append(authorize(account, db, flow="device", echo=said.append)),
-        daemon=True,
-    )
-    thread.start()
-    wait_until(lambda: said, 10, message="the device code printed")
-    match = re.search(r"open (\S+) in a browser and enter the code (\S+)", said[0])
-    assert match, said
-    # The person opens the page and approves the code.
-    answer = httpx.get(match.group(1), params={"user_code": match.group(2)})
-    assert answer.status_code == 200
-    thread.join(20)
-    assert done, "authorize() did not finish"
-
+from helpers import count, in_process_daemon, wait_until
+from oauth_helpers import CLIENT_SECRET, Rig, device_sign_in, sms_email
 
 @pytest.fixture
 def rig(
@@ -117,7 +44,7 @@ def rig(
 def test_login_sync_and_idle_push_with_each_mechanism(rig: Rig, sasl: str) -> None:
     account = rig.account(sasl=sasl)
     rig.sign_in(account)
-    rig.mailbox.append(_email(1))
+    rig.mailbox.append(sms_email(1))
     with in_process_daemon(rig.config(account)) as daemon:
         worker = daemon.account_workers[0]
         try:
@@ -126,7 +53,7 @@ def test_login_sync_and_idle_push_with_each_mechanism(rig: Rig, sasl: str) -> No
             raise AssertionError(worker.health.last_error) from None
         worker = daemon.account_workers[0]
         wait_until(lambda: worker.health.state == "idle", 20)
-        rig.mailbox.append(_email(2))  # pushed through IDLE
+        rig.mailbox.append(sms_email(2))  # pushed through IDLE
         wait_until(lambda: count(rig.db) == 2, 30, message="the IDLE push stored")
     log = rig.server.log_path.read_text()
     assert f"user=<{rig.user}>, method={sasl.upper()}" in log
@@ -144,17 +71,17 @@ def test_a_token_expiring_while_idle_is_refreshed_for_the_next_login(rig: Rig) -
     rig.auth.access_ttl = 3
     account = rig.account()
     rig.sign_in(account)
-    rig.mailbox.append(_email(1))
+    rig.mailbox.append(sms_email(1))
     with in_process_daemon(rig.config(account)) as daemon:
         worker = daemon.account_workers[0]
         wait_until(lambda: count(rig.db) == 1 and worker.health.state == "idle", 30)
         stored = TokenStore(token_store_path(rig.db, "m365"), "m365").load() or {}
         first = stored["access_token"]
         wait_until(lambda: time.time() > stored["expires_at"] + 0.5, 10, message="expiry")
-        rig.mailbox.append(_email(2))  # arrives while the old token is dead: still IDLE
+        rig.mailbox.append(sms_email(2))  # arrives while the old token is dead: still IDLE
         wait_until(lambda: count(rig.db) == 2, 30)
         rig.mailbox.kick()  # the server drops the session: the next login needs a new token
-        rig.mailbox.append(_email(3))
+        rig.mailbox.append(sms_email(3))
         wait_until(lambda: count(rig.db) == 3, 30, message="the SMS after the re-login")
         renewed = TokenStore(token_store_path(rig.db, "m365"), "m365").load() or {}
         assert renewed["access_token"] != first
@@ -207,7 +134,7 @@ def test_a_revoked_grant_is_critical_until_auth_and_reload(rig: Rig) -> None:
             ) == 1.0
         # A person signs in again; the reload brings the account back by itself.
         rig.sign_in(account)
-        rig.mailbox.append(_email(7))
+        rig.mailbox.append(sms_email(7))
         daemon.request_reload()
         wait_until(lambda: count(rig.db) == 1, 30, message="the account resumed")
         wait_until(lambda: daemon.account_workers[0].health.state == "idle", 30)
@@ -277,7 +204,7 @@ def test_device_flow_via_the_cli(rig: Rig) -> None:
 def test_client_credentials_run_once_backfill_and_check(rig: Rig) -> None:
     account = rig.account(flow="client_credentials")
     config = rig.config(account)
-    rig.mailbox.append(_email(1))
+    rig.mailbox.append(sms_email(1))
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -291,7 +218,7 @@ def test_client_credentials_run_once_backfill_and_check(rig: Rig) -> None:
     once = cli("run", "--once")
     assert once.returncode == 0, once.stderr
     assert count(rig.db) == 1
-    rig.mailbox.append(_email(2))
+    rig.mailbox.append(sms_email(2))
     back = cli("backfill", "--account", "m365")
     assert back.returncode == 0, back.stderr
     assert count(rig.db) == 2
