@@ -342,11 +342,11 @@ def _oauth2_section(account: _Table) -> OAuth2Config:
         )
     tenant = None
     if provider == "microsoft":
-        default_tenant = None if flow == "client_credentials" else "organizations"
+        default_tenant = _MISSING if flow == "client_credentials" else "organizations"
         tenant = t.get(
             "tenant",
             "your directory (tenant) ID or domain"
-            + (" (app-only access needs your own tenant)" if default_tenant is None else ""),
+            + (" (app-only access needs your own tenant)" if default_tenant is _MISSING else ""),
             _check_tenant,
             default_tenant,
         )
