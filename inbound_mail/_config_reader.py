@@ -370,7 +370,7 @@ def _oauth2_section(account: _Table) -> OAuth2Config:
         provider=provider,
         client_id=t.get(
             "client_id", "the application (client) ID, a non-empty string", _check_nonempty
-        ),  # fmt: skip
+        ),
         token_url=token_url,
         scope=tuple(scope),
         flow=flow,

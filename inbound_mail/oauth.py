@@ -34,8 +34,8 @@ import logging
 import os
 import secrets
 import stat
-import threading
 import sys
+import threading
 import time
 import warnings
 import webbrowser
@@ -333,7 +333,7 @@ def _stored_form(
 def oauth_client(oauth: OAuth2Config, secret: str | None, **kwargs: Any) -> Any:
     """An Authlib ``OAuth2Client`` (an httpx.Client) for ``oauth``: TLS verified, the
     config's timeout, the client secret in the form body when there is one."""
-    import authlib.deprecate  # installs its "always" filter first, so ours below wins
+    import authlib.deprecate  # noqa: F401  # installs its "always" filter first, so ours wins
 
     with warnings.catch_warnings():
         # Authlib 1.9 prefers the httpx2 package and warns when it falls back to httpx,

@@ -92,5 +92,3 @@ def device_sign_in(account: AccountConfig, db: Path, auth: OAuthServer) -> None:
     assert answer.status_code == 200
     thread.join(20)
     assert done, "authorize() did not finish"
-
-

@@ -10,7 +10,6 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -18,22 +17,20 @@ from typing import Any
 import httpx
 import pytest
 
-from inbound_mail.config import AccountConfig, OAuth2Config, load_config
+from inbound_mail.config import load_config
 from inbound_mail.errors import AuthorizationExpiredError, CredentialError, OAuthError
 from inbound_mail.imap.oauth import connect_oauth
 from inbound_mail.oauth import TokenSource, TokenStore, authorize, token_store_path
 from inbound_mail.status import collect_status
 from inbound_mail.testing.dovecot import DovecotServer
-from inbound_mail.testing.emails import build_provider_email
 from inbound_mail.testing.oauth_server import OAuthServer
 
 from helpers import count, in_process_daemon, wait_until
 from oauth_helpers import CLIENT_SECRET, Rig, device_sign_in, sms_email
 
+
 @pytest.fixture
-def rig(
-    oauth_server: OAuthServer, oauth_dovecot: DovecotServer, tmp_path: Path
-) -> Rig:
+def rig(oauth_server: OAuthServer, oauth_dovecot: DovecotServer, tmp_path: Path) -> Rig:
     return Rig(oauth_server, oauth_dovecot, tmp_path, "oauth")
 
 
@@ -129,9 +126,12 @@ def test_a_revoked_grant_is_critical_until_auth_and_reload(rig: Rig) -> None:
         assert rig.auth.token_requests == attempts  # no tight retry loop
         if daemon.metrics is not None:
             scrape = daemon.metrics.registry
-            assert scrape.get_sample_value(
-                "inbound_mail_account_authorization_expired", {"account": "m365"}
-            ) == 1.0
+            assert (
+                scrape.get_sample_value(
+                    "inbound_mail_account_authorization_expired", {"account": "m365"}
+                )
+                == 1.0
+            )
         # A person signs in again; the reload brings the account back by itself.
         rig.sign_in(account)
         rig.mailbox.append(sms_email(7))
@@ -241,9 +241,7 @@ def test_client_credentials_run_once_backfill_and_check(rig: Rig) -> None:
         ("slow", "did not answer within 2 s"),
     ],
 )
-def test_a_failing_token_endpoint_gives_a_clear_error(
-    rig: Rig, fault: str, expected: str
-) -> None:
+def test_a_failing_token_endpoint_gives_a_clear_error(rig: Rig, fault: str, expected: str) -> None:
     account = rig.account(flow="client_credentials")
     rig.auth.token_fault = fault
     rig.auth.slow_seconds = 4.0
@@ -288,9 +286,7 @@ def test_a_configured_refresh_token_is_used_until_the_store_holds_one(rig: Rig) 
     given = rig.tmp / "refresh-token"
     given.write_text(seed)
     given.chmod(0o600)
-    account = replace(
-        seed_account, oauth2=replace(seed_account.oauth2, refresh_token_file=given)
-    )
+    account = replace(seed_account, oauth2=replace(seed_account.oauth2, refresh_token_file=given))
     tokens = TokenSource(account, rig.db)
     tokens.access_token()
     stored = TokenStore(token_store_path(rig.db, "m365"), "m365").load() or {}

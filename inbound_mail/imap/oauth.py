@@ -19,7 +19,7 @@ from imapclient import IMAPClient
 from ..config import AccountConfig
 from ..errors import ImapAuthError
 from ..oauth import TokenSource
-from .connection import capabilities, open_session, oauth_login
+from .connection import capabilities, oauth_login, open_session
 
 __all__ = ["choose_mechanism", "connect_oauth"]
 
