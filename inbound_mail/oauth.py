@@ -126,6 +126,8 @@ class TokenStore:
 
     def load(self) -> dict[str, Any] | None:
         """The stored tokens, or None when nothing was stored yet."""
+        if self.path.parent.is_symlink():
+            raise self._error(f"{self.path.parent} is a symbolic link; refusing to read tokens")
         try:
             fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except FileNotFoundError:
@@ -173,6 +175,7 @@ class TokenStore:
                 temp.unlink(missing_ok=True)
                 raise
             fault_point("oauth-renamed")
+            _remove_stale_temps(directory, self.path.name)
             dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
             try:
                 os.fsync(dir_fd)
@@ -183,6 +186,21 @@ class TokenStore:
 
     def _error(self, problem: str) -> CredentialError:
         return CredentialError(f"account {self.account!r}: token store: {problem}")
+
+
+def _remove_stale_temps(directory: Path, name: str) -> None:
+    """Delete what a killed writer left between write and rename (a token is in it);
+    a live process's temporary file is its own business."""
+    for stale in directory.glob(f".{name}.*.tmp"):
+        pid = stale.name[len(name) + 2 :].split(".")[0]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            stale.unlink(missing_ok=True)
+        except OSError:
+            continue  # alive, another user's
 
 
 # -- the daemon's side: valid access tokens ------------------------------------------------------

@@ -25,7 +25,7 @@ from inbound_mail.status import collect_status
 from inbound_mail.testing.dovecot import DovecotServer
 from inbound_mail.testing.oauth_server import OAuthServer
 
-from helpers import count, in_process_daemon, wait_until
+from helpers import count, in_process_daemon, wait_until, write_config
 from oauth_helpers import CLIENT_SECRET, Rig, device_sign_in, sms_email
 
 
@@ -110,10 +110,17 @@ def test_a_refused_token_is_refreshed_once_and_the_login_retried(rig: Rig) -> No
 def test_a_revoked_grant_is_critical_until_auth_and_reload(rig: Rig) -> None:
     account = rig.account()
     rig.sign_in(account)
-    config_path = rig.config(account)
+    other = rig.server.new_mailbox("other")  # a password account beside it: unaffected
+    neighbour = other.account(name="neighbour", idle_deadline=5.0, connect_timeout=5.0)
+    config_path = write_config(
+        rig.tmp / "config.toml",
+        [account, neighbour],
+        db=rig.db,
+        extra='[metrics]\nlisten = "127.0.0.1:0"\n',
+    )
     with in_process_daemon(config_path) as daemon:
-        worker = daemon.account_workers[0]
-        wait_until(lambda: worker.health.state == "idle", 30)
+        worker, beside = daemon.account_workers
+        wait_until(lambda: worker.health.state == "idle" == beside.health.state, 30)
         rig.auth.revoke_user(rig.user)  # an admin revokes the app's sessions
         rig.mailbox.kick()
         wait_until(lambda: worker.health.state == "authorization_expired", 30)
@@ -123,20 +130,19 @@ def test_a_revoked_grant_is_critical_until_auth_and_reload(rig: Rig) -> None:
             lambda: _critical(load_config(config_path)), 30, message="status CRITICAL"
         )
         assert "authorization expired: run `inbound-mail auth m365`" in "\n".join(report)
+        assert daemon.metrics is not None and daemon.metrics.address is not None
+        scrape = httpx.get(f"http://127.0.0.1:{daemon.metrics.address[1]}/metrics").text
+        assert 'inbound_mail_account_authorization_expired{account="m365"} 1.0' in scrape
+        assert 'inbound_mail_account_authorization_expired{account="neighbour"} 0.0' in scrape
+        other.append(sms_email(5))  # the other account goes on
+        wait_until(lambda: count(rig.db) == 1, 30, message="the neighbour's SMS")
         assert rig.auth.token_requests == attempts  # no tight retry loop
-        if daemon.metrics is not None:
-            scrape = daemon.metrics.registry
-            assert (
-                scrape.get_sample_value(
-                    "inbound_mail_account_authorization_expired", {"account": "m365"}
-                )
-                == 1.0
-            )
+        assert worker.health.state == "authorization_expired"
         # A person signs in again; the reload brings the account back by itself.
         rig.sign_in(account)
         rig.mailbox.append(sms_email(7))
         daemon.request_reload()
-        wait_until(lambda: count(rig.db) == 1, 30, message="the account resumed")
+        wait_until(lambda: count(rig.db) == 2, 30, message="the account resumed")
         wait_until(lambda: daemon.account_workers[0].health.state == "idle", 30)
 
 

@@ -66,3 +66,4 @@ def test_kill_9_while_saving_a_rotated_refresh_token(
         again = _run_once(config)
         assert again.returncode == 0, again.stderr
         assert count(rig.db) == attempt
+    assert not list(store.path.parent.glob("*.tmp")), "no temporary file left behind"
