@@ -299,3 +299,47 @@ def test_a_configured_refresh_token_is_used_until_the_store_holds_one(rig: Rig) 
     assert stored["refresh_token"] != seed  # rotated, and saved
     tokens.access_token(force=True)
     assert rig.auth.refreshes >= 2
+
+
+def test_an_expired_authorisation_is_not_a_stall(rig: Rig) -> None:
+    """The worker waits an hour on its stop event: the watchdog must not restart it."""
+    import threading as _threading
+
+    from inbound_mail._generation import account_stalled
+    from inbound_mail.imap.worker import AccountWorker
+    from inbound_mail.parse import ParseOptions
+
+    worker = AccountWorker(
+        rig.account(),
+        db_path=rig.db,
+        parse_options=ParseOptions(),
+        stop=_threading.Event(),
+    )
+    worker.health.state = "authorization_expired"
+    worker.health.last_tick = time.monotonic() - 3600
+    assert not account_stalled(worker, time.monotonic())
+
+
+def test_systemd_unit_loads_the_oauth2_credentials(rig: Rig) -> None:
+    from inbound_mail.systemd import credential_names
+
+    account = rig.account(client_secret_credential="m365-secret")
+    config = load_config(rig.config(account))
+    assert credential_names(config) == ["m365-secret"]
+
+
+def test_check_reports_an_expired_authorisation(rig: Rig) -> None:
+    account = rig.account()
+    rig.sign_in(account)
+    store = TokenStore(token_store_path(rig.db, "m365"), "m365")
+    store.save({**(store.load() or {}), "expires_at": 0})  # check must refresh
+    rig.auth.revoke_user(rig.user)
+    result = subprocess.run(
+        [sys.executable, "-m", "inbound_mail", "--config", str(rig.config(account)), "check"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert "FAIL" in result.stdout and "token" in result.stdout
+    assert "run `inbound-mail auth m365`" in result.stdout, result.stdout
