@@ -384,7 +384,8 @@ def fetch_token(
 
     http = _http_module(client)
     where = f"token endpoint {oauth.token_url}"
-    hidden = [s for s in [secret, *hide, *params.values()] if s and len(s) >= 8]
+    sent = [params.get(k) for k in ("refresh_token", "device_code", "code", "code_verifier")]
+    hidden = [s for s in [secret, *hide, *sent] if s]
     try:
         if params.get("grant_type") == "refresh_token":
             token = client.refresh_token(oauth.token_url, refresh_token=params["refresh_token"])

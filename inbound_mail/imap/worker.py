@@ -177,7 +177,8 @@ class AccountWorker:
         if isinstance(exc, AuthorizationExpiredError):
             self._authorization_expired(exc)
             return
-        delay = backoff_delay(self._attempt, base=5.0 if isinstance(exc, ImapAuthError) else 1.0)
+        gentle = isinstance(exc, ImapAuthError | OAuthError)  # a server that said no, or failed
+        delay = backoff_delay(self._attempt, base=5.0 if gentle else 1.0)
         self._attempt += 1
         self.health.reconnects += 1
         # `status` and the log line name the account already: not twice.
@@ -207,9 +208,7 @@ class AccountWorker:
 
     def _authorization_expired(self, exc: AuthorizationExpiredError) -> None:
         self.health.reconnects += 1
-        self.health.last_error = (
-            f"authorization expired: run `inbound-mail auth {self.account.name}` ({exc.reason})"
-        )
+        self.health.last_error = exc.reason  # it says to run `inbound-mail auth NAME`
         log_event(
             _log,
             logging.ERROR,
