@@ -219,8 +219,7 @@ class TokenInfo:
 class TokenSource:
     """Access tokens for one account, refreshed before they expire.
 
-    Thread-safe; one per account worker, kept across its sessions.  ``on_refresh``
-    is called after each new token (for the metrics)."""
+    Thread-safe; one per account worker, kept across its sessions."""
 
     def __init__(
         self,
@@ -228,14 +227,12 @@ class TokenSource:
         db_path: Path,
         *,
         clock: Callable[[], float] = time.time,
-        on_refresh: Callable[[str], None] | None = None,
     ) -> None:
         self.account = account
         self.oauth = _oauth(account)
         self.store = TokenStore(token_store_path(db_path, account.name), account.name)
         self._clock = clock
         self._lock = threading.Lock()
-        self._on_refresh = on_refresh
 
     def access_token(self, *, force: bool = False) -> str:
         """A valid access token; ``force`` gets a new one even if the current one looks
@@ -277,7 +274,8 @@ class TokenSource:
             # The new refresh token (rotation), or the one just used when the provider
             # keeps it: written to disk before anything forgets the old one.
             fault_point("oauth-token-received")
-            saved = _stored_form(token, refresh_token=used, now=self._clock())
+            current = str(token.get("refresh_token") or used)
+            saved = _stored_form(token, refresh_token=current, now=self._clock())
         self.store.save(saved)
         log_event(
             _log,
@@ -286,12 +284,10 @@ class TokenSource:
             account=self.account.name,
             flow=self.oauth.flow,
             expires_in=f"{saved.get('expires_in', '?')}s",
-            rotated=str(bool(token.get("refresh_token")) and token.get("refresh_token") != used)
+            rotated=str(saved.get("refresh_token") != stored.get("refresh_token")).lower()
             if self.oauth.flow == "refresh_token"
             else "n/a",
         )
-        if self._on_refresh is not None:
-            self._on_refresh(self.account.name)
         return saved
 
     def _refreshed(
@@ -317,7 +313,7 @@ class TokenSource:
             except AuthorizationExpiredError as exc:
                 error = exc
                 continue
-            return token, str(token.get("refresh_token") or refresh_token)
+            return token, refresh_token
         assert error is not None
         raise error
 
