@@ -22,7 +22,10 @@ life and one connection, opened on first use and opened again on the next
 attempt after it is lost (nats-py's own reconnect loop is off: it would retry a
 wrong password forever, and a publish during its reconnect would wait
 unbounded).  ``deliver`` hands the publish to that loop and waits for it, so
-``parallel = N`` puts N publishes in flight on the one connection.  nats-py is
+``parallel = N`` puts N publishes in flight on the one connection.
+``deliver_many`` hands a whole batch over at once: its publishes go out in
+order, without waiting for each other, and the PubAcks are awaited together
+(one hand-off between threads per batch, not per record).  nats-py is
 an optional extra: ``pip install 'inbound-mail[nats]'``.
 """
 
@@ -33,7 +36,7 @@ import logging
 import queue
 import ssl
 import threading
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
@@ -49,7 +52,7 @@ from . import REDACTED, SinkOptions, record_json, redact_url, url_secrets
 if TYPE_CHECKING:
     from ..config import SinkConfig
     from ..models import SmsRecord
-    from . import DeliveryContext
+    from . import DeliveryContext, DeliveryOutcome
 
 __all__ = ["NatsSink", "subject_matches"]
 
@@ -176,6 +179,13 @@ class NatsSink:
     def deliver(self, record: SmsRecord, context: DeliveryContext) -> str | None:
         """Publish with ``Nats-Msg-Id``; return ``PubAck <stream> seq <n>``."""
         return self._run(self._publish(record_json(record).encode("utf-8"), record.id))
+
+    def deliver_many(
+        self, items: Sequence[tuple[SmsRecord, DeliveryContext]]
+    ) -> list[DeliveryOutcome]:
+        """``deliver`` for each record; the publishes in flight together."""
+        work = [(record_json(record).encode("utf-8"), record.id) for record, _ in items]
+        return self._run(self._publish_many(work))
 
     def probe(self) -> str:
         """For ``check``: connect, authenticate, and find the stream capturing the subject."""
@@ -315,6 +325,23 @@ class NatsSink:
         if ack.duplicate:
             return f"PubAck {ack.stream} seq {ack.seq} (duplicate: dropped by the stream)"
         return f"PubAck {ack.stream} seq {ack.seq}"
+
+    async def _publish_many(self, work: list[tuple[bytes, str]]) -> list[DeliveryOutcome]:
+        await self._jetstream()  # connect once, before the publishes race for it
+        # gather starts the tasks in order and each writes its publish before it
+        # first waits, so the messages reach the server in the order given.
+        results = await asyncio.gather(
+            *(self._publish(payload, sms_id) for payload, sms_id in work), return_exceptions=True
+        )
+        outcomes: list[DeliveryOutcome] = []
+        for result in results:
+            if isinstance(result, Exception):
+                outcomes.append(result)
+            elif isinstance(result, BaseException):  # cancelled: the batch timed out
+                outcomes.append(TemporaryDeliveryError(f"publish cancelled ({result!r})"))
+            else:
+                outcomes.append(result)
+        return outcomes
 
     async def _probe(self) -> str:
         from nats.js import errors as jx
