@@ -107,7 +107,7 @@ class Sink(Protocol):
         ...
 
 
-DeliveryOutcome = str | None | Exception
+DeliveryOutcome = str | Exception | None
 """One record's outcome from ``deliver_many``: a detail (delivered) or the exception."""
 
 
