@@ -15,11 +15,12 @@ transaction as the SMS (:func:`make_router` decides which sinks match).  A
   first, and whenever nothing is left in flight.
 
 A sink with ``deliver_many`` (see :class:`~inbound_mail.sinks.Sink`) gets the
-rows of a sequential batch in one call, in order; in parallel, up to N calls of
-a share of the due rows each.  Nothing is marked delivered before the sink said
-so; a delivery that went through but is not yet recorded when the process dies
-is sent again after the restart (at-least-once, the same SMS id, as always):
-batching bounds how many, never whether.
+rows of a sequential batch in one call, in order; in parallel, up to
+:data:`BATCH_CALLS` calls (at most N) of up to :data:`BATCH_SIZE` due rows
+each, since each call has its records in flight together already.  Nothing is
+marked delivered before the sink said so; a delivery that went through but is
+not yet recorded when the process dies is sent again after the restart
+(at-least-once, the same SMS id, as always): batching bounds how many, never whether.
 
 A failure is retried after ``retry_base * 2**(attempt-1)`` seconds, capped at
 ``retry_cap``, with full jitter (a uniform draw below that), and no sooner
@@ -80,6 +81,7 @@ BATCH_SECONDS = 1.0  # bounds the resends after a crash, and the time before a r
 IDLE_RECHECK = 5.0  # rows queued by another process cannot wake() us
 SCHEDULE_POLL = 0.5  # how often a waiting worker reads the schedule counter
 INFLIGHT_RECHECK = 1.0
+BATCH_CALLS = 2  # parallel, a batch sink: deliver_many calls in flight at once
 RECORD_BATCH = 100  # parallel: completions recorded in one transaction, at most
 RECORD_SECONDS = 0.05  # parallel: how long a completion waits for others to share its commit
 STORE_RETRY_CAP = 60.0
@@ -391,25 +393,22 @@ class DeliveryWorker:
         return self._until(store.next_due(self.name))
 
     def _submit_due(self, store: Store, pool: ThreadPoolExecutor, batch: _Pass) -> None:
-        room = self.parallel - len(self._inflight)
+        room = self._calls() - len(self._inflight)
         if room <= 0:
             return
         now = self._clock()
+        # A batch sink gets full batches (each call is concurrent within itself);
+        # any other sink one row a call.
+        share = 1 if self._batch is None else BATCH_SIZE
         if not self._queue:
             # One read for many sends: rows in flight or not yet recorded are still
             # pending in the database, and must not be sent twice.
             busy = {row.id for rows in self._inflight.values() for row in rows}
             busy.update(sent.delivery.id for sent in self._done)
             due_by = now if batch.due_by is None else batch.due_by
-            rows = store.pending_deliveries(
-                self.name, limit=max(BATCH_SIZE, 4 * self.parallel) + len(busy), due_by=due_by
-            )
+            wanted = max(BATCH_SIZE, 4 * self.parallel, share * self._calls())
+            rows = store.pending_deliveries(self.name, limit=wanted + len(busy), due_by=due_by)
             self._queue.extend(r for r in rows if r.id not in busy and batch.eligible(r, now))
-        # A batch sink gets a share of what is due per call, so that all N calls
-        # are busy; anything else one row a call.
-        share = 1
-        if self._batch is not None:
-            share = max(1, min(BATCH_SIZE, -(-len(self._queue) // self.parallel)))
         while room > 0 and self._queue:
             rows = [self._queue.popleft() for _ in range(min(share, len(self._queue)))]
             for row in rows:
@@ -418,6 +417,11 @@ class DeliveryWorker:
             self._inflight[future] = rows
             future.add_done_callback(lambda _: self._wakeup.set())
             room -= 1
+
+    def _calls(self) -> int:
+        """How many sends may be in flight: ``parallel``; for a batch sink fewer
+        calls, as each holds up to BATCH_SIZE records in flight by itself."""
+        return self.parallel if self._batch is None else min(self.parallel, BATCH_CALLS)
 
     def _until(self, due: float | None) -> float:
         return IDLE_RECHECK if due is None else min(max(due - self._clock(), 0.0), IDLE_RECHECK)

@@ -80,15 +80,16 @@ class Sink(Protocol):
 
     A sink may also have ``deliver_many`` (see :class:`BatchSink`): the worker
     then hands it the due records in batches (up to 100; with ``parallel = N``,
-    up to N batches at once) instead of one ``deliver`` call each, so that one
-    round trip or one thread hand-off serves the whole batch.  It returns one
-    outcome per record, in order: the detail ``deliver`` would have returned,
-    or the exception it would have raised (an instance, not raised; classified
-    as above).  Raising instead fails every record of the batch.  Each record
-    stays idempotent on its own, and a sink sends them in the order given, so
-    that ``parallel = 1`` keeps the outbox order; a record that fails for now
-    in the middle of a batch is retried after the ones behind it that were
-    accepted in the same batch, like a failure in any ordered pipeline.
+    up to two batches at once, from different threads) instead of one
+    ``deliver`` call each, so that one round trip or one thread hand-off serves
+    the whole batch.  It returns one outcome per record, in order: the detail
+    ``deliver`` would have returned, or the exception it would have raised (an
+    instance, not raised; classified as above).  Raising instead fails every
+    record of the batch.  Each record stays idempotent on its own, and a sink
+    sends them in the order given, so that ``parallel = 1`` keeps the outbox
+    order; a record that fails for now in the middle of a batch is retried
+    after the ones behind it that were accepted in the same batch, like a
+    failure in any ordered pipeline.
     """
 
     name: str

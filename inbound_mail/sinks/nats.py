@@ -61,6 +61,7 @@ _CONNECT_TIMEOUT_CAP = 10.0
 _MAX_TIMEOUT = 600.0
 _SCHEMES = ("nats", "tls")
 _SHORT_WINDOW = 3600.0
+_PUBLISHERS = 32  # deliver_many: publishes in flight at once
 # The JetStream API error code for "expected stream does not match".
 _EXPECTED_STREAM_MISMATCH = 10060
 _log = logging.getLogger(__name__)
@@ -328,19 +329,20 @@ class NatsSink:
 
     async def _publish_many(self, work: list[tuple[bytes, str]]) -> list[DeliveryOutcome]:
         await self._jetstream()  # connect once, before the publishes race for it
-        # gather starts the tasks in order and each writes its publish before it
-        # first waits, so the messages reach the server in the order given.
-        results = await asyncio.gather(
-            *(self._publish(payload, sms_id) for payload, sms_id in work), return_exceptions=True
-        )
-        outcomes: list[DeliveryOutcome] = []
-        for result in results:
-            if isinstance(result, Exception):
-                outcomes.append(result)
-            elif isinstance(result, BaseException):  # cancelled: the batch timed out
-                outcomes.append(TemporaryDeliveryError(f"publish cancelled ({result!r})"))
-            else:
-                outcomes.append(result)
+        outcomes: list[DeliveryOutcome] = [None] * len(work)
+        items = iter(enumerate(work))
+
+        # A few publishers take the records in turn, each writing its publish
+        # before it first waits, so the messages reach the server in the order
+        # given; fewer tasks than records (one each costs as much as the publish).
+        async def publisher() -> None:
+            for index, (payload, sms_id) in items:
+                try:
+                    outcomes[index] = await self._publish(payload, sms_id)
+                except Exception as exc:
+                    outcomes[index] = exc
+
+        await asyncio.gather(*(publisher() for _ in range(min(len(work), _PUBLISHERS))))
         return outcomes
 
     async def _probe(self) -> str:
