@@ -385,3 +385,14 @@ def test_deliver_many_to_a_server_that_is_down_is_temporary(
     assert isinstance(sink, BatchSink)
     with pytest.raises(TemporaryDeliveryError, match=r"cannot connect to nats://127\.0\.0\.1"):
         sink.deliver_many([(record(i), CONTEXT) for i in range(3)])
+
+
+def test_deliver_many_denied_is_permanent(tmp_path: Path, sinks: list[Sink]) -> None:
+    with NatsServer(tmp_path / "nats", publish_deny=["sms.denied"]) as server:
+        server.create_stream("DENIED", ["sms.denied"])
+        sink = make(sinks, sink_config(server, "DENIED", "sms.denied", timeout=1.0))
+        assert isinstance(sink, BatchSink)
+        outcomes = sink.deliver_many([(record(i), CONTEXT) for i in range(3)])
+        for outcome in outcomes:
+            assert isinstance(outcome, PermanentDeliveryError)
+            assert "denied the publish" in str(outcome) and "violation" in str(outcome)
