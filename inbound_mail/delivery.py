@@ -406,7 +406,8 @@ class DeliveryWorker:
             busy = {row.id for rows in self._inflight.values() for row in rows}
             busy.update(sent.delivery.id for sent in self._done)
             due_by = now if batch.due_by is None else batch.due_by
-            wanted = max(BATCH_SIZE, 4 * self.parallel, share * self._calls())
+            # The read includes the busy rows (the oldest): read well ahead of them.
+            wanted = max(BATCH_SIZE, 4 * self.parallel, 4 * share * self._calls())
             rows = store.pending_deliveries(self.name, limit=wanted + len(busy), due_by=due_by)
             self._queue.extend(r for r in rows if r.id not in busy and batch.eligible(r, now))
         while room > 0 and self._queue:
