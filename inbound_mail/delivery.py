@@ -384,7 +384,7 @@ class DeliveryWorker:
             ):
                 done, self._done = self._done, []
                 self._record(store, self._flushed(done), result)
-            elif self._inflight:  # a completion sets the wakeup event sooner
+            else:  # a completion sets the wakeup event sooner
                 return min(INFLIGHT_RECHECK, RECORD_SECONDS - waited)
         if self._inflight:
             return INFLIGHT_RECHECK  # a completion sets the wakeup event sooner
