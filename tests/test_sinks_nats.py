@@ -396,3 +396,18 @@ def test_deliver_many_denied_is_permanent(tmp_path: Path, sinks: list[Sink]) -> 
         for outcome in outcomes:
             assert isinstance(outcome, PermanentDeliveryError)
             assert "denied the publish" in str(outcome) and "violation" in str(outcome)
+
+
+def test_deliver_many_without_publish_async_publishes_in_order(
+    nats_server: NatsServer, sinks: list[Sink], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from nats.js.client import JetStreamContext
+
+    monkeypatch.delattr(JetStreamContext, "publish_async")  # as in nats-py before 2.7
+    stream, subject = new_stream(nats_server)
+    sink = make(sinks, sink_config(nats_server, stream, subject))
+    assert isinstance(sink, BatchSink)
+    batch = [record(i) for i in range(30)]
+    outcomes = sink.deliver_many([(r, CONTEXT) for r in batch])
+    assert outcomes == [f"PubAck {stream} seq {n}" for n in range(1, 31)]
+    assert [m.headers["Nats-Msg-Id"] for m in nats_server.messages(stream)] == [r.id for r in batch]
