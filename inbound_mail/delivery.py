@@ -9,7 +9,18 @@ transaction as the SMS (:func:`make_router` decides which sinks match).  A
   the attempts).  When the oldest pending row is not yet due, the worker waits
   for it: younger rows are never sent ahead of it.
 - parallel (``parallel = N``): up to N due rows are in flight at once, in a
-  thread pool; order is not kept.
+  thread pool; order is not kept.  Due rows are read in batches, and
+  completions are recorded in batches too: one transaction per
+  :data:`RECORD_BATCH` completions or :data:`RECORD_SECONDS`, whichever comes
+  first, and whenever nothing is left in flight.
+
+A sink with ``deliver_many`` (see :class:`~inbound_mail.sinks.Sink`) gets the
+rows of a sequential batch in one call, in order; in parallel, up to
+:data:`BATCH_CALLS` calls (at most N) of up to :data:`BATCH_SIZE` due rows
+each, since each call has its records in flight together already.  Nothing is
+marked delivered before the sink said so; a delivery that went through but is
+not yet recorded when the process dies is sent again after the restart
+(at-least-once, the same SMS id, as always): batching bounds how many, never whether.
 
 A failure is retried after ``retry_base * 2**(attempt-1)`` seconds, capped at
 ``retry_cap``, with full jitter (a uniform draw below that), and no sooner
@@ -36,6 +47,7 @@ import random
 import threading
 import time
 import traceback
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager, nullcontext
@@ -47,7 +59,7 @@ from .errors import DeliveryError, PermanentDeliveryError, StoreError, Temporary
 from .faults import fault_point
 from .logs import log_event
 from .models import SmsRecord
-from .sinks import Sink, create_sink
+from .sinks import BatchSink, Sink, create_sink
 from .store import AttemptOutcome, AttemptRecord, Delivery, Store
 
 __all__ = [
@@ -69,6 +81,9 @@ BATCH_SECONDS = 1.0  # bounds the resends after a crash, and the time before a r
 IDLE_RECHECK = 5.0  # rows queued by another process cannot wake() us
 SCHEDULE_POLL = 0.5  # how often a waiting worker reads the schedule counter
 INFLIGHT_RECHECK = 1.0
+BATCH_CALLS = 2  # parallel, a batch sink: deliver_many calls in flight at once
+RECORD_BATCH = 100  # parallel: completions recorded in one transaction, at most
+RECORD_SECONDS = 0.05  # parallel: how long a completion waits for others to share its commit
 STORE_RETRY_CAP = 60.0
 ERROR_LIMIT = 4000
 _LEVELS = {"delivered": logging.INFO, "failed": logging.WARNING, "dead": logging.ERROR}
@@ -203,7 +218,14 @@ class DeliveryWorker:
         self._log = log or _log
         self._on_attempt = on_attempt
         self._wakeup = threading.Event()
-        self._inflight: dict[Future[_Sent], Delivery] = {}
+        self._batch = self.sink if isinstance(self.sink, BatchSink) else None
+        # parallel: sends in flight, due rows read but not yet sent, and finished
+        # sends not yet recorded (since when: monotonic).  All three stay pending
+        # in the database, so none of their rows is read again meanwhile.
+        self._inflight: dict[Future[list[_Sent]], list[Delivery]] = {}
+        self._queue: deque[Delivery] = deque()
+        self._done: list[_Sent] = []
+        self._done_since = 0.0
         self.totals = DeliveryPassResult()
         """Attempts by outcome since this worker's ``run`` started."""
         self.last_tick = time.monotonic()
@@ -256,19 +278,28 @@ class DeliveryWorker:
                     while self._sequential_step(store, never, batch, result) == 0.0:
                         pass
                 else:
-                    while self._parallel_step(store, never, pool, batch, result) is not None:
-                        self._wakeup.wait(INFLIGHT_RECHECK)
+                    while (
+                        wait := self._parallel_step(store, never, pool, batch, result)
+                    ) is not None:
+                        self._wakeup.wait(wait)
                         self._wakeup.clear()
             finally:
-                self._inflight.clear()  # unrecorded results: those rows stay pending
+                self._forget()  # unrecorded results: those rows stay pending
         return result
 
     # -- the loops -------------------------------------------------------------------
+    def _forget(self) -> None:
+        """Drop what is not recorded: those rows stay pending and are sent (again)."""
+        self._inflight.clear()
+        self._queue.clear()
+        self._done.clear()
+
     def _serve(self, store: Store, stop: threading.Event, pool: ThreadPoolExecutor | None) -> None:
         forever = _Pass()
         result = self.totals
         schedule = store.schedule_version()
-        while not stop.is_set() or self._inflight:
+        self._queue.clear()  # read again: another process may have changed them
+        while not stop.is_set() or self._inflight or self._done:
             self.last_tick = time.monotonic()
             self._wakeup.clear()
             if pool is None:
@@ -301,13 +332,23 @@ class DeliveryWorker:
         sent: list[_Sent] = []
         budget = time.monotonic() + BATCH_SECONDS
         rows = store.pending_deliveries(self.name, limit=BATCH_SIZE)
-        for row in rows:
-            if not batch.eligible(row, self._clock()) or stop.is_set():
-                break
-            batch.mark(row)
-            sent.append(self._attempt(row))
-            if (not sent[-1].ok and not sent[-1].permanent) or time.monotonic() > budget:
-                break
+        if self._batch is not None:  # the head of the queue, due now, in one call
+            now = self._clock()
+            due: list[Delivery] = []
+            for row in rows:
+                if not batch.eligible(row, now) or stop.is_set():
+                    break
+                batch.mark(row)
+                due.append(row)
+            sent = self._attempt_many(due) if due else []
+        else:
+            for row in rows:
+                if not batch.eligible(row, self._clock()) or stop.is_set():
+                    break
+                batch.mark(row)
+                sent.append(self._attempt(row))
+                if (not sent[-1].ok and not sent[-1].permanent) or time.monotonic() > budget:
+                    break
         if sent:
             self._record(store, self._flushed(sent), result)
             return 0.0
@@ -323,14 +364,28 @@ class DeliveryWorker:
         batch: _Pass,
         result: DeliveryPassResult,
     ) -> float | None:
-        """Record finished sends, start due ones; return how long to wait (None: all done)."""
-        done = [future for future in self._inflight if future.done()]
-        if done:
-            self._record(store, self._flushed([f.result() for f in done]), result)
-            for future in done:
-                del self._inflight[future]
+        """Collect finished sends, start due ones, record the finished ones when
+        enough have gathered; return how long to wait (None: all done)."""
+        finished = [future for future in self._inflight if future.done()]
+        for future in finished:
+            if not self._done:
+                self._done_since = time.monotonic()
+            self._done += future.result()
+            del self._inflight[future]
         if not stop.is_set():
             self._submit_due(store, pool, batch)
+        if self._done:
+            waited = time.monotonic() - self._done_since
+            if (
+                not self._inflight
+                or stop.is_set()
+                or len(self._done) >= RECORD_BATCH
+                or waited >= RECORD_SECONDS
+            ):
+                done, self._done = self._done, []
+                self._record(store, self._flushed(done), result)
+            else:  # a completion sets the wakeup event sooner
+                return min(INFLIGHT_RECHECK, RECORD_SECONDS - waited)
         if self._inflight:
             return INFLIGHT_RECHECK  # a completion sets the wakeup event sooner
         if batch.due_by is not None or stop.is_set():
@@ -338,19 +393,36 @@ class DeliveryWorker:
         return self._until(store.next_due(self.name))
 
     def _submit_due(self, store: Store, pool: ThreadPoolExecutor, batch: _Pass) -> None:
-        room = self.parallel - len(self._inflight)
+        room = self._calls() - len(self._inflight)
         if room <= 0:
             return
         now = self._clock()
-        busy = {row.id for row in self._inflight.values()}
-        rows = store.pending_deliveries(
-            self.name, limit=room + len(busy), due_by=now if batch.due_by is None else batch.due_by
-        )
-        for row in [r for r in rows if r.id not in busy and batch.eligible(r, now)][:room]:
-            batch.mark(row)
-            future = pool.submit(self._attempt, row)
-            self._inflight[future] = row
+        # A batch sink gets full batches (each call is concurrent within itself);
+        # any other sink one row a call.
+        share = 1 if self._batch is None else BATCH_SIZE
+        if not self._queue:
+            # One read for many sends: rows in flight or not yet recorded are still
+            # pending in the database, and must not be sent twice.
+            busy = {row.id for rows in self._inflight.values() for row in rows}
+            busy.update(sent.delivery.id for sent in self._done)
+            due_by = now if batch.due_by is None else batch.due_by
+            # The read includes the busy rows (the oldest): read well ahead of them.
+            wanted = max(BATCH_SIZE, 4 * self.parallel, 4 * share * self._calls())
+            rows = store.pending_deliveries(self.name, limit=wanted + len(busy), due_by=due_by)
+            self._queue.extend(r for r in rows if r.id not in busy and batch.eligible(r, now))
+        while room > 0 and self._queue:
+            rows = [self._queue.popleft() for _ in range(min(share, len(self._queue)))]
+            for row in rows:
+                batch.mark(row)
+            future = pool.submit(self._attempt_rows, rows)
+            self._inflight[future] = rows
             future.add_done_callback(lambda _: self._wakeup.set())
+            room -= 1
+
+    def _calls(self) -> int:
+        """How many sends may be in flight: ``parallel``; for a batch sink fewer
+        calls, as each holds up to BATCH_SIZE records in flight by itself."""
+        return self.parallel if self._batch is None else min(self.parallel, BATCH_CALLS)
 
     def _until(self, due: float | None) -> float:
         return IDLE_RECHECK if due is None else min(max(due - self._clock(), 0.0), IDLE_RECHECK)
@@ -371,6 +443,38 @@ class DeliveryWorker:
             sent = _Sent(row, started_at, time.monotonic() - begin)
             return self._failed(sent, exc)
         return _Sent(row, started_at, time.monotonic() - begin, detail=detail)
+
+    def _attempt_rows(self, rows: list[Delivery]) -> list[_Sent]:
+        if self._batch is None:
+            return [self._attempt(row) for row in rows]
+        return self._attempt_many(rows)
+
+    def _attempt_many(self, rows: list[Delivery]) -> list[_Sent]:
+        """One ``deliver_many`` call for ``rows``; each outcome becomes its row's result."""
+        assert self._batch is not None
+        started_at = self._clock()
+        begin = time.monotonic()
+        items = [(row.record, AttemptContext(row.id, row.attempts + 1)) for row in rows]
+        try:
+            outcomes = self._batch.deliver_many(items)
+            if len(outcomes) != len(rows):  # a bug in the sink: trust none of them
+                raise RuntimeError(
+                    f"deliver_many returned {len(outcomes)} outcomes for {len(rows)} records"
+                )
+        except Exception as exc:
+            duration = time.monotonic() - begin
+            # Logged (if a bug) once for the batch, not once a row.
+            first = self._failed(_Sent(rows[0], started_at, duration), exc)
+            return [first] + [replace(first, delivery=row) for row in rows[1:]]
+        duration = time.monotonic() - begin  # each record waited for the whole batch
+        sent: list[_Sent] = []
+        for row, outcome in zip(rows, outcomes, strict=True):
+            one = _Sent(row, started_at, duration)
+            if isinstance(outcome, Exception):
+                sent.append(self._failed(one, outcome))
+            else:
+                sent.append(replace(one, detail=outcome))
+        return sent
 
     def _failed(self, sent: _Sent, exc: Exception) -> _Sent:
         if isinstance(exc, DeliveryError):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +21,10 @@ import inbound_mail.delivery as delivery_module
 from inbound_mail.cli import cli
 from inbound_mail.config import RetryPolicy, SinkConfig, load_config
 from inbound_mail.delivery import DeliveryWorker
+from inbound_mail.errors import TemporaryDeliveryError
 from inbound_mail.models import EmailOrigin, SmsRecord
 from inbound_mail.service import Daemon
+from inbound_mail.sinks import DeliveryContext, DeliveryOutcome
 from inbound_mail.store import IngestItem, Store
 from inbound_mail.testing.mailbox import Mailbox
 from inbound_mail.testing.webhook_receiver import Answer, WebhookReceiver
@@ -138,14 +140,66 @@ def test_a_waiting_worker_notices_a_retry_without_its_periodic_recheck(
     assert not thread.is_alive()
 
 
+class Outage:
+    """A sink with ``deliver_many`` that fails every record for an hour while ``down``."""
+
+    name = "batch"
+
+    def __init__(self) -> None:
+        self.down = True
+
+    def deliver(self, record: SmsRecord, context: DeliveryContext) -> str | None:
+        raise AssertionError("a batch sink gets deliver_many")
+
+    def deliver_many(
+        self, items: Sequence[tuple[SmsRecord, DeliveryContext]]
+    ) -> list[DeliveryOutcome]:
+        if self.down:
+            return [TemporaryDeliveryError("down", retry_after=3600) for _ in items]
+        return ["ok" for _ in items]
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("parallel", [1, 4])
+def test_a_batching_worker_notices_a_retry_without_its_periodic_recheck(
+    db: Path, monkeypatch: pytest.MonkeyPatch, parallel: int
+) -> None:
+    monkeypatch.setattr(delivery_module, "IDLE_RECHECK", 3600.0)
+    queue(db, 30)
+    sink = Outage()
+    config = SinkConfig(name="hook", type="x", retry=HOUR, parallel=parallel)
+    worker = DeliveryWorker(db, config, sink=sink)
+    stop = threading.Event()
+    thread = threading.Thread(target=worker.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        # Sequential: the whole first batch failed; in parallel, every row did.
+        wait_until(lambda: all(r["status"] == "failed" for r in outbox(db)), 10)
+        sink.down = False
+        with Store.open(db) as store:  # another connection, as the CLI's
+            assert store.retry_now("hook").due == 30
+        wait_until(lambda: all(r["status"] == "delivered" for r in outbox(db)), 5)
+    finally:
+        stop.set()
+        thread.join(10)
+    assert not thread.is_alive()
+
+
+@pytest.mark.parametrize("parallel", [1, 4])  # 4: completions are recorded in batches
 def test_sighup_makes_pending_deliveries_due_now(
-    mailbox: Mailbox, receiver: WebhookReceiver, tmp_path: Path
+    mailbox: Mailbox, receiver: WebhookReceiver, tmp_path: Path, parallel: int
 ) -> None:
     db = tmp_path / "sms.db"
     queue(db, 1)
     _outage(receiver)
+    sinks = [_hook(receiver, parallel=parallel)]
     config = write_config(
-        tmp_path / "c.toml", [mailbox.account(**FAST_ACCOUNT)], db=db, sinks=[_hook(receiver)]
+        tmp_path / "c.toml", [mailbox.account(**FAST_ACCOUNT)], db=db, sinks=sinks
     )
     daemon = DaemonProcess(config)
     try:

@@ -17,7 +17,7 @@ from inbound_mail.config import RetryPolicy, SinkConfig
 from inbound_mail.delivery import AttemptContext, DeliveryWorker
 from inbound_mail.errors import ConfigError, PermanentDeliveryError, TemporaryDeliveryError
 from inbound_mail.models import EmailOrigin, SmsRecord
-from inbound_mail.sinks import Sink, create_sink, record_json
+from inbound_mail.sinks import BatchSink, Sink, create_sink, record_json
 from inbound_mail.sinks.nats import subject_matches
 from inbound_mail.store import IngestItem, Store
 from inbound_mail.testing.nats_server import NatsServer
@@ -346,3 +346,68 @@ def test_check_finds_the_stream_and_its_window(nats_server: NatsServer, tmp_path
     config = sink_config(nats_server, stream, subject, password_file=str(wrong))
     bad = list(check_sink(config, send_test=False))
     assert bad[1].level == "FAIL" and "refused the login" in bad[1].detail
+
+
+# -- deliver_many: the PubAcks awaited together -----------------------------------------------
+def test_deliver_many_publishes_in_order_once_each(
+    nats_server: NatsServer, sinks: list[Sink]
+) -> None:
+    stream, subject = new_stream(nats_server)
+    sink = make(sinks, sink_config(nats_server, stream, subject))
+    assert isinstance(sink, BatchSink)
+    batch = [record(i) for i in range(50)]
+    sink.deliver(batch[3], CONTEXT)  # already stored: its resend below is dropped
+    outcomes = sink.deliver_many([(r, CONTEXT) for r in batch])
+    ids = [m.headers["Nats-Msg-Id"] for m in nats_server.messages(stream)]
+    assert ids == [batch[3].id] + [r.id for i, r in enumerate(batch) if i != 3], "in order"
+    assert outcomes[3] == f"PubAck {stream} seq 1 (duplicate: dropped by the stream)"
+    assert all(isinstance(o, str) and o.startswith(f"PubAck {stream} seq ") for o in outcomes)
+
+
+def test_deliver_many_reports_each_records_error(
+    nats_server: NatsServer, sinks: list[Sink]
+) -> None:
+    stream, _subject = new_stream(nats_server)
+    sink = make(sinks, sink_config(nats_server, stream, "sms.elsewhere"))
+    assert isinstance(sink, BatchSink)
+    outcomes = sink.deliver_many([(record(i), CONTEXT) for i in range(3)])
+    assert len(outcomes) == 3
+    for outcome in outcomes:
+        assert isinstance(outcome, PermanentDeliveryError)
+        assert "does not capture subject 'sms.elsewhere'" in str(outcome)
+
+
+def test_deliver_many_to_a_server_that_is_down_is_temporary(
+    tmp_path: Path, sinks: list[Sink]
+) -> None:
+    server = NatsServer(tmp_path / "nats")  # never started: connection refused
+    sink = make(sinks, sink_config(server, "SMS", "sms.in", timeout=2.0))
+    assert isinstance(sink, BatchSink)
+    with pytest.raises(TemporaryDeliveryError, match=r"cannot connect to nats://127\.0\.0\.1"):
+        sink.deliver_many([(record(i), CONTEXT) for i in range(3)])
+
+
+def test_deliver_many_denied_is_permanent(tmp_path: Path, sinks: list[Sink]) -> None:
+    with NatsServer(tmp_path / "nats", publish_deny=["sms.denied"]) as server:
+        server.create_stream("DENIED", ["sms.denied"])
+        sink = make(sinks, sink_config(server, "DENIED", "sms.denied", timeout=1.0))
+        assert isinstance(sink, BatchSink)
+        outcomes = sink.deliver_many([(record(i), CONTEXT) for i in range(3)])
+        for outcome in outcomes:
+            assert isinstance(outcome, PermanentDeliveryError)
+            assert "denied the publish" in str(outcome) and "violation" in str(outcome)
+
+
+def test_deliver_many_without_publish_async_publishes_in_order(
+    nats_server: NatsServer, sinks: list[Sink], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from nats.js.client import JetStreamContext
+
+    monkeypatch.delattr(JetStreamContext, "publish_async")  # as in nats-py before 2.7
+    stream, subject = new_stream(nats_server)
+    sink = make(sinks, sink_config(nats_server, stream, subject))
+    assert isinstance(sink, BatchSink)
+    batch = [record(i) for i in range(30)]
+    outcomes = sink.deliver_many([(r, CONTEXT) for r in batch])
+    assert outcomes == [f"PubAck {stream} seq {n}" for n in range(1, 31)]
+    assert [m.headers["Nats-Msg-Id"] for m in nats_server.messages(stream)] == [r.id for r in batch]

@@ -23,7 +23,7 @@ from inbound_mail.errors import (
     TemporaryDeliveryError,
 )
 from inbound_mail.models import EmailOrigin, SmsRecord
-from inbound_mail.sinks import create_sink, record_json
+from inbound_mail.sinks import BatchSink, create_sink, record_json
 from inbound_mail.sinks.redis import RedisSink
 from inbound_mail.store import IngestItem, Store
 from inbound_mail.testing.redis_server import RedisServer
@@ -348,3 +348,45 @@ def test_check_proves_the_stream_can_be_written(redis_server: RedisServer, tmp_p
         client.set(stream, "x")
     typed = list(check_sink(sink_config(redis_server, stream), False))
     assert typed[1].level == "FAIL" and "not a stream" in typed[1].detail
+
+
+# -- deliver_many: one pipeline a batch -------------------------------------------------------
+def test_deliver_many_adds_in_order_once_each(redis_server: RedisServer) -> None:
+    stream = stream_name()
+    sink = create_sink(sink_config(redis_server, stream))
+    assert isinstance(sink, BatchSink)
+    first = [record(i) for i in range(5)]
+    assert sink.deliver(first[2], CONTEXT) is not None  # already there: a duplicate below
+    outcomes = sink.deliver_many([(r, CONTEXT) for r in first])
+    entries = redis_server.entries(stream)
+    ids = [fields["id"] for _e, fields in entries]
+    assert ids == [first[2].id, first[0].id, first[1].id, first[3].id, first[4].id]
+    by_id = {fields["id"]: entry for entry, fields in entries}
+    assert outcomes[2] == f"duplicate of entry {by_id[first[2].id]}: not added again"
+    for i in (0, 1, 3, 4):
+        assert outcomes[i] == f"XADD {by_id[first[i].id]}"
+    sink.close()
+
+
+def test_deliver_many_reports_each_records_error(redis_server: RedisServer) -> None:
+    stream = stream_name()
+    with redis_server.client() as client:
+        client.set(stream, "a string")
+    sink = create_sink(sink_config(redis_server, stream))
+    assert isinstance(sink, BatchSink)
+    outcomes = sink.deliver_many([(record(i), CONTEXT) for i in range(3)])
+    assert len(outcomes) == 3
+    for outcome in outcomes:
+        assert isinstance(outcome, PermanentDeliveryError)
+        assert f"the key '{stream}' is not a stream" in str(outcome)
+    sink.close()
+
+
+def test_deliver_many_to_a_server_that_is_down_is_temporary(tmp_path: Path) -> None:
+    with RedisServer(tmp_path / "redis") as server:
+        config = sink_config(server, stream_name())
+    sink = create_sink(config)
+    assert isinstance(sink, BatchSink)
+    with pytest.raises(TemporaryDeliveryError, match="failed"):
+        sink.deliver_many([(record(i), CONTEXT) for i in range(3)])
+    sink.close()

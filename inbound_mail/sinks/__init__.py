@@ -17,7 +17,7 @@ with :func:`url_secrets`) are the helpers the built-ins share.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
@@ -33,7 +33,9 @@ if TYPE_CHECKING:
 __all__ = [
     "ENTRY_POINT_GROUP",
     "REDACTED",
+    "BatchSink",
     "DeliveryContext",
+    "DeliveryOutcome",
     "Sink",
     "SinkFactory",
     "SinkOptions",
@@ -75,6 +77,19 @@ class Sink(Protocol):
     ``parallel = N`` up to N ``deliver`` calls run at once, from different
     threads, so the sink must be thread-safe; ``flush`` and ``close`` are
     always called from the worker's own thread.
+
+    A sink may also have ``deliver_many`` (see :class:`BatchSink`): the worker
+    then hands it the due records in batches (up to 100; with ``parallel = N``,
+    up to two batches at once, from different threads) instead of one
+    ``deliver`` call each, so that one round trip or one thread hand-off serves
+    the whole batch.  It returns one outcome per record, in order: the detail
+    ``deliver`` would have returned, or the exception it would have raised (an
+    instance, not raised; classified as above).  Raising instead fails every
+    record of the batch.  Each record stays idempotent on its own, and a sink
+    sends them in the order given, so that ``parallel = 1`` keeps the outbox
+    order; a record that fails for now in the middle of a batch is retried
+    after the ones behind it that were accepted in the same batch, like a
+    failure in any ordered pipeline.
     """
 
     name: str
@@ -90,6 +105,21 @@ class Sink(Protocol):
 
     def close(self) -> None:
         """Release files, connections and processes."""
+        ...
+
+
+DeliveryOutcome = str | Exception | None
+"""One record's outcome from ``deliver_many``: a detail (delivered) or the exception."""
+
+
+@runtime_checkable
+class BatchSink(Sink, Protocol):
+    """A :class:`Sink` with the optional ``deliver_many`` (documented on :class:`Sink`)."""
+
+    def deliver_many(
+        self, items: Sequence[tuple[SmsRecord, DeliveryContext]]
+    ) -> list[DeliveryOutcome]:
+        """Deliver the records in order; one outcome per record."""
         ...
 
 

@@ -22,8 +22,11 @@ life and one connection, opened on first use and opened again on the next
 attempt after it is lost (nats-py's own reconnect loop is off: it would retry a
 wrong password forever, and a publish during its reconnect would wait
 unbounded).  ``deliver`` hands the publish to that loop and waits for it, so
-``parallel = N`` puts N publishes in flight on the one connection.  nats-py is
-an optional extra: ``pip install 'inbound-mail[nats]'``.
+``parallel = N`` puts N publishes in flight on the one connection.
+``deliver_many`` hands a whole batch over at once: its publishes go out in
+order, without waiting for each other (nats-py's ``publish_async``), and the
+PubAcks are awaited together (one hand-off between threads per batch, not per
+record).  nats-py is an optional extra: ``pip install 'inbound-mail[nats]'``.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ import logging
 import queue
 import ssl
 import threading
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
@@ -49,7 +52,7 @@ from . import REDACTED, SinkOptions, record_json, redact_url, url_secrets
 if TYPE_CHECKING:
     from ..config import SinkConfig
     from ..models import SmsRecord
-    from . import DeliveryContext
+    from . import DeliveryContext, DeliveryOutcome
 
 __all__ = ["NatsSink", "subject_matches"]
 
@@ -58,6 +61,7 @@ _CONNECT_TIMEOUT_CAP = 10.0
 _MAX_TIMEOUT = 600.0
 _SCHEMES = ("nats", "tls")
 _SHORT_WINDOW = 3600.0
+_PUBLISHERS = 100  # deliver_many without publish_async: publishes in flight at once
 # The JetStream API error code for "expected stream does not match".
 _EXPECTED_STREAM_MISMATCH = 10060
 _log = logging.getLogger(__name__)
@@ -176,6 +180,13 @@ class NatsSink:
     def deliver(self, record: SmsRecord, context: DeliveryContext) -> str | None:
         """Publish with ``Nats-Msg-Id``; return ``PubAck <stream> seq <n>``."""
         return self._run(self._publish(record_json(record).encode("utf-8"), record.id))
+
+    def deliver_many(
+        self, items: Sequence[tuple[SmsRecord, DeliveryContext]]
+    ) -> list[DeliveryOutcome]:
+        """``deliver`` for each record; the publishes in flight together."""
+        work = [(record_json(record).encode("utf-8"), record.id) for record, _ in items]
+        return self._run(self._publish_many(work))
 
     def probe(self) -> str:
         """For ``check``: connect, authenticate, and find the stream capturing the subject."""
@@ -298,23 +309,92 @@ class NatsSink:
         except jx.APIError as exc:
             raise self._api_error(exc) from None
         except nx.TimeoutError:
-            permission = self._last_error
-            if permission is not None and "permissions violation" in permission.lower():
-                raise PermanentDeliveryError(
-                    f"NATS denied the publish ({permission}): allow the user to publish "
-                    f"to {self.subject!r}"
-                ) from None
-            raise TemporaryDeliveryError(
-                f"no PubAck from stream {self.stream!r} within {self.timeout:g}s"
-            ) from None
+            raise self._no_pub_ack() from None
         except (nx.Error, OSError) as exc:  # connection closed or lost, slow consumer...
             await self._disconnect()
             reason = self._scrub(str(exc) or type(exc).__name__)
             raise TemporaryDeliveryError(f"NATS connection lost: {reason}") from None
+        return self._acked(ack)
+
+    def _acked(self, ack: Any) -> str:
         self._last_error = None  # a publish went through: no standing violation
         if ack.duplicate:
             return f"PubAck {ack.stream} seq {ack.seq} (duplicate: dropped by the stream)"
         return f"PubAck {ack.stream} seq {ack.seq}"
+
+    def _no_pub_ack(self) -> DeliveryError:
+        permission = self._last_error
+        if permission is not None and "permissions violation" in permission.lower():
+            return PermanentDeliveryError(
+                f"NATS denied the publish ({permission}): allow the user to publish "
+                f"to {self.subject!r}"
+            )
+        return TemporaryDeliveryError(
+            f"no PubAck from stream {self.stream!r} within {self.timeout:g}s"
+        )
+
+    async def _publish_many(self, work: list[tuple[bytes, str]]) -> list[DeliveryOutcome]:
+        from nats import errors as nx
+        from nats.js import errors as jx
+
+        js = await self._jetstream()
+        if not hasattr(js, "publish_async"):  # nats-py before 2.7: a task a publish
+            return await self._publish_each(work)
+        # publish_async writes each message at once (in order) and returns a future
+        # for its PubAck, resolved by one reply subscription: no task, no timer a record.
+        futures: list[asyncio.Future[Any]] = []
+        try:
+            for payload, sms_id in work:
+                futures.append(
+                    await js.publish_async(
+                        self.subject, payload, stream=self.stream, headers={"Nats-Msg-Id": sms_id}
+                    )
+                )
+        except (nx.Error, OSError) as exc:  # connection closed or lost, slow consumer...
+            for future in futures:
+                future.cancel()
+            await self._disconnect()
+            reason = self._scrub(str(exc) or type(exc).__name__)
+            raise TemporaryDeliveryError(f"NATS connection lost: {reason}") from None
+        if not futures:
+            return []
+        _done, late = await asyncio.wait(futures, timeout=self.timeout)
+        for future in late:
+            future.cancel()
+        outcomes: list[DeliveryOutcome] = []
+        no_stream: DeliveryError | None = None  # explained once a batch
+        for future in futures:
+            if future.cancelled():
+                outcomes.append(self._no_pub_ack())
+                continue
+            error = future.exception()
+            if error is None:
+                outcomes.append(self._acked(future.result()))
+            elif isinstance(error, jx.NoStreamResponseError):
+                no_stream = no_stream or await self._explain_no_stream()
+                outcomes.append(no_stream)
+            elif isinstance(error, jx.APIError):
+                outcomes.append(self._api_error(error))
+            else:
+                reason = self._scrub(str(error) or type(error).__name__)
+                outcomes.append(TemporaryDeliveryError(f"publish failed: {reason}"))
+        return outcomes
+
+    async def _publish_each(self, work: list[tuple[bytes, str]]) -> list[DeliveryOutcome]:
+        outcomes: list[DeliveryOutcome] = [None] * len(work)
+        items = iter(enumerate(work))
+
+        # A few publishers take the records in turn, each writing its publish
+        # before it first waits, so the messages reach the server in the order given.
+        async def publisher() -> None:
+            for index, (payload, sms_id) in items:
+                try:
+                    outcomes[index] = await self._publish(payload, sms_id)
+                except Exception as exc:
+                    outcomes[index] = exc
+
+        await asyncio.gather(*(publisher() for _ in range(min(len(work), _PUBLISHERS))))
+        return outcomes
 
     async def _probe(self) -> str:
         from nats.js import errors as jx

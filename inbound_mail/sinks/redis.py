@@ -23,7 +23,9 @@ are permanent; a lost or refused connection, a timeout and the server saying
 it is busy, loading, out of memory or read-only are temporary.
 
 redis-py's client is thread-safe (a connection per concurrent call, from its
-pool), so ``parallel = N`` needs nothing more.  It is an optional extra:
+pool), so ``parallel = N`` needs nothing more.  ``deliver_many`` sends a batch
+as one pipeline of the same script, one call per record, in order: one round
+trip for the batch, each record still added at most once.  It is an optional extra:
 ``pip install 'inbound-mail[redis]'``.
 """
 
@@ -31,18 +33,19 @@ from __future__ import annotations
 
 import math
 import ssl
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
 from ..config import format_duration
-from ..errors import ConfigError, PermanentDeliveryError, TemporaryDeliveryError
+from ..errors import ConfigError, DeliveryError, PermanentDeliveryError, TemporaryDeliveryError
 from . import REDACTED, SinkOptions, record_json, redact_url, url_secrets
 
 if TYPE_CHECKING:
     from ..config import SinkConfig
     from ..models import SmsRecord
-    from . import DeliveryContext
+    from . import DeliveryContext, DeliveryOutcome
 
 __all__ = ["RedisSink"]
 
@@ -214,13 +217,33 @@ class RedisSink:
 
     def deliver(self, record: SmsRecord, context: DeliveryContext) -> str | None:
         """Add the record unless its marker exists; return ``XADD <entry id>``."""
+        keys, args = self._add_call(record)
+        return _added(self._call(self._add, keys, args))
+
+    def deliver_many(
+        self, items: Sequence[tuple[SmsRecord, DeliveryContext]]
+    ) -> list[DeliveryOutcome]:
+        """``deliver`` for each record, in one pipeline (not a transaction: each
+        script is atomic on its own, and a failed one does not undo the others)."""
+        import redis
+
+        pipe = self._client.pipeline(transaction=False)
+        for record, _context in items:
+            keys, args = self._add_call(record)
+            self._add(keys=keys, args=args, client=pipe)
+        try:
+            replies = pipe.execute(raise_on_error=False)
+        except redis.RedisError as exc:  # the connection: the whole batch failed
+            raise self._translate(exc) from exc
+        return [
+            self._translate(reply) if isinstance(reply, Exception) else _added(reply)
+            for reply in replies
+        ]
+
+    def _add_call(self, record: SmsRecord) -> tuple[list[str], list[Any]]:
         sms_id = record.id  # a hash: computed once here
         args = [self._ttl, self.maxlen, *self.fields(record, sms_id)]
-        reply = self._call(self._add, [f"{self._prefix}id:{sms_id}", self.stream], args)
-        added, entry = int(reply[0]), _text(reply[1])
-        if added:
-            return f"XADD {entry}"
-        return f"duplicate of entry {entry}: not added again"
+        return [f"{self._prefix}id:{sms_id}", self.stream], args
 
     def probe(self) -> str:
         """For ``check``: connect, authenticate and prove the stream can be written.
@@ -241,55 +264,65 @@ class RedisSink:
 
     def _call(self, script: Any, keys: list[str], args: list[Any]) -> Any:
         import redis
-        from redis import exceptions as rx
 
         try:
             return script(keys=keys, args=args)
-        except rx.AuthenticationError as exc:
-            raise PermanentDeliveryError(
+        except redis.RedisError as exc:
+            raise self._translate(exc) from exc
+
+    def _translate(self, exc: Exception) -> DeliveryError:
+        """The DeliveryError (permanent or temporary) for a redis-py error."""
+        from redis import exceptions as rx
+
+        if isinstance(exc, rx.AuthenticationError):
+            return PermanentDeliveryError(
                 f"authentication failed ({self._scrub(str(exc))}): check username and "
                 "password_file / password_env / password_credential"
-            ) from exc
-        except rx.NoPermissionError as exc:
-            raise PermanentDeliveryError(
+            )
+        if isinstance(exc, rx.NoPermissionError):
+            return PermanentDeliveryError(
                 f"permission denied ({self._scrub(str(exc))}): the Redis user needs "
                 f"EVALSHA, XADD, SET and GET on {self.stream!r} and {self._prefix}*"
-            ) from exc
-        except rx.TimeoutError as exc:
-            raise TemporaryDeliveryError(
+            )
+        if isinstance(exc, rx.TimeoutError):
+            return TemporaryDeliveryError(
                 f"timed out waiting for Redis (timeout {self.timeout:g}s)"
-            ) from exc
-        except rx.ConnectionError as exc:  # refused, reset, TLS, still loading the dataset
+            )
+        if isinstance(exc, rx.ConnectionError):  # refused, reset, TLS, still loading the dataset
             shown = redact_url(self.url)
-            raise TemporaryDeliveryError(
-                f"connection to {shown} failed: {self._scrub(str(exc))}"
-            ) from exc
-        except rx.ResponseError as exc:
+            return TemporaryDeliveryError(f"connection to {shown} failed: {self._scrub(str(exc))}")
+        if isinstance(exc, rx.ResponseError):
             message = self._scrub(str(exc))
             word = _reply_code(exc, message)
             if not message.startswith(word):  # redis-py strips the codes it knows
                 message = f"{word} {message}"
             if word == "WRONGTYPE":
-                raise PermanentDeliveryError(
+                return PermanentDeliveryError(
                     f"the key {self.stream!r} is not a stream: {message}; "
                     "choose another stream name"
-                ) from exc
+                )
             if word in ("MOVED", "ASK"):
-                raise PermanentDeliveryError(
+                return PermanentDeliveryError(
                     f"the server is a Redis Cluster node ({message}): the redis sink talks "
                     "to one server; point url at a standalone or primary Redis, or a "
                     "cluster-aware proxy"
-                ) from exc
+                )
             if word in _TEMPORARY_REPLIES:
-                raise TemporaryDeliveryError(f"Redis refused the write: {message}") from exc
-            raise PermanentDeliveryError(f"Redis error: {message}") from exc
-        except redis.RedisError as exc:
-            raise TemporaryDeliveryError(f"{type(exc).__name__}: {self._scrub(str(exc))}") from exc
+                return TemporaryDeliveryError(f"Redis refused the write: {message}")
+            return PermanentDeliveryError(f"Redis error: {message}")
+        return TemporaryDeliveryError(f"{type(exc).__name__}: {self._scrub(str(exc))}")
 
     def _scrub(self, text: str) -> str:
         for secret in self._secrets:
             text = text.replace(secret, REDACTED)
         return text
+
+
+def _added(reply: Any) -> str:
+    added, entry = int(reply[0]), _text(reply[1])
+    if added:
+        return f"XADD {entry}"
+    return f"duplicate of entry {entry}: not added again"
 
 
 def _marker_prefix(stream: str) -> str:
