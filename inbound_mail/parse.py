@@ -87,7 +87,7 @@ Email metadata
 
 from __future__ import annotations
 
-import codecs
+import email
 import email.message
 import re
 from collections.abc import Iterable, Sequence
@@ -102,9 +102,11 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import mailparser
 
 from ._html import html_to_text
+from .charsets import codec_for, neutralise
 from .config import DEFAULT_SENDERS, ParseConfig
 from .errors import ConfigError
 from .models import ParseOutcome, Rejected, Skipped, SmsRecord
+from .parse_limits import MAX_FROM_BYTES, check_structure, scan_headers
 
 __all__ = [
     "DEFAULT_OPTIONS",
@@ -161,13 +163,40 @@ def parse_email(raw: bytes, options: ParseOptions = DEFAULT_OPTIONS) -> ParseOut
     """Classify and parse one raw email.  Never raises (see the module docstring)."""
     raw = bytes(raw)
     try:
-        mail = mailparser.parse_from_bytes(raw)
+        early = _gate(raw, options)
+    except Exception as exc:  # a bug here must cost one email, never the daemon
+        return _failed(raw, options, f"internal parser error: {_describe(exc)}")
+    if early is not None:
+        return early
+    try:
+        message = email.message_from_bytes(raw)
+        neutralise(message)  # only real charsets are decoded, by mail-parser too
+        mail = mailparser.MailParser(message)
     except Exception as exc:  # mail-parser gave up (e.g. absurd MIME nesting)
         return _failed(raw, options, f"cannot parse the MIME structure: {_describe(exc)}")
     try:
         return _storable(_parse_mail(mail, options))
     except Exception as exc:  # a bug here must cost one email, never the daemon
         return _failed(raw, options, f"internal parser error: {_describe(exc)}")
+
+
+def _gate(raw: bytes, options: ParseOptions) -> ParseOutcome | None:
+    """The outcome decided before the full parse, or None to go on: the sender
+    first, on the top header block alone, then the limits of
+    :mod:`inbound_mail.parse_limits` for a configured sender's email."""
+    scan = scan_headers(raw)
+    message_id = _clean(scan.message_id)
+    if scan.from_oversized is not None:  # no provider writes that; never parsed
+        reason = f"the From header is {scan.from_oversized} characters; at most {MAX_FROM_BYTES}"
+        return Skipped(reason=reason, message_id=message_id)
+    parsed = _parsed_from(scan.from_values)
+    address, problem = _from_address(scan.from_values, parsed)
+    if address is None or address not in options.senders:
+        reason = problem or _not_ours(address or "", parsed, options)
+        return Skipped(reason=reason, sender=address, message_id=message_id)
+    if limit := scan.problem or check_structure(raw):
+        return Rejected(reason=limit, sender=address, message_id=message_id)
+    return None
 
 
 def _storable(outcome: ParseOutcome) -> ParseOutcome:
@@ -285,11 +314,19 @@ def _failed(raw: bytes, options: ParseOptions, reason: str) -> ParseOutcome:
 
 def _single_from(from_values: list[Any]) -> tuple[str | None, str | None]:
     """(address, problem) for From header values, parsed by mail-parser like a full email."""
+    return _from_address(from_values, _parsed_from(from_values))
+
+
+def _parsed_from(from_values: list[Any]) -> list[tuple[str, str]]:
+    """mail-parser's (name, address) pairs for From header values, as for a full email."""
+    if len(from_values) != 1:
+        return []  # _from_address refuses these before looking at the pairs
     message = email.message.Message()
-    for value in from_values:
-        message["From"] = value
+    message["From"] = from_values[0]
     message.set_payload("")
-    return _from_address(from_values, mailparser.MailParser(message).from_)
+    neutralise(message)
+    parsed: list[tuple[str, str]] = mailparser.MailParser(message).from_
+    return parsed
 
 
 def _from_address(
@@ -375,10 +412,7 @@ def _decode(part: email.message.Message) -> str:
 
 
 def _codecs(declared: str | None) -> list[str]:
-    try:
-        name = codecs.lookup(declared).name if declared else None
-    except LookupError:
-        name = None
+    name = codec_for(declared)  # None for anything but a real mail charset
     if name == "iso8859-1":
         name = "cp1252"  # WHATWG: the C1 range of "latin-1" mail is Windows-1252
     return list(dict.fromkeys(c for c in (name, "utf-8", "cp1252") if c))
