@@ -157,8 +157,27 @@ def _migrate_v1(conn: sqlite3.Connection) -> None:
         conn.execute(statement)
 
 
+def _migrate_parsing(conn: sqlite3.Connection) -> None:
+    """``parsing``: emails whose parse has started and whose batch is not committed yet.
+
+    A row is written (committed) before its email is parsed and deleted by the
+    ingest transaction that stores the outcome; a row left by another process
+    means that process died while parsing (a crash, or the watchdog ending a
+    stall).  ``origin`` is the JSON of the email's origin; ``attempts`` counts
+    the processes that started parsing it; ``run`` names the last of them.
+    """
+    conn.execute(
+        """CREATE TABLE parsing (
+            origin TEXT PRIMARY KEY,
+            attempts INTEGER NOT NULL,
+            run TEXT NOT NULL,
+            started_at TEXT NOT NULL
+        ) WITHOUT ROWID"""
+    )
+
+
 #: Forward migrations; ``MIGRATIONS[n]`` takes the schema from version n to n + 1.
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_migrate_v1]
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_migrate_v1, _migrate_parsing]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 _HINTS = {
@@ -383,3 +402,15 @@ LAST_BY_DESTINATION = """SELECT destination, max(received_at) AS received_at
     FROM messages GROUP BY destination ORDER BY destination"""
 SET_STATE = """INSERT INTO state (key, value, updated_at) VALUES (?, ?, ?)
     ON CONFLICT (key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at"""
+# A run other than this process's finds a row: that process died mid-parse and
+# this one counts a new attempt; the same run (a retry after an ordinary error,
+# e.g. a failed commit) does not.
+MARK_PARSING = """INSERT INTO parsing (origin, attempts, run, started_at) VALUES (?, 1, ?, ?)
+    ON CONFLICT (origin) DO UPDATE SET
+        attempts = attempts + (run IS NOT excluded.run),
+        run = excluded.run,
+        started_at = excluded.started_at"""
+PARSE_CRASHES = """SELECT origin, attempts FROM parsing
+    WHERE run IS NOT ? AND origin IN (SELECT value FROM json_each(?))"""
+DELETE_PARSING = "DELETE FROM parsing WHERE origin = ?"
+ANY_PARSING = "SELECT EXISTS (SELECT 1 FROM parsing)"

@@ -9,6 +9,12 @@ separated by commas.  The points where :func:`fault_point` kills:
 ``after-sink-2xx``  a sink accepted a batch, the outbox rows not yet marked delivered
 ``backfill-batch``  a backfill batch committed
 
+and, through :func:`fault_email`, one that kills only while parsing an email
+that carries the header ``X-Inbound-Mail-Fault: crash-parse`` (any other email
+passes, so a test can crash the parser on one chosen email, run after run):
+
+``crash-parse``     about to parse such an email, its in-flight row committed
+
 and the one where :func:`fault_stall` hangs the calling thread for good, the
 way a wedged socket read would (the systemd watchdog test needs it):
 
@@ -24,7 +30,7 @@ import os
 import signal
 import threading
 
-__all__ = ["fault_point", "fault_stall"]
+__all__ = ["fault_email", "fault_point", "fault_stall"]
 
 
 def _parse(spec: str) -> dict[str, int]:
@@ -57,3 +63,9 @@ def fault_stall(name: str) -> None:
     """Block the calling thread forever when ``name`` is armed and its count is reached."""
     if _reached(name):
         threading.Event().wait()
+
+
+def fault_email(name: str, raw: bytes) -> None:
+    """:func:`fault_point` for emails carrying ``X-Inbound-Mail-Fault: <name>`` only."""
+    if name in _ARMED and f"X-Inbound-Mail-Fault: {name}".encode() in raw:
+        fault_point(name)

@@ -9,9 +9,10 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from itertools import islice
 
+from .inflight import parse_recorded, split_crashed
 from .models import EmailOrigin, Tally
-from .parse import ParseOptions, parse_email
-from .store import IngestItem, IngestResult, Router, Store
+from .parse import ParseOptions
+from .store import IngestResult, Router, Store
 
 __all__ = ["DEFAULT_BATCH", "import_emails"]
 
@@ -30,19 +31,23 @@ def import_emails(
     batch_size: int = DEFAULT_BATCH,
     on_batch: Callable[[IngestResult], None] | None = None,
 ) -> Tally:
-    """Parse and store every email; one transaction per batch.  Bad emails become
-    rejects, never exceptions; only a store failure raises (StoreError)."""
+    """Parse and store every email; one transaction per batch (plus the one that
+    records the batch in flight before its parse).  Bad emails become rejects,
+    never exceptions; only a store failure raises (StoreError)."""
     total = Tally()
     iterator = iter(emails)
     while batch := list(islice(iterator, batch_size)):
-        items = [IngestItem(raw, parse_email(raw, options), origin) for raw, origin in batch]
+        # Emails a killed import was parsing go one at a time (inbound_mail.inflight).
+        groups = split_crashed(store, batch)
         del batch
-        result = store.ingest(items, route=route)
-        del items
-        if on_batch:
-            on_batch(result)
-        total.add(len(result.new), len(result.duplicates), result.skipped, result.rejected)
-        # Drop this batch before the next one is read: otherwise two batches are
-        # alive at once, and peak memory grows with the batch size twice over.
-        del result
+        while groups:
+            items = parse_recorded(store, groups.pop(0), options)
+            result = store.ingest(items, route=route)
+            del items
+            if on_batch:
+                on_batch(result)
+            total.add(len(result.new), len(result.duplicates), result.skipped, result.rejected)
+            # Drop this batch before the next one is read: otherwise two batches are
+            # alive at once, and peak memory grows with the batch size twice over.
+            del result
     return total

@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import secrets
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -59,7 +60,7 @@ from ._store_rows import (
 )
 from .errors import StoreError
 from .lock import daemon_lock, take_lock
-from .models import Rejected, SmsRecord
+from .models import EmailOrigin, Rejected, SmsRecord
 
 __all__ = [
     "AttemptOutcome",
@@ -75,6 +76,16 @@ __all__ = [
     "daemon_lock",
     "iso",
 ]
+
+
+#: This process's name in the ``parsing`` table: a row left under another name
+#: was left by a process that died while parsing.
+RUN = f"{os.getpid()}-{secrets.token_hex(6)}"
+
+
+def _origin_key(origin: EmailOrigin) -> str:
+    o = origin
+    return json.dumps([o.kind, o.account, o.folder, o.uidvalidity, o.uid, o.path, o.key])
 
 
 class Store:
@@ -202,7 +213,34 @@ class Store:
                 else:
                     result.skipped += 1
             batch.flush(cur, checkpoint, acks)
+            # Parsed and stored: no longer in flight (the table is empty but after a crash).
+            if cur.execute(q.ANY_PARSING).fetchone()[0]:
+                cur.executemany(q.DELETE_PARSING, [(_origin_key(i.origin),) for i in items])
         return result
+
+    # -- emails being parsed -------------------------------------------------
+    def parse_crashes(self, origins: Iterable[EmailOrigin]) -> dict[EmailOrigin, int]:
+        """Those of ``origins`` that another process was parsing when it died,
+        with how many processes started parsing them (see :meth:`mark_parsing`)."""
+        by_key = {_origin_key(origin): origin for origin in origins}
+        if not by_key:
+            return {}
+        params = (RUN, json.dumps(list(by_key)))
+        rows = self._rows("cannot read the emails being parsed", q.PARSE_CRASHES, params)
+        return {by_key[row["origin"]]: int(row["attempts"]) for row in rows}
+
+    def mark_parsing(self, origins: Iterable[EmailOrigin]) -> None:
+        """Record (committed) that this process starts parsing these emails.
+
+        :meth:`ingest` of their outcomes deletes the rows.  A row this process
+        finds from another run counts one more attempt: that run died while
+        parsing (a crash, a kill, the watchdog ending a stall)."""
+        stamp = iso(self._clock())
+        rows = [(_origin_key(origin), RUN, stamp) for origin in origins]
+        if not rows:
+            return
+        with self._write("cannot record the emails being parsed") as cur:
+            cur.executemany(q.MARK_PARSING, rows)
 
     # -- IMAP bookkeeping --------------------------------------------------
     def get_checkpoint(self, account: str, folder: str) -> Checkpoint | None:

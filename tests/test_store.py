@@ -126,7 +126,7 @@ def test_forward_migration_runs_once(tmp_path: Path, monkeypatch: pytest.MonkeyP
     for _ in range(2):  # the second open must not re-run the migration
         with Store.open(db) as store:
             conn = store.database.conn
-            assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+            assert conn.execute("PRAGMA user_version").fetchone()[0] == _schema.SCHEMA_VERSION + 1
             assert "note" in Database(conn)["messages"].columns_dict
 
 
@@ -135,7 +135,8 @@ def test_newer_schema_is_refused(tmp_path: Path) -> None:
     Store.open(db).close()
     with sqlite3.connect(db) as conn:
         conn.execute("PRAGMA user_version = 99")
-    with pytest.raises(StoreError, match=r"version 99 .*supports \(version 1\)"):
+    supported = rf"version 99 .*supports \(version {_schema.SCHEMA_VERSION}\)"
+    with pytest.raises(StoreError, match=supported):
         Store.open(db)
 
 

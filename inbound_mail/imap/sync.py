@@ -39,9 +39,10 @@ from imapclient import IMAPClient
 
 from ..config import AccountConfig
 from ..faults import fault_point
+from ..inflight import parse_recorded, split_runs
 from ..logs import log_event
 from ..models import EmailOrigin, ParseOutcome, Rejected, SmsRecord, Tally
-from ..parse import ParseOptions, parse_email, sender_matches
+from ..parse import ParseOptions, sender_matches
 from ..store import Checkpoint, IngestItem, IngestResult, PendingAck, Router, Store
 from .acks import apply_acks
 
@@ -95,6 +96,7 @@ class FolderSync:
         on_found: Callable[[str, int], None] | None = None,
         should_stop: Callable[[], bool] = lambda: False,
         fetch_failures: FetchFailures | None = None,
+        on_parsed: Callable[[], None] | None = None,
     ) -> None:
         self.client = client
         self.account = account
@@ -107,6 +109,7 @@ class FolderSync:
         # (folder, uidvalidity, uid) -> failed FETCHes; owned by the worker, so
         # the count survives the reconnect that a failed FETCH usually causes.
         self.fetch_failures: FetchFailures = {} if fetch_failures is None else fetch_failures
+        self.on_parsed = on_parsed  # after every email parsed: progress for the watchdog
 
     def sync(self, folder: str, options: SyncOptions = SyncOptions()) -> SyncResult:
         """One pass over ``folder``; raises the client's errors for the caller to translate."""
@@ -206,20 +209,30 @@ class FolderSync:
     def _fetch_and_store(
         self, folder: str, uidvalidity: int, uids: list[int], options: SyncOptions, readonly: bool
     ) -> IngestResult:
-        if not any((folder, uidvalidity, uid) in self.fetch_failures for uid in uids):
-            return self._fetch_group(folder, uidvalidity, uids, options, readonly)
+        if any((folder, uidvalidity, uid) in self.fetch_failures for uid in uids):
+            groups = [
+                [uid] for uid in uids
+            ]  # so an email the server cannot return costs only itself
+        elif options.dry_run:
+            groups = [uids]
+        else:
+            # Each email the parser died on alone, in UID order: the checkpoint never
+            # passes one before it is stored (inbound_mail.inflight).
+            origins = [self._origin(folder, uidvalidity, uid) for uid in uids]
+            crashed = {origin.uid for origin in self.store.parse_crashes(origins)}
+            groups = split_runs(uids, lambda uid: uid in crashed)
         result = IngestResult()
-        for uid in uids:  # one at a time, so an email the server cannot return costs only itself
+        for group in groups:
             if self.should_stop():
                 break
-            result.merge(self._fetch_group(folder, uidvalidity, [uid], options, readonly))
+            result.merge(self._fetch_group(folder, uidvalidity, group, options, readonly))
         return result
 
     def _fetch_group(
         self, folder: str, uidvalidity: int, uids: list[int], options: SyncOptions, readonly: bool
     ) -> IngestResult:
         try:
-            items = self._fetch_items(folder, uidvalidity, uids)
+            items = self._fetch_items(folder, uidvalidity, uids, record=not options.dry_run)
         except Exception as exc:
             self._fetch_failed(folder, uidvalidity, uids, exc)
             raise
@@ -239,14 +252,16 @@ class FolderSync:
         self._ack(folder, acks)
         return result
 
-    def _fetch_items(self, folder: str, uidvalidity: int, uids: list[int]) -> list[IngestItem]:
+    def _fetch_items(
+        self, folder: str, uidvalidity: int, uids: list[int], *, record: bool
+    ) -> list[IngestItem]:
         sizes = self.client.fetch(uids, ["RFC822.SIZE"])
         present = [uid for uid in uids if b"RFC822.SIZE" in sizes.get(uid, {})]  # others expunged
         small = [uid for uid in present if int(sizes[uid][b"RFC822.SIZE"]) <= self.account.max_size]
         large = [uid for uid in present if uid not in small]
         items: list[IngestItem] = []
         for group in _by_bytes(small, sizes):
-            items += self._fetch_bodies(folder, uidvalidity, group)
+            items += self._fetch_bodies(folder, uidvalidity, group, record=record)
         items += self._fetch_oversized(folder, uidvalidity, large, sizes)
         items.sort(key=lambda item: item.origin.uid or 0)
         for uid in uids:
@@ -273,23 +288,22 @@ class FolderSync:
         log_event(_log, logging.ERROR, "imap.unfetchable", account=self.account.name,
                   folder=folder, uid=uids[0], reason=reason)  # fmt: skip
 
-    def _fetch_bodies(self, folder: str, uidvalidity: int, uids: list[int]) -> list[IngestItem]:
+    def _fetch_bodies(
+        self, folder: str, uidvalidity: int, uids: list[int], *, record: bool
+    ) -> list[IngestItem]:
         if not uids:
             return []
         fetched = self.client.fetch(uids, ["BODY.PEEK[]"])
-        items = []
+        emails = []
         for uid in uids:
             raw = fetched.get(uid, {}).get(b"BODY[]")
             if raw is None:  # expunged by someone else between SEARCH and FETCH
                 continue
-            items.append(
-                IngestItem(
-                    raw,
-                    parse_email(bytes(raw), self.parse_options),
-                    self._origin(folder, uidvalidity, uid),
-                )
-            )
-        return items
+            emails.append((bytes(raw), self._origin(folder, uidvalidity, uid)))
+        del fetched
+        return parse_recorded(
+            self.store, emails, self.parse_options, record=record, on_parsed=self.on_parsed
+        )
 
     def _fetch_oversized(
         self, folder: str, uidvalidity: int, uids: list[int], sizes: dict[int, Any]

@@ -111,6 +111,20 @@ def _kinds(sender: str) -> dict[str, bytes]:
         + b"--"
         + boundary
         + b"--\r\n",
+        # Just under the parts limit: still parsed, so its cost is the limit's.
+        "mime_parts_at_limit": _head(
+            sender, b'Content-Type: multipart/mixed; boundary="' + boundary + b'"'
+        )
+        + b"\r\n--"
+        + boundary
+        + b"\r\n"
+        + plain
+        + b"\r\n\r\n"
+        + _FIELDS
+        + (b"--" + boundary + b"\r\n" + plain + b"\r\n\r\nx\r\n") * 490
+        + b"--"
+        + boundary
+        + b"--\r\n",
         # Parameters and encoded words in a sub-part's headers (the filename).
         "part_filename_words": _head(
             sender, b'Content-Type: multipart/mixed; boundary="' + boundary + b'"'
@@ -188,6 +202,7 @@ _STILL_SKIPPED = frozenset({"from_addresses", "encoded_words_display_name"})
 _STILL_VALID = frozenset(
     {
         "to_addresses_64k",
+        "mime_parts_at_limit",
         "punycode_body",
         "zlib_body",
         "rot13_body",
