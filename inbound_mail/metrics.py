@@ -68,6 +68,8 @@ _CATEGORIES: tuple[tuple[re.Pattern[str], str], ...] = tuple(
         (r"^invalid Date/Time", "invalid_date_time"),
         (r"^cannot parse the MIME structure", "bad_mime"),
         (r"^internal parser error", "parser_error"),
+        (r"; at most \d+$|^the MIME structure has over", "over_limit"),  # parse_limits
+        (r"^parser crash", "parser_crash"),  # inbound_mail.inflight
     )
 )
 AccountsView = Callable[[], Iterable[tuple[str, "AccountHealth"]]]

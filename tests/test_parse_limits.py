@@ -8,6 +8,8 @@ import email
 import pytest
 
 from inbound_mail.charsets import UNKNOWN, codec_for, neutralise
+from inbound_mail.inflight import CRASH_REASON
+from inbound_mail.metrics import reject_category
 from inbound_mail.models import Rejected, Skipped, SmsRecord
 from inbound_mail.parse import parse_email
 from inbound_mail.parse_limits import (
@@ -142,3 +144,11 @@ def test_neutralise_renames_only_refused_charsets() -> None:
     assert message["Subject"] == f"=?{UNKNOWN}?q?a-?= =?utf-8?q?ok?="
     assert list(message.keys()) == ["Subject", "X-A", "X-B", "Content-Type"]
     assert not neutralise(message)
+
+
+def test_limit_and_crash_rejects_have_their_metric_category() -> None:
+    for name, (raw, expected) in CORPUS.items():
+        outcome = parse_email(raw)
+        if expected == "Rejected" and isinstance(outcome, Rejected):
+            assert reject_category(outcome.reason) == "over_limit", (name, outcome.reason)
+    assert reject_category(f"{CRASH_REASON}: the process died 2 times") == "parser_crash"

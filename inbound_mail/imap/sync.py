@@ -31,8 +31,6 @@ import logging
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import date
-from email.parser import BytesHeaderParser
-from email.policy import compat32
 from typing import Any
 
 from imapclient import IMAPClient
@@ -43,6 +41,7 @@ from ..inflight import parse_recorded, split_runs
 from ..logs import log_event
 from ..models import EmailOrigin, ParseOutcome, Rejected, SmsRecord, Tally
 from ..parse import ParseOptions, sender_matches
+from ..parse_limits import scan_headers
 from ..store import Checkpoint, IngestItem, IngestResult, PendingAck, Router, Store
 from .acks import apply_acks
 
@@ -321,8 +320,9 @@ class FolderSync:
         return items
 
     def _oversized_outcome(self, header: bytes, size: int) -> ParseOutcome | None:
-        message = BytesHeaderParser(policy=compat32).parsebytes(header)
-        sender = sender_matches(message.get_all("From", []), self.parse_options.senders)
+        scan = scan_headers(header)  # bounded work, whatever the size of the header block
+        senders = self.parse_options.senders
+        sender = None if scan.from_oversized else sender_matches(scan.from_values, senders)
         if sender is None:
             return None  # SEARCH FROM matched a display name: not ours, left alone
         reason = (
@@ -333,7 +333,7 @@ class FolderSync:
         return Rejected(
             reason=reason,
             sender=sender,
-            message_id=(message.get("Message-ID") or "").strip() or None,
+            message_id=(scan.message_id or "").strip() or None,
         )
 
     def _acks_for(
