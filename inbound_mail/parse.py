@@ -8,6 +8,16 @@ Python's recursion limit) or this module meets an unexpected error, the email
 is rejected ("cannot parse the MIME structure: ...", "internal parser error:
 ...") if its From header names a configured sender, else skipped.
 
+Bounded work
+    Before mail-parser sees the bytes, :mod:`inbound_mail.parse_limits` reads
+    the top header block alone: the sender is checked there first (a From
+    header over :data:`~inbound_mail.parse_limits.MAX_FROM_BYTES` is skipped
+    unparsed), so mail from others costs almost nothing; a configured sender's
+    email over a limit (header block, header fields, encoded words, MIME parts
+    and parameters) is rejected with the limit in the reason.  Only WHATWG
+    charset labels are decoded (:mod:`inbound_mail.charsets`), in mail-parser
+    too; any other codec name is an unknown charset.
+
 Who sent it
     Only the parsed addr-spec of the ``From`` header counts, compared
     case-insensitively with the configured senders; the display name never does
@@ -19,7 +29,7 @@ Which body
     The first ``text/plain`` part that is not an attachment; an HTML part (the
     first ``text/html``) only when there is no plain part or the plain part holds
     no field label at all.  Attached emails (``message/*``) are not looked into.
-    The charset is the declared one, then UTF-8, then Windows-1252, then
+    The charset is the declared one (a WHATWG label), then UTF-8, then Windows-1252, then
     ISO-8859-1 (which cannot fail); a declared ISO-8859-1 is read as
     Windows-1252, as browsers do, so that ``€`` and curly quotes survive.
 

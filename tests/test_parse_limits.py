@@ -4,14 +4,17 @@ only real mail charsets are decoded.  Outcomes only: CPU time is in benchmarks/.
 from __future__ import annotations
 
 import email
+import threading
+from pathlib import Path
 
 import pytest
 
 from inbound_mail.charsets import UNKNOWN, codec_for, neutralise
+from inbound_mail.imap.worker import AccountWorker
 from inbound_mail.inflight import CRASH_REASON
 from inbound_mail.metrics import reject_category
 from inbound_mail.models import Rejected, Skipped, SmsRecord
-from inbound_mail.parse import parse_email
+from inbound_mail.parse import DEFAULT_OPTIONS, parse_email
 from inbound_mail.parse_limits import (
     MAX_ENCODED_WORDS,
     MAX_HEADER_FIELDS,
@@ -20,8 +23,10 @@ from inbound_mail.parse_limits import (
     check_structure,
     scan_headers,
 )
+from inbound_mail.store import Store
 from inbound_mail.testing.bombs import BUDGET, bombs
 from inbound_mail.testing.emails import build_provider_email
+from inbound_mail.testing.mailbox import Mailbox
 
 CORPUS = bombs()
 
@@ -152,3 +157,24 @@ def test_limit_and_crash_rejects_have_their_metric_category() -> None:
         if expected == "Rejected" and isinstance(outcome, Rejected):
             assert reject_category(outcome.reason) == "over_limit", (name, outcome.reason)
     assert reject_category(f"{CRASH_REASON}: the process died 2 times") == "parser_crash"
+
+
+def test_oversized_imap_mail_with_a_bomb_header_costs_only_a_header_scan(
+    mailbox: Mailbox, tmp_path: Path
+) -> None:
+    # Over max_size, only the headers are fetched; a From of ~90k addresses
+    # (1 MiB of header) is skipped by the bounded scan, the next mail flows.
+    mailbox.append(CORPUS["ours_from_addresses"][0])
+    mailbox.append(CORPUS["ours_many_headers"][0])
+    mailbox.append(sms())
+    account = mailbox.account(max_size=100_000, connect_timeout=10.0)
+    db = tmp_path / "sms.db"
+    worker = AccountWorker(
+        account, db_path=db, parse_options=DEFAULT_OPTIONS, stop=threading.Event()
+    )
+    (result,) = worker.run_once()
+    assert (result.tally.new, result.tally.rejected, result.tally.skipped) == (1, 1, 0)
+    with Store.open(db) as store:
+        (reject,) = list(store.rejects())
+    assert "max_size" in reject["reason"]
+    assert reject["message_id"] == "<bomb@smsin.agiletelecom.com>"
