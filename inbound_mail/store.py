@@ -239,8 +239,17 @@ class Store:
         rows = [(_origin_key(origin), RUN, stamp) for origin in origins]
         if not rows:
             return
-        with self._write("cannot record the emails being parsed") as cur:
-            cur.executemany(q.MARK_PARSING, rows)
+        # Without fsync: the row must outlive this process (a crash, SIGKILL,
+        # SIGABRT from the watchdog), and the OS keeps the WAL write for that;
+        # after a power loss it may be gone, and the email is merely parsed once
+        # more.  The ingest commit that follows is synchronous=FULL again, which
+        # syncs this write too.  So the push path gains a commit, not an fsync.
+        self._conn.execute("PRAGMA synchronous = NORMAL")
+        try:
+            with self._write("cannot record the emails being parsed") as cur:
+                cur.executemany(q.MARK_PARSING, rows)
+        finally:
+            self._conn.execute("PRAGMA synchronous = FULL")
 
     # -- IMAP bookkeeping --------------------------------------------------
     def get_checkpoint(self, account: str, folder: str) -> Checkpoint | None:

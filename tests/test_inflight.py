@@ -121,6 +121,8 @@ def test_an_ordinary_retry_in_the_same_process_is_not_a_crash(tmp_path: Path) ->
         store.mark_parsing([origin])
         store.mark_parsing([origin])  # e.g. the commit failed and the batch is retried
         assert store.parse_crashes([origin]) == {}
+        # The mark skips the fsync; every other write stays synchronous=FULL.
+        assert store.database.conn.execute("PRAGMA synchronous").fetchone()[0] == 2
     # Another process that marked it and died: one crash.
     script = (
         "import sys; from inbound_mail.store import Store; from inbound_mail.models import "
