@@ -209,9 +209,8 @@ class FolderSync:
         self, folder: str, uidvalidity: int, uids: list[int], options: SyncOptions, readonly: bool
     ) -> IngestResult:
         if any((folder, uidvalidity, uid) in self.fetch_failures for uid in uids):
-            groups = [
-                [uid] for uid in uids
-            ]  # so an email the server cannot return costs only itself
+            # One at a time, so an email the server cannot return costs only itself.
+            groups = [[uid] for uid in uids]
         elif options.dry_run:
             groups = [uids]
         else:
@@ -299,7 +298,6 @@ class FolderSync:
             if raw is None:  # expunged by someone else between SEARCH and FETCH
                 continue
             emails.append((bytes(raw), self._origin(folder, uidvalidity, uid)))
-        del fetched
         return parse_recorded(
             self.store, emails, self.parse_options, record=record, on_parsed=self.on_parsed
         )
