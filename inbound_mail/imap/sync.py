@@ -13,7 +13,10 @@ The order is what makes the feed lossless and duplicate-free:
    its body never fetched.  The rest is fetched with ``BODY.PEEK[]`` (which never
    sets ``\\Seen``) in chunks bounded by count and bytes.
 5. Each chunk is parsed and stored in ONE transaction together with the new
-   checkpoint and the acknowledgements it now owes.
+   checkpoint and the acknowledgements it now owes.  Before the parse its
+   emails are recorded in flight (:mod:`inbound_mail.inflight`): after a crash,
+   the emails that were in flight are parsed one at a time, and one the parser
+   died on twice becomes a reject.
 6. Only then is ``after`` applied (seen / move / delete) -- and only to mail
    that produced an SMS: other senders' mail and rejects are never touched.
 
