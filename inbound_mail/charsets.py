@@ -21,7 +21,7 @@ import codecs
 import email.message
 import re
 
-__all__ = ["UNKNOWN", "codec_for", "neutralise"]
+__all__ = ["UNKNOWN", "codec_for", "neutralise", "neutralise_value"]
 
 #: What a refused charset label becomes: no codec answers to it, so every
 #: decoder takes its fallback for an unknown charset.
@@ -247,6 +247,11 @@ def _neutralise_headers(part: email.message.Message) -> bool:
     for name, value in fixed:
         part.set_raw(name, value)  # same order, same raw values but the charset names
     return True
+
+
+def neutralise_value(value: str) -> str:
+    """One header value with the charsets of its refused encoded words renamed."""
+    return _fix_words(value)
 
 
 def _fix_words(value: str) -> str:

@@ -4,11 +4,14 @@ only real mail charsets are decoded.  Outcomes only: CPU time is in benchmarks/.
 from __future__ import annotations
 
 import email
+import email.message
 import threading
 from pathlib import Path
 
+import mailparser
 import pytest
 
+import inbound_mail.parse as parse_module
 from inbound_mail.charsets import UNKNOWN, codec_for, neutralise
 from inbound_mail.imap.worker import AccountWorker
 from inbound_mail.inflight import CRASH_REASON
@@ -178,3 +181,32 @@ def test_oversized_imap_mail_with_a_bomb_header_costs_only_a_header_scan(
         (reject,) = list(store.rejects())
     assert "max_size" in reject["reason"]
     assert reject["message_id"] == "<bomb@smsin.agiletelecom.com>"
+
+
+FROM_VALUES = [
+    "Agile Telecom <smsin@agiletelecom.com>",
+    "smsin@agiletelecom.com",
+    '"smsin@agiletelecom.com" <evil@example.org>',
+    "=?utf-8?q?Agile_T=C3=A9l=C3=A9com?= <smsin@agiletelecom.com>",
+    "=?punycode?q?a-?= <smsin@agiletelecom.com>",
+    "a@b.c, d@e.f",
+    "<>",
+    "",
+    "Name <smsin@agiletelecom.com",
+    "smsin@agiletelecom.com (Agile)",
+    "\udcff\udcfe <smsin@agiletelecom.com>",
+    "Agile\r\n Telecom <x@y.z>",
+    "undisclosed-recipients:;",
+    "group: a@b.c, d@e.f;",
+    "smsin@agiletelecom.com <smsin@agiletelecom.com>",
+]
+
+
+@pytest.mark.parametrize("value", FROM_VALUES)
+def test_the_gate_reads_from_as_the_full_parse_does(value: str) -> None:
+    # The reference: mail-parser over a message holding that From header.
+    message = email.message.Message()
+    message["From"] = value
+    message.set_payload("")
+    neutralise(message)
+    assert parse_module._parsed_from([value]) == mailparser.MailParser(message).from_
