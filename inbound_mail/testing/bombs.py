@@ -50,7 +50,8 @@ def _kinds(sender: str) -> dict[str, bytes]:
         "punycode_body": _head(sender, b"Content-Type: text/plain; charset=punycode")
         + b"\r\n"
         + _FIELDS
-        + _fill(b"\xc3\xa9a-", room),
+        + b"-"
+        + _fill(b"a", room),  # one insertion per "a", each into a longer list
         # The same through an encoded word in the Subject.
         "punycode_subject": _head(sender, plain).replace(
             b"Subject: Agile", b"Subject: =?punycode?q?" + _fill(b"a-", 1_500) + b"?= Agile"
@@ -203,7 +204,6 @@ _STILL_VALID = frozenset(
     {
         "to_addresses_64k",
         "mime_parts_at_limit",
-        "punycode_body",
         "zlib_body",
         "rot13_body",
         "punycode_subject",
