@@ -117,7 +117,13 @@ from .charsets import codec_for, neutralise, neutralise_value
 from .config import DEFAULT_SENDERS, ParseConfig
 from .errors import ConfigError
 from .models import ParseOutcome, Rejected, Skipped, SmsRecord
-from .parse_limits import MAX_FROM_BYTES, check_structure, scan_headers
+from .parse_limits import (
+    MAX_FROM_BYTES,
+    MAX_HEADER_BYTES,
+    check_structure,
+    scan_headers,
+    scan_message,
+)
 
 __all__ = [
     "DEFAULT_OPTIONS",
@@ -174,13 +180,13 @@ def parse_email(raw: bytes, options: ParseOptions = DEFAULT_OPTIONS) -> ParseOut
     """Classify and parse one raw email.  Never raises (see the module docstring)."""
     raw = bytes(raw)
     try:
-        early = _gate(raw, options)
+        early, message = _gate(raw, options)
     except Exception as exc:  # a bug here must cost one email, never the daemon
         return _failed(raw, options, f"internal parser error: {_describe(exc)}")
     if early is not None:
         return early
     try:
-        message = email.message_from_bytes(raw)
+        message = message or email.message_from_bytes(raw)
         neutralise(message)  # only real charsets are decoded, by mail-parser too
         mail = mailparser.MailParser(message)
     except Exception as exc:  # mail-parser gave up (e.g. absurd MIME nesting)
@@ -191,23 +197,43 @@ def parse_email(raw: bytes, options: ParseOptions = DEFAULT_OPTIONS) -> ParseOut
         return _failed(raw, options, f"internal parser error: {_describe(exc)}")
 
 
-def _gate(raw: bytes, options: ParseOptions) -> ParseOutcome | None:
-    """The outcome decided before the full parse, or None to go on: the sender
-    first, on the top header block alone, then the limits of
-    :mod:`inbound_mail.parse_limits` for a configured sender's email."""
-    scan = scan_headers(raw)
+def _gate(
+    raw: bytes, options: ParseOptions
+) -> tuple[ParseOutcome | None, email.message.Message | None]:
+    """The outcome decided before the full parse (or None to go on), and the
+    email's parsed message when it was small enough to be parsed here already.
+
+    The sender comes first, from the top header block alone, so mail from
+    others costs almost nothing; the limits of :mod:`inbound_mail.parse_limits`
+    apply to a configured sender's email.  A From header that names a
+    configured sender (the common case) goes to the cheap limit checks at once:
+    the full parse checks the sender again, exactly as before."""
+    message = None
+    if len(raw) <= MAX_HEADER_BYTES:  # bounded: parse once, in full, and reuse it
+        try:
+            message = email.message_from_bytes(raw)
+        except Exception:  # the full parse below fails the same way, with the reason
+            message = None
+    scan = scan_message(message) if message is not None else scan_headers(raw)
     message_id = _clean(scan.message_id)
     if scan.from_oversized is not None:  # no provider writes that; never parsed
         reason = f"the From header is {scan.from_oversized} characters; at most {MAX_FROM_BYTES}"
-        return Skipped(reason=reason, message_id=message_id)
+        return Skipped(reason=reason, message_id=message_id), None
+    named = " ".join(scan.from_values).lower()
+    limit = None
+    if any(sender in named for sender in options.senders):
+        limit = scan.problem or check_structure(raw)
+        if limit is None:
+            return None, message
     parsed = _parsed_from(scan.from_values)
-    address, problem = _from_address(scan.from_values, parsed)
+    fetched = [compat32.header_fetch_parse("From", value) for value in scan.from_values]
+    address, problem = _from_address(fetched, parsed)
     if address is None or address not in options.senders:
         reason = problem or _not_ours(address or "", parsed, options)
-        return Skipped(reason=reason, sender=address, message_id=message_id)
-    if limit := scan.problem or check_structure(raw):
-        return Rejected(reason=limit, sender=address, message_id=message_id)
-    return None
+        return Skipped(reason=reason, sender=address, message_id=message_id), None
+    if limit := limit or scan.problem or check_structure(raw):
+        return Rejected(reason=limit, sender=address, message_id=message_id), None
+    return None, message
 
 
 def _storable(outcome: ParseOutcome) -> ParseOutcome:
@@ -336,7 +362,9 @@ def _parsed_from(from_values: list[Any]) -> list[tuple[str, str]]:
     # (a quarter of a provider email's parse): the value as Message.items() gives
     # it, its refused charsets renamed, mail-parser's address parser, "" for a
     # name that repeats the address.
-    value = compat32.header_fetch_parse("From", neutralise_value(str(from_values[0])))
+    value = from_values[0]
+    if isinstance(value, str):  # raw; a Header is already what Message.items() gives
+        value = compat32.header_fetch_parse("From", neutralise_value(value))
     pairs = mailparser_utils.get_addresses(value, decode_names=True)
     return [("" if name == address else name, address) for name, address in pairs if address]
 

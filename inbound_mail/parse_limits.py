@@ -24,6 +24,7 @@ limit in the reason, its raw bytes kept like any reject's.
 
 from __future__ import annotations
 
+import email.message
 import re
 from dataclasses import dataclass, field
 from email.parser import BytesHeaderParser
@@ -40,6 +41,7 @@ __all__ = [
     "HeaderScan",
     "check_structure",
     "scan_headers",
+    "scan_message",
 ]
 
 #: The top header block (everything before the first blank line), in bytes.
@@ -71,6 +73,7 @@ _MIME_FIELD = re.compile(
 class HeaderScan:
     """What the top header block says before any full parse."""
 
+    #: Raw values, as parsed (``Message.raw_items``): undecodable bytes as surrogates.
     from_values: list[str] = field(default_factory=list)
     message_id: str | None = None
     #: The limit the top header block exceeds, as a reject reason; None if within.
@@ -94,22 +97,27 @@ def scan_headers(raw: bytes) -> HeaderScan:
                 problem=f"the header block is {size} bytes; at most {MAX_HEADER_BYTES}",
             )
         )
-    message = BytesHeaderParser(policy=compat32).parsebytes(raw[:size])
+    return scan_message(BytesHeaderParser(policy=compat32).parsebytes(raw[:size]))
+
+
+def scan_message(message: email.message.Message) -> HeaderScan:
+    """:func:`scan_headers` for a message already parsed (a small email is parsed
+    once, in full, and this reads its top-level headers)."""
     items = message.raw_items()
     problem = None
     if len(message) > MAX_HEADER_FIELDS:
         problem = f"{len(message)} header fields; at most {MAX_HEADER_FIELDS}"
     else:
-        longest = max(items, key=lambda item: len(str(item[1])), default=None)
-        if longest is not None and len(str(longest[1])) > MAX_FIELD_BYTES:
+        longest = max(items, key=lambda item: len(item[1]), default=None)
+        if longest is not None and len(longest[1]) > MAX_FIELD_BYTES:
             problem = (
-                f"header field {longest[0][:40]!r} is {len(str(longest[1]))} characters; "
+                f"header field {longest[0][:40]!r} is {len(longest[1])} characters; "
                 f"at most {MAX_FIELD_BYTES}"
             )
     message_id = message.get("Message-ID")
     return _with_from_size(
         HeaderScan(
-            from_values=[str(v) for v in message.get_all("From", [])],
+            from_values=[value for name, value in message.raw_items() if name.lower() == "from"],
             message_id=None if message_id is None else str(message_id),
             problem=problem,
         )
