@@ -9,11 +9,12 @@ separated by commas.  The points where :func:`fault_point` kills:
 ``after-sink-2xx``  a sink accepted a batch, the outbox rows not yet marked delivered
 ``backfill-batch``  a backfill batch committed
 
-and, through :func:`fault_email`, one that kills only while parsing an email
-that carries the header ``X-Inbound-Mail-Fault: crash-parse`` (any other email
-passes, so a test can crash the parser on one chosen email, run after run):
+and, through :func:`fault_email`, two that act only on an email that carries
+the header ``X-Inbound-Mail-Fault: NAME`` (any other email passes, so a test can
+crash or stall the parser on one chosen email, run after run):
 
-``crash-parse``     about to parse such an email, its in-flight row committed
+``crash-parse``     kills: about to parse such an email, its in-flight row committed
+``stall-parse``     hangs there instead, as a parse that never ends would
 
 and the one where :func:`fault_stall` hangs the calling thread for good, the
 way a wedged socket read would (the systemd watchdog test needs it):
@@ -66,6 +67,7 @@ def fault_stall(name: str) -> None:
 
 
 def fault_email(name: str, raw: bytes) -> None:
-    """:func:`fault_point` for emails carrying ``X-Inbound-Mail-Fault: <name>`` only."""
+    """For emails carrying ``X-Inbound-Mail-Fault: <name>`` only: :func:`fault_stall`
+    when ``name`` starts with ``stall``, else :func:`fault_point`."""
     if name in _ARMED and f"X-Inbound-Mail-Fault: {name}".encode() in raw:
-        fault_point(name)
+        (fault_stall if name.startswith("stall") else fault_point)(name)

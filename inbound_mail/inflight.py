@@ -94,4 +94,5 @@ def _outcome(raw: bytes, options: ParseOptions, crashes: int) -> ParseOutcome:
             )
         )
     fault_email("crash-parse", raw)
+    fault_email("stall-parse", raw)
     return parse_email(raw, options)

@@ -9,9 +9,12 @@ the mailbox.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
+
+from test_notify import NotifyListener
 
 from inbound_mail.imap.connection import connect
 from inbound_mail.imap.sync import FolderSync
@@ -22,7 +25,7 @@ from inbound_mail.store import IngestItem, Store
 from inbound_mail.testing.emails import build_provider_email
 from inbound_mail.testing.mailbox import Mailbox
 
-from helpers import count, rows, write_config
+from helpers import DaemonProcess, count, rows, write_config
 
 FAST = {"idle_deadline": 5.0, "connect_timeout": 5.0, "poll_interval": 1.0}
 CRASH = {"INBOUND_MAIL_FAULT": "crash-parse"}
@@ -157,3 +160,32 @@ def test_progress_ticks_once_per_parsed_email(mailbox: Mailbox, tmp_path: Path) 
         client.logout()
     assert result.tally.new == 5
     assert len(ticks) == 5  # one fetch group of five, yet progress for each email
+
+
+def test_a_parse_that_stalls_is_reported_and_becomes_a_reject_after_two_restarts(
+    mailbox: Mailbox, tmp_path: Path
+) -> None:
+    # The watchdog's view: progress counts per parsed email, so the account is
+    # STALLED while one email's parse hangs; systemd then kills (SIGABRT), twice.
+    db = tmp_path / "sms.db"
+    stalling = b"X-Inbound-Mail-Fault: stall-parse\r\n" + sms(21)
+    for raw in (sms(20), stalling, sms(22)):
+        mailbox.append(raw)
+    account = mailbox.account(idle_deadline=5.0, connect_timeout=1.0)
+    config = write_config(tmp_path / "c.toml", [account], db=db)
+    env = {"INBOUND_MAIL_FAULT": "stall-parse"}
+    for run in range(MAX_PARSE_CRASHES):
+        listener = NotifyListener(str(tmp_path / f"notify-{run}.sock"))
+        daemon = DaemonProcess(config, env={**listener.env(watchdog_usec=1_000_000), **env})
+        try:
+            stalled = listener.wait_for(lambda m: "STALLED" in m.get("STATUS", ""), timeout=30)
+            assert f"imap-{account.name}" in stalled["STATUS"]
+            daemon.signal(signal.SIGABRT)  # what systemd's WatchdogSec= sends
+            assert daemon.wait(15) == -signal.SIGABRT
+        finally:
+            daemon.close()
+            listener.close()
+    assert count(db) == 1 and crash_rejects(db) == []
+    assert cli(config, "run", "--once", env=env) == 0
+    assert count(db) == 2
+    assert [raw for _, raw in crash_rejects(db)] == [stalling]
