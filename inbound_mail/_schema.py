@@ -402,15 +402,16 @@ LAST_BY_DESTINATION = """SELECT destination, max(received_at) AS received_at
     FROM messages GROUP BY destination ORDER BY destination"""
 SET_STATE = """INSERT INTO state (key, value, updated_at) VALUES (?, ?, ?)
     ON CONFLICT (key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at"""
-# A run other than this process's finds a row: that process died mid-parse and
-# this one counts a new attempt; the same run (a retry after an ordinary error,
-# e.g. a failed commit) does not.
-MARK_PARSING = """INSERT INTO parsing (origin, attempts, run, started_at) VALUES (?, 1, ?, ?)
+# ``crashed`` is 1 when the row was left by a process that died mid-parse (the
+# store decides): a new attempt.  A retry by the same run (after an ordinary
+# error, e.g. a failed commit) or a live process's row counts nothing.
+MARK_PARSING = """INSERT INTO parsing (origin, attempts, run, started_at)
+    VALUES (:origin, 1, :run, :stamp)
     ON CONFLICT (origin) DO UPDATE SET
-        attempts = attempts + (run IS NOT excluded.run),
+        attempts = attempts + :crashed,
         run = excluded.run,
         started_at = excluded.started_at"""
-PARSE_CRASHES = """SELECT origin, attempts FROM parsing
-    WHERE run IS NOT ? AND origin IN (SELECT value FROM json_each(?))"""
+PARSING_ROWS = """SELECT origin, attempts, run FROM parsing
+    WHERE origin IN (SELECT value FROM json_each(?))"""
 DELETE_PARSING = "DELETE FROM parsing WHERE origin = ?"
 ANY_PARSING = "SELECT EXISTS (SELECT 1 FROM parsing)"

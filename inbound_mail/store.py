@@ -83,6 +83,26 @@ __all__ = [
 RUN = f"{os.getpid()}-{secrets.token_hex(6)}"
 
 
+def _dead(run: str) -> bool:
+    """Whether the process that wrote ``run`` is gone (so it died while parsing).
+
+    Another live process (a ``backfill`` beside the daemon) may be parsing the
+    same email right now: that is no crash.  A reused PID reads as alive, which
+    only delays the count by one start."""
+    if run == RUN:
+        return False
+    pid = run.partition("-")[0]
+    if not pid.isdigit():
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # EPERM: it exists, as another user
+        return False
+    return False
+
+
 def _origin_key(origin: EmailOrigin) -> str:
     o = origin
     return json.dumps([o.kind, o.account, o.folder, o.uidvalidity, o.uid, o.path, o.key])
@@ -223,11 +243,17 @@ class Store:
         """Those of ``origins`` that another process was parsing when it died,
         with how many processes started parsing them (see :meth:`mark_parsing`)."""
         by_key = {_origin_key(origin): origin for origin in origins}
-        if not by_key:
+        rows = self._parsing_rows(list(by_key))
+        return {by_key[key]: attempts for key, (attempts, run) in rows.items() if _dead(run)}
+
+    def _parsing_rows(self, keys: list[str]) -> dict[str, tuple[int, str]]:
+        """origin key -> (attempts, run) of the ``parsing`` rows among ``keys``."""
+        if not keys or not self._one("cannot read the emails being parsed", q.ANY_PARSING):
             return {}
-        params = (RUN, json.dumps(list(by_key)))
-        rows = self._rows("cannot read the emails being parsed", q.PARSE_CRASHES, params)
-        return {by_key[row["origin"]]: int(row["attempts"]) for row in rows}
+        rows = self._rows(
+            "cannot read the emails being parsed", q.PARSING_ROWS, (json.dumps(keys),)
+        )
+        return {row["origin"]: (int(row["attempts"]), str(row["run"])) for row in rows}
 
     def mark_parsing(self, origins: Iterable[EmailOrigin]) -> None:
         """Record (committed) that this process starts parsing these emails.
@@ -236,9 +262,15 @@ class Store:
         finds from another run counts one more attempt: that run died while
         parsing (a crash, a kill, the watchdog ending a stall)."""
         stamp = iso(self._clock())
-        rows = [(_origin_key(origin), RUN, stamp) for origin in origins]
-        if not rows:
+        keys = [_origin_key(origin) for origin in origins]
+        if not keys:
             return
+        found = self._parsing_rows(keys)
+        rows = [
+            {"origin": key, "run": RUN, "stamp": stamp,
+             "crashed": int(key in found and _dead(found[key][1]))}
+            for key in keys
+        ]  # fmt: skip
         # Without fsync: the row must outlive this process (a crash, SIGKILL,
         # SIGABRT from the watchdog), and the OS keeps the WAL write for that;
         # after a power loss it may be gone, and the email is merely parsed once

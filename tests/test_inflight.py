@@ -118,24 +118,43 @@ def test_import_email_that_kills_the_parser_twice_becomes_a_reject(tmp_path: Pat
     assert count(db, "parsing") == 0
 
 
-def test_an_ordinary_retry_in_the_same_process_is_not_a_crash(tmp_path: Path) -> None:
+MARK = (
+    "import sys; from inbound_mail.store import Store; from inbound_mail.models import "
+    "EmailOrigin; Store.open(sys.argv[1]).mark_parsing([EmailOrigin('eml', path='/x.eml')]); "
+    "print('marked', flush=True); sys.stdin.read()"
+)
+
+
+def test_only_a_process_that_died_parsing_counts_as_a_crash(tmp_path: Path) -> None:
+    db = tmp_path / "sms.db"
     origin = EmailOrigin("eml", path="/x.eml")
-    with Store.open(tmp_path / "sms.db") as store:
+    with Store.open(db) as store:
         store.mark_parsing([origin])
         store.mark_parsing([origin])  # e.g. the commit failed and the batch is retried
         assert store.parse_crashes([origin]) == {}
         # The mark skips the fsync; every other write stays synchronous=FULL.
         assert store.database.conn.execute("PRAGMA synchronous").fetchone()[0] == 2
-    # Another process that marked it and died: one crash.
-    script = (
-        "import sys; from inbound_mail.store import Store; from inbound_mail.models import "
-        "EmailOrigin; Store.open(sys.argv[1]).mark_parsing([EmailOrigin('eml', path='/x.eml')])"
-    )
-    subprocess.run([sys.executable, "-c", script, str(tmp_path / "sms.db")], check=True)
-    with Store.open(tmp_path / "sms.db") as store:
-        assert store.parse_crashes([origin]) == {origin: 2}
         store.ingest([IngestItem(b"", Skipped(reason="not ours"), origin)])
+    # Another process parsing it (a backfill beside the daemon): no crash while it lives...
+    other = subprocess.Popen(
+        [sys.executable, "-c", MARK, str(db)], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
+    try:
+        assert other.stdout is not None and other.stdout.readline() == b"marked\n"
+        with Store.open(db) as store:
+            assert store.parse_crashes([origin]) == {}
+    finally:
+        other.kill()  # ... and one when it died with the row in place
+        other.wait(10)
+    with Store.open(db) as store:
+        assert store.parse_crashes([origin]) == {origin: 1}
+        store.mark_parsing([origin])  # this process takes it over: the second attempt
         assert store.parse_crashes([origin]) == {}
+    with Store.open(db) as store:  # same process, so still not a crash
+        assert store.parse_crashes([origin]) == {}
+        assert store.database.conn.execute("SELECT attempts FROM parsing").fetchone()[0] == 2
+        store.ingest([IngestItem(b"", Skipped(reason="not ours"), origin)])
+        assert store.database.conn.execute("SELECT count(*) FROM parsing").fetchone()[0] == 0
 
 
 def test_split_runs_keeps_the_order() -> None:
