@@ -8,7 +8,8 @@ again at every restart, for ever, and nothing behind it would be stored.  So:
    ``parsing`` table (:meth:`Store.mark_parsing`: one commit per group).  The
    ingest transaction that stores their outcomes deletes the rows.
 2. After a restart, rows left by the dead process name the emails that were in
-   flight (:meth:`Store.parse_crashes`).  Such emails are parsed one at a time,
+   flight (:meth:`Store.parse_crashes`; a row of a process still running, such
+   as a ``backfill`` beside the daemon, is no crash, nor is this process's own).  Such emails are parsed one at a time,
    each in its own group, so the attempt is counted against the one email that
    was being parsed when the process died; the others are stored.
 3. An email that :data:`MAX_PARSE_CRASHES` processes died parsing is not parsed
