@@ -9,9 +9,10 @@ again at every restart, for ever, and nothing behind it would be stored.  So:
    ingest transaction that stores their outcomes deletes the rows.
 2. After a restart, rows left by the dead process name the emails that were in
    flight (:meth:`Store.parse_crashes`; a row of a process still running, such
-   as a ``backfill`` beside the daemon, is no crash, nor is this process's own).  Such emails are parsed one at a time,
-   each in its own group, so the attempt is counted against the one email that
-   was being parsed when the process died; the others are stored.
+   as a ``backfill`` beside the daemon, is no crash, nor is this process's own).
+   Such emails are parsed one at a time, each in its own group, so the attempt
+   is counted against the one email that was being parsed when the process
+   died; the others are stored.
 3. An email that :data:`MAX_PARSE_CRASHES` processes died parsing is not parsed
    again: it becomes a reject (reason :data:`CRASH_REASON`, raw bytes kept),
    and, like every reject, it is left in the mailbox untouched.
