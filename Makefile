@@ -21,7 +21,8 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet --editable . --group dev
 	touch $@
 
-# System packages (dovecot-imapd), installed through apt only when missing.
+# System packages (dovecot-imapd, Cyrus), installed through apt only when missing;
+# cyrus-imapd unpacked into .cache/cyrus-imapd (it conflicts with dovecot-imapd).
 deps:
 	bash scripts/ensure-deps.sh
 

@@ -371,6 +371,9 @@ def account_table(server: Any, user: str, **extra: Any) -> str:
         "ca_file": account.ca_file,
         "password_file": account.password_file,
         "folders": ["INBOX"],
+        # The corpus is unsigned provider mail: these benchmarks measure the pipeline
+        # without the authenticity check; trust_bench.py measures its cost.
+        "authenticate": "off",
         **extra,
     }
     return toml_table("[[accounts]]", values)

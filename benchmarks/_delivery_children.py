@@ -129,6 +129,8 @@ def sink_alone(spec: dict[str, Any]) -> dict[str, Any]:
 
 def bare(spec: dict[str, Any]) -> dict[str, Any]:
     records = _records(Path(spec["db"]))
+    if spec["type"] == "nats":
+        return _bare_nats(spec, records)
     send, finish = _bare_sender(spec)
     started = time.perf_counter()
     if spec["parallel"] == 1:
@@ -147,7 +149,62 @@ def _bare_sender(spec: dict[str, Any]) -> tuple[Callable[[SmsRecord], None], Cal
         return _http_sender(options["url"], options["format"], spec["parallel"])
     if spec["type"] == "jsonl":
         return _jsonl_sender(options["path"])
+    if spec["type"] == "redis":
+        return _redis_sender(options)
     return _command_sender(options["argv"])
+
+
+def _redis_sender(
+    options: dict[str, Any],
+) -> tuple[Callable[[SmsRecord], None], Callable[[], None]]:
+    """redis-py's plain XADD of the same two fields, the reply being the acknowledgement."""
+    import redis
+
+    password = Path(options["password_file"]).read_text().strip()
+    # The same socket timeout as the sink's default: a timeout per attempt is part of
+    # the work (and costs a poll() per read), as httpx's default 5 s is for webhooks.
+    client = redis.Redis.from_url(options["url"], password=password, socket_timeout=30.0)
+    stream = options["stream"]
+
+    def send(rec: SmsRecord) -> None:
+        client.xadd(stream, {"id": rec.id, "json": json.dumps(rec.to_dict(), ensure_ascii=False)})
+
+    return send, client.close
+
+
+def _bare_nats(spec: dict[str, Any], records: list[SmsRecord]) -> dict[str, Any]:
+    """nats-py on its own asyncio loop: JetStream publishes with Nats-Msg-Id, each
+    awaiting its PubAck; with ``parallel`` N, N publishes in flight."""
+    import asyncio
+
+    import nats
+
+    options = spec["options"]
+    password = Path(options["password_file"]).read_text().strip()
+
+    async def main() -> float:
+        nc = await nats.connect(options["url"], user=options["user"], password=password)
+        js = nc.jetstream()
+        queue = list(reversed(records))
+
+        async def publisher() -> None:
+            while queue:
+                rec = queue.pop()
+                body = json.dumps(rec.to_dict(), ensure_ascii=False).encode()
+                await js.publish(
+                    options["subject"],
+                    body,
+                    stream=options["stream"],
+                    headers={"Nats-Msg-Id": rec.id},
+                )
+
+        started = time.perf_counter()
+        await asyncio.gather(*(publisher() for _ in range(spec["parallel"])))
+        seconds = time.perf_counter() - started
+        await nc.close()
+        return seconds
+
+    return {"delivered": len(records), "work_seconds": asyncio.run(main())}
 
 
 def _http_sender(

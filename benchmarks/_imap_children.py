@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import ssl
 import sys
 import time
@@ -26,9 +27,10 @@ from imapclient import IMAPClient
 
 
 def connect(spec: dict[str, Any]) -> IMAPClient:
-    """Logged in like the daemon: implicit TLS, verified against the test CA."""
+    """Logged in like the daemon: implicit TLS, verified against the test CA, NODELAY."""
     context = ssl.create_default_context(cafile=spec["ca_file"])
     client = IMAPClient(spec["host"], spec["port"], ssl=True, ssl_context=context, timeout=60)
+    client.socket().setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # as the daemon
     client.login(spec["username"], spec["password"])
     return client
 

@@ -1,8 +1,13 @@
 """Push latency and idle CPU of the daemon, beside a bare imapclient IDLE.
 
-One message at a time (after a gap of 50-150 ms), this process APPENDs a
-provider email and timestamps (``time.monotonic``: one clock for every process
-here) what follows the APPEND's completion:
+One message at a time, this process APPENDs a provider email and timestamps
+(``time.monotonic``: one clock for every process here) what follows the
+APPEND's completion.  Two cases:
+
+- spaced        each APPEND after a gap of 50-150 ms once the previous one was seen
+- back-to-back  each APPEND the instant the previous one was seen (its EXISTS by
+                the bare session, its committed row for the daemon): a burst,
+                where mail lands while the daemon's pass still runs
 
 - ``raw``     a bare imapclient IDLE session (a thread here, alone on the folder)
               reads ``* N EXISTS``
@@ -15,6 +20,9 @@ The bare IDLE runs first, then the daemon: side by side, the daemon's STORE
 \\Seen would start Dovecot's 0.5 s notify timer early in the bare session.
 Afterwards the daemon and a bare IDLE child process wait ``idle_window``
 seconds with nothing arriving; their CPU time comes from ``/proc/PID/stat``.
+
+The server is any of the test harnesses (``DovecotServer``, ``CyrusServer``):
+they share the interface used here.
 """
 
 from __future__ import annotations
@@ -35,12 +43,12 @@ from _common import PYTHON, REPO, account_table, proc_cpu_seconds, proc_peak_rss
 from _imap_children import connect
 
 from inbound_mail.parse import parse_email
-from inbound_mail.testing.dovecot import DovecotServer
 from inbound_mail.testing.emails import build_provider_email
 from inbound_mail.testing.wait import wait_until
 
 _POLL = 0.005
 _SEEN_TIMEOUT = 10.0
+SPACED = (0.05, 0.15)
 
 
 @dataclass(slots=True)
@@ -109,7 +117,7 @@ class _FifoReader(_Watcher):
                 self.seen(json.loads(line)["id"])
 
 
-def _write_config(server: DovecotServer, user: str, work: Path, fifo: Path) -> Path:
+def _write_config(server: Any, user: str, work: Path, fifo: Path) -> Path:
     path = work / "push.toml"
     path.write_text(
         toml_table("[database]", {"path": work / "push.db"})
@@ -122,9 +130,16 @@ def _write_config(server: DovecotServer, user: str, work: Path, fifo: Path) -> P
 
 
 def measure_push(
-    server: DovecotServer, user: str, work: Path, *, count: int, idle_window: float
+    server: Any,
+    user: str,
+    work: Path,
+    *,
+    count: int,
+    idle_window: float,
+    gap: tuple[float, float] | None = SPACED,
 ) -> PushResult:
-    """Run the whole measurement; see the module docstring."""
+    """Run the whole measurement; see the module docstring.  ``gap=None`` is the
+    back-to-back case; ``idle_window=0`` leaves out the idle CPU."""
     spec = {
         "host": server.host,
         "port": server.imaps_port,
@@ -142,22 +157,23 @@ def measure_push(
     with server.session(user) as client:
         for index in range(count):
             seq = raw.exists_at_start + index + 1
-            appended = _append(client, index)[1]
+            appended = _append(client, index, gap)[1]
             _until(lambda seq=seq: seq in raw.times, appended)
             _record(result, "raw", raw.times.get(seq), appended)
     raw.stop.set()
     raw.join(5)
-    _measure_daemon(server, user, work, spec, count, idle_window, result)
+    _measure_daemon(server, user, work, spec, count, idle_window, gap, result)
     return result
 
 
 def _measure_daemon(
-    server: DovecotServer,
+    server: Any,
     user: str,
     work: Path,
     spec: dict[str, Any],
     count: int,
     idle_window: float,
+    gap: tuple[float, float] | None,
     result: PushResult,
 ) -> None:
     fifo = work / "push.fifo"
@@ -178,19 +194,25 @@ def _measure_daemon(
         wait_until(
             lambda: b"state=idle" in log_path.read_bytes(), 30, 0.05, message="the daemon IDLEs"
         )
+        sent: list[tuple[str, float]] = []
         with server.session(user) as client:
             for index in range(count):
-                sms_id, appended = _append(client, count + index)
+                sms_id, appended = _append(client, count + index, gap)
+                sent.append((sms_id, appended))
                 _record(
                     result,
                     "commit",
                     _poll_row(work / "push.db", sms_id, appended + _SEEN_TIMEOUT),
                     appended,
                 )
-                _until(lambda sms_id=sms_id: sms_id in reader.times, appended)
-                _record(result, "sink", reader.times.get(sms_id), appended)
+                if gap is not None:  # back-to-back does not wait for the sink
+                    _until(lambda sms_id=sms_id: sms_id in reader.times, appended)
+        for sms_id, appended in sent:
+            _until(lambda sms_id=sms_id: sms_id in reader.times, appended)
+            _record(result, "sink", reader.times.get(sms_id), appended)
         time.sleep(2.0)  # the last acks and deliveries settle
-        _idle_cpu(daemon.pid, spec, idle_window, result)
+        if idle_window > 0:
+            _idle_cpu(daemon.pid, spec, idle_window, result)
         result.daemon_rss_mb = proc_peak_rss_mb(daemon.pid)
     finally:
         daemon.send_signal(signal.SIGTERM)
@@ -200,9 +222,11 @@ def _measure_daemon(
 _rng = random.Random(7)
 
 
-def _append(client: Any, index: int) -> tuple[str, float]:
-    """APPEND one provider email after a gap; (its SMS id, when APPEND completed)."""
-    time.sleep(_rng.uniform(0.05, 0.15))
+def _append(client: Any, index: int, gap: tuple[float, float] | None) -> tuple[str, float]:
+    """APPEND one provider email after a gap (none: at once); (its SMS id, when the
+    APPEND completed)."""
+    if gap is not None:
+        time.sleep(_rng.uniform(*gap))
     email = build_provider_email(
         "+393301234567", "+393331234333", "20240501120000", f"push {index} {time.time_ns()}"
     )

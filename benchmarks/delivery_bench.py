@@ -10,10 +10,15 @@ bare work for the same records, with nothing recorded:
 ``webhook json``   httpx.Client JSON POSTs with a Standard Webhooks signature (HMAC-SHA256)
 ``jsonl``          one ``os.write`` a line, ``fsync`` every 100 lines
 ``command``        ``subprocess.run(["/bin/true"])`` with the JSON on stdin
+``redis``          redis-py ``XADD`` of the same ``id`` + ``json`` fields (its reply is the ack)
+``nats``           nats-py JetStream publishes with ``Nats-Msg-Id``, each awaiting its PubAck,
+                   on an asyncio loop (with 8: eight publishes in flight)
 
 Each runs sequential and with 8 in parallel (8 threads for the floor).  A third
 column, "sink alone", calls the sink object's own ``deliver`` with no outbox, to
-split our cost between the sink and the outbox bookkeeping.  Webhooks
+split our cost between the sink and the outbox bookkeeping.  The event-stream
+sinks talk to a private ``redis-server`` (append-only file, fsync every second)
+and ``nats-server -js`` started here on 127.0.0.1, a fresh stream per run.  Webhooks
 POST to a bare receiver in this process (``_fast_receiver.py``), which keeps
 nothing but an id and a time per request; the capacity table measures it beside
 ``inbound_mail.testing.webhook_receiver.WebhookReceiver``, so that a receiver
@@ -26,6 +31,7 @@ baseline is a bare httpx POST: the same timestamp taken just before ``post()``.
 
     .venv/bin/python benchmarks/delivery_bench.py             # 2,000 SMS, 200 latency samples
     .venv/bin/python benchmarks/delivery_bench.py --quick     # 300 SMS, 40 samples
+    .venv/bin/python benchmarks/delivery_bench.py --sinks redis,nats   # those sinks only
 """
 
 from __future__ import annotations
@@ -56,9 +62,12 @@ from _common import (
 from _delivery_children import SECRET, make_db
 from _fast_receiver import FastReceiver
 
+from inbound_mail.testing.nats_server import NatsServer
+from inbound_mail.testing.redis_server import RedisServer
 from inbound_mail.testing.webhook_receiver import WebhookReceiver
 
-SINKS = ("webhook agile", "webhook json", "jsonl", "command")
+SINKS = ("webhook agile", "webhook json", "jsonl", "command", "redis", "nats")
+STREAM_SERVERS: dict[str, Any] = {}  # "redis": RedisServer, "nats": NatsServer, set by main()
 CHILDREN = str(Path(__file__).with_name("_delivery_children.py"))
 
 
@@ -74,16 +83,30 @@ def sink_options(kind: str, receiver: FastReceiver, work: Path) -> tuple[str, di
         return "webhook", {"url": receiver.url, "format": "json", "secret": SECRET}
     if kind == "jsonl":
         return "jsonl", {"path": str(work / f"out-{time.time_ns()}.jsonl")}
+    if kind == "redis":  # a stream of its own per run: no marker of an earlier run applies
+        server = STREAM_SERVERS["redis"]
+        options = {"url": server.url, "stream": f"bench-{time.time_ns()}"}
+        return "redis", {**options, "password_file": str(server.password_file)}
+    if kind == "nats":
+        server = STREAM_SERVERS["nats"]
+        tag = time.time_ns()
+        server.create_stream(f"BENCH_{tag}", [f"bench.{tag}"])
+        options = {"url": server.url, "stream": f"BENCH_{tag}", "subject": f"bench.{tag}"}
+        return "nats", {**options, "user": server.user, "password_file": str(server.password_file)}
     return "command", {"argv": ["/bin/true"]}
 
 
 def throughput(
-    receiver: FastReceiver, work: Path, count: int, parallels: Sequence[int]
+    receiver: FastReceiver,
+    work: Path,
+    count: int,
+    parallels: Sequence[int],
+    sinks: Sequence[str] = SINKS,
 ) -> list[dict[str, Any]]:
     template = work / "template.db"
     make_db(template, count)
     rows: list[dict[str, Any]] = []
-    for kind in SINKS:
+    for kind in sinks:
         for parallel in parallels:
             for mode in ("floor", "sink", "inbound-mail"):
                 sink_type, options = sink_options(kind, receiver, work)
@@ -250,9 +273,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--samples", type=int, help="latency samples [default: 200]")
     parser.add_argument("--quick", action="store_true", help="a smoke run: 300 SMS, 40 samples")
     parser.add_argument(
+        "--sinks",
+        default=",".join(SINKS),
+        help=f"comma-separated sink kinds to measure [default: {','.join(SINKS)}]",
+    )
+    parser.add_argument(
         "--json", type=Path, help="write the figures here [default: results/delivery.json]"
     )
     args = parser.parse_args(argv)
+    sinks = [kind.strip() for kind in args.sinks.split(",") if kind.strip()]
+    unknown = sorted(set(sinks) - set(SINKS))
+    if unknown:
+        parser.error(f"unknown sink kinds {unknown}; choose from {', '.join(SINKS)}")
     count = args.sms or (300 if args.quick else 2000)
     samples = args.samples or (40 if args.quick else 200)
     info = machine()
@@ -261,10 +293,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         tempfile.TemporaryDirectory(prefix="delivery-bench-") as tmp,
         FastReceiver() as fast,
         WebhookReceiver() as slow,
+        RedisServer(Path(tmp) / "redis-server", appendfsync="everysec") as redis_server,
+        NatsServer(Path(tmp) / "nats-server") as nats_server,
     ):
+        STREAM_SERVERS.update(redis=redis_server, nats=nats_server)
         work = Path(tmp)
         caps = capacity(fast, slow, work, count, (1, 8))
-        rows = throughput(fast, work, count, (1, 8))
+        rows = throughput(fast, work, count, (1, 8), sinks)
         lat = latency(fast, work, samples)
     text, verdict = render(rows, caps, lat, count)
     print(text)

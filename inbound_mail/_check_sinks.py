@@ -1,8 +1,10 @@
 """The sink half of ``inbound-mail check`` (see :mod:`inbound_mail.check`).
 
 A sink's options are validated by building it; then a webhook's host is reached
-over TCP (and TLS for https), a jsonl file's directory must be writable, and a
-command's program must exist and be executable.  Nothing is delivered unless
+over TCP (and TLS for https), a jsonl file's directory must be writable, a
+command's program must exist and be executable, and a redis or nats sink's
+``probe()`` logs in and proves its stream can be written (Redis) or exists and
+captures the subject (JetStream).  Nothing is delivered unless
 ``send_test`` is set: then one record that says it is a test.
 """
 
@@ -21,11 +23,25 @@ from zoneinfo import ZoneInfo
 from .check import CheckLine, Level, reason
 from .config import SinkConfig
 from .delivery import AttemptContext
-from .errors import InboundMailError
+from .errors import ConfigError, InboundMailError
+from .imap.connection import is_name_mismatch, names_in_certificate
 from .models import SmsRecord
 from .sinks import Sink, SinkOptions, create_sink, redact_url
 
-__all__ = ["check_sink"]
+__all__ = ["check_sink", "sink_config_error"]
+
+
+def sink_config_error(config: SinkConfig) -> ConfigError | None:
+    """The config error that building this sink raises (an unknown or mistyped key,
+    a bad value), or None; other failures are for :func:`check_sink` to report."""
+    try:
+        sink = create_sink(config)
+    except ConfigError as exc:
+        return exc
+    except InboundMailError:
+        return None
+    sink.close()
+    return None
 
 
 def check_sink(config: SinkConfig, send_test: bool) -> Iterator[CheckLine]:
@@ -65,6 +81,13 @@ def _webhook_reachable(config: SinkConfig, sink: Sink) -> tuple[Level, str]:
                 with context.wrap_socket(sock, server_hostname=host) as tls_sock:
                     return "ok", f"{shown}: TCP and {tls_sock.version()} to {host}:{port}"
     except ssl.SSLCertVerificationError as exc:
+        if is_name_mismatch(exc):
+            names = ", ".join(_names_on(host, port, context)) or "other hosts"
+            return (
+                "FAIL",
+                f"{shown}: certificate is not valid for {host}: it names {names}; use one of "
+                f"them in {config.key('url')}, or give the receiver a certificate for {host}",
+            )
         return (
             "FAIL",
             f"{shown}: certificate not trusted ({exc.verify_message}): set {config.key('ca_file')}",
@@ -75,6 +98,20 @@ def _webhook_reachable(config: SinkConfig, sink: Sink) -> tuple[Level, str]:
             f"{shown}: cannot connect to {host}:{port} ({reason(exc)}): is the receiver up?",
         )
     return "ok", f"{shown}: TCP to {host}:{port}"
+
+
+def _names_on(host: str, port: int, context: ssl.SSLContext) -> list[str]:
+    """The names on the certificate, over a second handshake that still verifies the
+    chain but not the host name: only to say what the certificate is for."""
+    context.check_hostname = False
+    try:
+        with (
+            socket.create_connection((host, port), timeout=10) as sock,
+            context.wrap_socket(sock, server_hostname=host) as tls_sock,
+        ):
+            return names_in_certificate(tls_sock.getpeercert() or {})
+    except OSError:
+        return []
 
 
 def _jsonl_reachable(config: SinkConfig, sink: Sink) -> tuple[Level, str]:
@@ -116,10 +153,24 @@ def _command_reachable(config: SinkConfig, sink: Sink) -> tuple[Level, str]:
     return "ok", f"{program} is {found}"
 
 
+def _probe_reachable(config: SinkConfig, sink: Sink) -> tuple[Level, str]:
+    """Event-stream sinks (redis, nats) probe the server themselves: connect,
+    authenticate, and prove the stream exists or can be written."""
+    probe: Callable[[], str] | None = getattr(sink, "probe", None)
+    if probe is None:
+        return "warn", f"no check for a {config.type} sink"
+    try:
+        return "ok", probe()
+    except InboundMailError as exc:
+        return "FAIL", str(exc)
+
+
 _REACHABILITY: dict[str, Callable[[SinkConfig, Sink], tuple[Level, str]]] = {
     "webhook": _webhook_reachable,
     "jsonl": _jsonl_reachable,
     "command": _command_reachable,
+    "redis": _probe_reachable,
+    "nats": _probe_reachable,
 }
 
 

@@ -12,8 +12,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
+import regex
+
 from .config import (
+    DEFAULT_DKIM_DOMAINS,
     DEFAULT_SENDERS,
+    DNS_TIMEOUT_RANGE,
     AccountConfig,
     Config,
     DatabaseConfig,
@@ -25,6 +29,7 @@ from .config import (
     SinkFilter,
     StatusConfig,
     default_db_path,
+    format_duration,
     parse_duration,
 )
 from .errors import ConfigError
@@ -32,6 +37,8 @@ from .errors import ConfigError
 T = TypeVar("T")
 _MISSING: Any = object()
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_DAY = 86400.0
+_YEAR = 365 * _DAY
 
 
 class _Table:
@@ -67,17 +74,21 @@ class _Table:
     def text(self, name: str, default: Any = _MISSING) -> Any:
         return self.get(name, "a string", _check_str, default)
 
-    def integer(self, name: str, default: Any = _MISSING, minimum: int | None = None) -> Any:
-        expect = "an integer" + (f" >= {minimum}" if minimum is not None else "")
-        return self.get(name, expect, lambda v: _check_int(v, minimum), default)
+    def integer(self, name: str, default: Any, low: int, high: int) -> Any:
+        """An integer from ``low`` to ``high`` inclusive (every number has a range)."""
+        expect = f"an integer from {low} to {high}"
+        return self.get(name, expect, lambda v: _check_int(v, low, high), default)
 
     def boolean(self, name: str, default: Any = _MISSING) -> Any:
         return self.get(name, "true or false", _check_bool, default)
 
-    def duration(self, name: str, default: Any = _MISSING) -> Any:
-        return self.get(
-            name, 'a duration (seconds, or "30s", "10m", "2h", "7d")', parse_duration, default
+    def duration(self, name: str, default: Any, low: float, high: float, *, why: str = "") -> Any:
+        """A duration from ``low`` to ``high`` seconds inclusive; ``why`` explains the range."""
+        expect = (
+            f"a duration from {format_duration(low)} to {format_duration(high)}"
+            f'{f" ({why})" if why else ""}: seconds, or a string like "30s", "10m", "2h", "7d"'
         )
+        return self.get(name, expect, lambda v: _check_duration(v, low, high), default)
 
     def str_list(self, name: str, default: Any = _MISSING) -> Any:
         return self.get(name, "a list of strings", _check_str_list, default)
@@ -123,7 +134,9 @@ def _database_section(t: _Table) -> DatabaseConfig:
     path = t.text("path", None)
     result = DatabaseConfig(
         path=_relative_to(t, Path(path)) if path else default_db_path(),
-        raw_retention=t.duration("raw_retention", 90 * 86400.0),
+        raw_retention=t.duration(
+            "raw_retention", 90 * 86400.0, 0, 100 * _YEAR, why="0 keeps raw emails forever"
+        ),
     )
     t.finish()
     return result
@@ -133,13 +146,60 @@ def _parse_section(t: _Table) -> ParseConfig:
     timezone = t.get(
         "timezone", "an IANA time zone such as Europe/Rome", _check_zone, "Europe/Rome"
     )
+    low, high = DNS_TIMEOUT_RANGE
     result = ParseConfig(
         senders=tuple(s.lower() for s in t.str_list("senders", list(DEFAULT_SENDERS))),
         timezone=timezone,
         keyword=t.boolean("keyword", False),
+        authenticate=_authenticate(t, "require"),
+        authserv_ids=_authserv_ids(t, []),
+        dkim_domains=_dkim_domains(t, list(DEFAULT_DKIM_DOMAINS)),
+        dns_servers=tuple(
+            t.get(
+                "dns_servers",
+                'a list of DNS server addresses such as ["127.0.0.1", "[::1]:5353"]',
+                _check_dns_servers,
+                [],
+            )
+        ),
+        dns_timeout=t.get(
+            "dns_timeout",
+            f"a duration from {low:g} to {high:g} seconds",
+            lambda v: _check_range(parse_duration(v), low, high),
+            5.0,
+        ),
     )
     t.finish()
     return result
+
+
+def _authenticate(t: _Table, default: str) -> Any:
+    return t.get(
+        "authenticate",
+        '"require", "report" or "off"',
+        lambda v: _check_choice(v, ("require", "report", "off")),
+        default,
+    )
+
+
+def _authserv_ids(t: _Table, default: list[str]) -> tuple[str, ...]:
+    return tuple(
+        a.strip().lower()
+        for a in t.get(
+            "authserv_ids",
+            "a list of authserv-ids (the first word of your server's "
+            "Authentication-Results headers)",
+            _check_names_list,
+            default,
+        )
+    )
+
+
+def _dkim_domains(t: _Table, default: list[str]) -> tuple[str, ...]:
+    return tuple(
+        d.strip().lower()
+        for d in t.get("dkim_domains", "a non-empty list of domain names", _check_domains, default)
+    )
 
 
 def _log_section(t: _Table) -> LogConfig:
@@ -150,18 +210,20 @@ def _log_section(t: _Table) -> LogConfig:
 
 
 def _metrics_section(t: _Table) -> MetricsConfig:
-    listen = t.get("listen", 'an address "HOST:PORT"', _check_listen, None)
+    listen = t.get("listen", 'an address "HOST:PORT" (port 0 to 65535)', _check_listen, None)
     t.finish()
     return MetricsConfig(listen=listen)
 
 
 def _status_section(t: _Table) -> StatusConfig:
     expect = t.table("expect_within")
-    expect_within = {number: expect.duration(number) for number in list(expect.data)}
+    expect_within = {
+        number: expect.duration(number, _MISSING, 60, 366 * _DAY) for number in list(expect.data)
+    }
     expect.finish()
     result = StatusConfig(
-        heartbeat_stale=t.duration("heartbeat_stale", 120.0),
-        slow_delivery=t.duration("slow_delivery", 5.0),
+        heartbeat_stale=t.duration("heartbeat_stale", 120.0, 1, _DAY),
+        slow_delivery=t.duration("slow_delivery", 5.0, 0.001, 3600),
         error_rate=t.get("error_rate", "a fraction between 0 and 1", _check_fraction, 0.01),
         expect_within=expect_within,
     )
@@ -180,9 +242,9 @@ def _account(t: _Table, index: int, parse: ParseConfig) -> AccountConfig:
     password_file = t.text("password_file", None)
     account = AccountConfig(
         name=t.get("name", "a name of letters, digits, '.', '_' or '-'", _check_name),
-        host=t.text("host"),
-        username=t.text("username"),
-        port=t.integer("port", 993 if tls == "implicit" else 143, minimum=1),
+        host=t.get("host", "a host name or address (not empty, no spaces)", _check_host),
+        username=t.get("username", "a non-empty string", _check_nonempty),
+        port=t.integer("port", 993 if tls == "implicit" else 143, 1, 65535),
         tls=tls,
         ca_file=_relative_to(t, Path(ca_file)) if ca_file else None,
         password_file=_relative_to(t, Path(password_file)) if password_file else None,
@@ -191,22 +253,23 @@ def _account(t: _Table, index: int, parse: ParseConfig) -> AccountConfig:
         folders=tuple(t.str_list("folders", ["INBOX"])),
         senders=tuple(s.lower() for s in t.str_list("senders", list(parse.senders))),
         after=t.get("after", '"seen", "none", "delete" or "move:FOLDER"', _check_after, "seen"),
-        max_size=t.integer("max_size", 1024 * 1024, minimum=1),
+        max_size=t.integer("max_size", 1024 * 1024, 1024, 100 * 1024 * 1024),
         idle=t.boolean("idle", True),
-        idle_refresh=t.duration("idle_refresh", 600.0),
-        idle_deadline=t.duration("idle_deadline", 60.0),
-        poll_interval=t.duration("poll_interval", 60.0),
-        resync_interval=t.duration("resync_interval", 900.0),
-        connect_timeout=t.duration("connect_timeout", 30.0),
-        fetch_batch=t.integer("fetch_batch", 2000, minimum=1),
+        idle_refresh=t.duration(
+            "idle_refresh", 600.0, 10, 29 * 60, why="RFC 2177: servers may drop an IDLE after 30m"
+        ),
+        idle_deadline=t.duration("idle_deadline", 60.0, 1, 29 * 60),
+        poll_interval=t.duration("poll_interval", 60.0, 1, _DAY),
+        resync_interval=t.duration("resync_interval", 900.0, 1, _DAY),
+        connect_timeout=t.duration("connect_timeout", 30.0, 0.1, 600),
+        fetch_batch=t.integer("fetch_batch", 2000, 1, 100_000),
+        authenticate=_authenticate(t, parse.authenticate),
+        authserv_ids=_authserv_ids(t, list(parse.authserv_ids)),
+        dkim_domains=_dkim_domains(t, list(parse.dkim_domains)),
         file=t.file,
         index=index,
     )
     t.finish()
-    if account.idle_refresh > 29 * 60:
-        raise t.error(
-            "idle_refresh", "at most 29 minutes (RFC 2177: servers may drop an IDLE after 30)"
-        )
     secrets = [
         k for k in ("password_file", "password_env", "password_credential") if getattr(account, k)
     ]
@@ -234,12 +297,18 @@ def _sink(t: _Table, index: int) -> SinkConfig:
     )
     flt.finish()
     retry = RetryPolicy(
-        retry_base=t.duration("retry_base", 5.0),
-        retry_cap=t.duration("retry_cap", 3600.0),
-        max_attempts=t.integer("max_attempts", 100, minimum=1),
-        max_age=t.duration("max_age", 7 * 86400.0),
+        retry_base=t.duration("retry_base", 5.0, 0.001, 3600),
+        retry_cap=t.duration("retry_cap", 3600.0, 0.001, 7 * _DAY),
+        max_attempts=t.integer("max_attempts", 100, 1, 100_000),
+        max_age=t.duration("max_age", 7 * _DAY, 1, 366 * _DAY),
     )
-    parallel = t.integer("parallel", 1, minimum=1)
+    if retry.retry_cap < retry.retry_base:
+        raise t.error(
+            "retry_cap",
+            f"expected a duration at least retry_base ({format_duration(retry.retry_base)}), "
+            f"got {format_duration(retry.retry_cap)}",
+        )
+    parallel = t.integer("parallel", 1, 1, 64)
     options = {k: v for k, v in t.data.items() if k not in t.used}
     return SinkConfig(
         name=name,
@@ -290,12 +359,32 @@ def _check_str(value: object) -> str:
     return value
 
 
-def _check_int(value: object, minimum: int | None) -> int:
+def _check_int(value: object, low: int, high: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError
-    if minimum is not None and value < minimum:
-        raise ValueError
+    if not low <= value <= high:
+        raise ValueError("out of range")
     return value
+
+
+def _check_duration(value: object, low: float, high: float) -> float:
+    seconds = parse_duration(value)
+    if not low <= seconds <= high:
+        raise ValueError("out of range")
+    return seconds
+
+
+def _check_nonempty(value: object) -> str:
+    if not _check_str(value).strip():
+        raise ValueError("empty")
+    return cast(str, value)
+
+
+def _check_host(value: object) -> str:
+    text = _check_nonempty(value)
+    if any(c.isspace() or not c.isprintable() for c in text):
+        raise ValueError("spaces or control characters")
+    return text
 
 
 def _check_bool(value: object) -> bool:
@@ -339,7 +428,7 @@ def _check_level(value: object) -> str:
 
 def _check_listen(value: object) -> str:
     host, sep, port = _check_str(value).rpartition(":")
-    if not sep or not port.isdigit() or not host:
+    if not sep or not port.isdigit() or not host or int(port) > 65535:
         raise ValueError
     return cast(str, value)
 
@@ -359,7 +448,46 @@ def _check_after(value: object) -> str:
 
 def _check_regex(value: object) -> str:
     try:
-        re.compile(_check_str(value))
-    except re.error as exc:
+        regex.compile(_check_str(value))  # what SinkFilter.matches runs
+    except regex.error as exc:
         raise ValueError(str(exc)) from exc
     return cast(str, value)
+
+
+def _check_range(value: float, low: float, high: float) -> float:
+    if not low <= value <= high:
+        raise ValueError(f"out of range {low:g}-{high:g}")
+    return value
+
+
+_DOMAIN = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$")
+
+
+def _check_domains(value: object) -> list[str]:
+    domains = [d.strip().lower().rstrip(".") for d in _check_str_list(value)]
+    if not domains:
+        raise ValueError("at least one domain")
+    for domain in domains:
+        if not _DOMAIN.match(domain):
+            raise ValueError(f"{domain!r} is not a domain name")
+    return domains
+
+
+def _check_names_list(value: object) -> list[str]:
+    names = _check_str_list(value)
+    for name in names:
+        if not name.strip() or any(c.isspace() or c == ";" for c in name.strip()):
+            raise ValueError(f"{name!r} is not an authserv-id (one word, no spaces or ';')")
+    return names
+
+
+def _check_dns_servers(value: object) -> list[str]:
+    from .authenticity import parse_dns_server
+
+    servers = _check_str_list(value)
+    for server in servers:
+        try:
+            parse_dns_server(server)
+        except ValueError as exc:
+            raise ValueError(f"{server!r}: {exc}") from exc
+    return servers

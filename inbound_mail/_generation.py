@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 from apscheduler.schedulers.base import BaseScheduler
 
+from .authenticity import KeyResolver, Verifier
 from .config import AccountConfig, Config, SinkConfig, parse_duration
 from .delivery import DeliveryWorker, OnAttempt, make_router
 from .imap.worker import AccountWorker
@@ -61,6 +62,7 @@ class Generation:
         gen = cls(config)
         route = make_router(config.sinks)
         db_path = config.database.path
+        resolver = KeyResolver.from_config(config.parse)  # one key cache for every account
         for account in config.accounts:
             options = ParseOptions.from_config(config.parse, account.senders)
             worker = AccountWorker(
@@ -70,6 +72,7 @@ class Generation:
                 stop=gen.stop,
                 route=route,
                 on_batch=on_batch,
+                verifier=Verifier.from_config(config.parse, account, resolver),
             )
             gen.account_workers.append(worker)
         return gen

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
+import stat
 from collections.abc import Callable
 from pathlib import Path
 
@@ -22,7 +23,9 @@ __all__ = [
     "APPLICATION_ID",
     "MIGRATIONS",
     "SCHEMA_VERSION",
+    "check_private_file",
     "connect",
+    "connect_readonly",
     "rollback",
     "translate_error",
 ]
@@ -157,6 +160,36 @@ def _migrate_v1(conn: sqlite3.Connection) -> None:
         conn.execute(statement)
 
 
+def _migrate_stored_index(conn: sqlite3.Connection) -> None:
+    """``status`` judges a number's liveness on when its last SMS was STORED: the body's
+    ``received_at`` can lie (a date in 9999 would silence the check for ever)."""
+    conn.execute(
+        "CREATE INDEX IF NOT EXISTS messages_destination_stored "
+        "ON messages (destination, stored_at)"
+    )
+
+
+def _migrate_trust(conn: sqlite3.Connection) -> None:
+    """Trust (issue 10): the authenticity verdict on messages; reject codes, evidence
+    and releases.  Existing rows keep everything: their messages were never checked
+    (``authenticated`` NULL) and their rejects get the code their reason implies."""
+    for statement in (
+        "ALTER TABLE messages ADD COLUMN authenticated INTEGER CHECK (authenticated IN (0, 1))",
+        "ALTER TABLE messages ADD COLUMN auth_reason TEXT",
+        "ALTER TABLE rejects ADD COLUMN code TEXT NOT NULL DEFAULT 'malformed'",
+        "ALTER TABLE rejects ADD COLUMN evidence TEXT",
+        "ALTER TABLE rejects ADD COLUMN released_at TEXT",
+        "ALTER TABLE rejects ADD COLUMN released_sms_id TEXT",
+        # The two reasons sync.py wrote before codes existed.
+        """UPDATE rejects SET code = CASE
+            WHEN reason LIKE 'email is % bytes, over %' THEN 'oversized'
+            WHEN reason LIKE 'the server failed % times to return this email%' THEN 'unfetchable'
+            ELSE 'malformed' END""",
+        "CREATE INDEX rejects_code ON rejects (code, id)",
+    ):
+        conn.execute(statement)
+
+
 def _migrate_parsing(conn: sqlite3.Connection) -> None:
     """``parsing``: emails whose parse has started and whose batch is not committed yet.
 
@@ -177,7 +210,12 @@ def _migrate_parsing(conn: sqlite3.Connection) -> None:
 
 
 #: Forward migrations; ``MIGRATIONS[n]`` takes the schema from version n to n + 1.
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_migrate_v1, _migrate_parsing]
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
+    _migrate_v1,
+    _migrate_stored_index,
+    _migrate_trust,
+    _migrate_parsing,
+]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 _HINTS = {
@@ -218,7 +256,7 @@ def translate_error(exc: sqlite3.Error, path: Path | str, doing: str) -> StoreEr
 
 def connect(path: Path) -> sqlite3.Connection:
     """Create ``path`` (mode 0600) if missing, connect, set the pragmas and migrate."""
-    _create_private(path)
+    before = _create_private(path)
     try:
         # isolation_level=None: the sqlite3 module never opens transactions on
         # its own; the store issues BEGIN IMMEDIATE / COMMIT itself.
@@ -228,29 +266,136 @@ def connect(path: Path) -> sqlite3.Connection:
     try:
         _configure(conn, path)
         _migrate(conn, path)
+        # After the checks that tell what the file is (another application's
+        # database, not a database): their advice comes first.
+        after = _lstat(path)
+        if not os.path.samestat(before, after):
+            raise StoreError(f"database {path} was replaced while it was opened; try again")
+        check_private_file(after, path, f"database {path}", mode=True)
     except BaseException:
         conn.close()
         raise
     return conn
 
 
-def _create_private(path: Path) -> None:
-    """Create the file 0600 before SQLite does (it would use 0644 under the usual umask).
+def connect_readonly(path: Path) -> sqlite3.Connection:
+    """Open an existing database read-only (``mode=ro``): never created, never migrated.
 
-    SQLite creates FILE-wal and FILE-shm with the mode of the database file
-    (os_unix.c copies it), so they are private too; an existing file is left
-    as it is.
+    For the read commands (``messages``, ``rejects``, ``deliveries``, ``status``):
+    a mistyped path is an error rather than a new empty database, and a file the
+    user may read but not write can still be read.  A WAL database needs its
+    -shm file: when SQLite cannot create one (a read-only directory, with no
+    daemon running, so no -wal to miss either), the file is read as immutable.
+    """
+    if not path.exists():
+        raise StoreError(
+            f"database {path} does not exist: point --db or [database].path at the "
+            "daemon's database (`inbound-mail run` or `import` creates it)"
+        )
+    if path.is_dir():
+        raise StoreError(f"database {path} is a directory: point --db at the database file")
+    uri = path.resolve().as_uri()
+    try:
+        conn = _open_ro(f"{uri}?mode=ro", path)
+    except StoreError:
+        if Path(f"{path}-wal").exists():
+            raise  # a live WAL: reading the main file alone could show stale rows
+        conn = _open_ro(f"{uri}?immutable=1", path)
+    try:
+        version = _check_version(conn, path)
+    except sqlite3.Error as exc:
+        conn.close()
+        raise translate_error(exc, path, "cannot read") from exc
+    except BaseException:
+        conn.close()
+        raise
+    if version == 0:
+        conn.close()
+        raise StoreError(
+            f"database {path}: empty, not an inbound-mail database yet: point --db or "
+            "[database].path at the daemon's database"
+        )
+    return conn
+
+
+def _open_ro(uri: str, path: Path) -> sqlite3.Connection:
+    """Connect through ``uri`` and read the schema once, so that a file SQLite cannot
+    read fails here (it opens lazily)."""
+    try:
+        conn = sqlite3.connect(uri, uri=True, timeout=30.0, isolation_level=None)
+    except sqlite3.Error as exc:
+        raise translate_error(exc, path, "cannot open") from exc
+    try:
+        conn.execute("PRAGMA busy_timeout = 30000")
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    except sqlite3.Error as exc:
+        conn.close()
+        raise translate_error(exc, path, "cannot open") from exc
+    return conn
+
+
+def _create_private(path: Path) -> os.stat_result:
+    """Create the file 0600 before SQLite does (it would use 0644 under the usual
+    umask), and refuse a symlink there: SQLite would follow it, and create the
+    database where it points.  Returns the file's ``lstat``, checked by
+    :func:`check_private_file` but for its mode.
+
+    An existing file is never opened here: closing any descriptor of a database
+    file drops the POSIX locks that SQLite connections of this process hold on
+    it.  SQLite creates FILE-wal and FILE-shm with the mode of the database
+    file (os_unix.c copies it), so they are private too.
     """
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        # O_EXCL fails on any symlink, dangling or not: never created through one.
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     except FileExistsError:
-        return
+        pass
     except OSError as exc:
         raise StoreError(
             f"database {path}: cannot create the file: {exc.strerror}; "
             "check that the directory exists and is writable"
         ) from exc
-    os.close(fd)
+    else:
+        os.close(fd)
+    info = _lstat(path)
+    if stat.S_ISLNK(info.st_mode):
+        raise StoreError(
+            f"database {path} is a symbolic link; refusing to follow it: "
+            "point database.path at the real file"
+        )
+    check_private_file(info, path, f"database {path}", mode=False)
+    return info
+
+
+def _lstat(path: Path) -> os.stat_result:
+    try:
+        return os.lstat(path)
+    except OSError as exc:
+        raise StoreError(f"database {path}: cannot open: {exc.strerror}") from exc
+
+
+def check_private_file(
+    info: os.stat_result, path: Path | str, what: str, *, mode: bool = True
+) -> None:
+    """Raise :class:`StoreError` unless ``info`` (of a file opened with
+    ``O_NOFOLLOW``, or an ``lstat``) is a regular file with one link, owned by
+    this user (or opened by root) and, with ``mode``, that group and others can
+    neither read nor write."""
+    if not stat.S_ISREG(info.st_mode):
+        raise StoreError(f"{what} is not a regular file: point it at a file")
+    if info.st_nlink > 1:
+        raise StoreError(f"{what} has {info.st_nlink} hard links; refusing a shared file")
+    euid = os.geteuid()
+    if euid not in (0, info.st_uid):  # root may open any user's file
+        raise StoreError(
+            f"{what} belongs to uid {info.st_uid}, not to this user (uid {euid}): "
+            f"run as its owner, or chown it"
+        )
+    if mode and info.st_mode & 0o077:
+        raise StoreError(
+            f"{what} is open to group or others (mode {stat.S_IMODE(info.st_mode):04o}); "
+            f"restrict it with: chmod 600 {path}"
+        )
 
 
 def _configure(conn: sqlite3.Connection, path: Path) -> None:
@@ -325,14 +470,17 @@ def rollback(conn: sqlite3.Connection) -> None:
 # Kept beside the DDL so that a column change and the SQL that uses it move together.
 
 INSERT_MESSAGE = """INSERT OR IGNORE INTO messages (id, originator, destination, date_time,
-    received_at, text, keyword, message_id, email_date, subject, sender, stored_at)
-    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"""
+    received_at, text, keyword, message_id, email_date, subject, sender, stored_at,
+    authenticated, auth_reason)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"""
 INSERT_EMAIL = """INSERT OR IGNORE INTO emails (sms_id, message_id, kind, account, folder,
     uidvalidity, uid, path, key, seen_at, duplicate) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"""
 INSERT_RAW = "INSERT INTO raw_emails (email_id, raw, stored_at) VALUES (?, ?, ?)"
 INSERT_REJECT = """INSERT OR IGNORE INTO rejects (reason, raw, rejected_at, origin, kind,
-    account, folder, uidvalidity, uid, path, key, message_id, sender, subject)
-    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"""
+    account, folder, uidvalidity, uid, path, key, message_id, sender, subject, code, evidence)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"""
+RELEASE_REJECT = """UPDATE rejects SET released_at = ?, released_sms_id = ?
+    WHERE id = ? AND released_at IS NULL"""
 INSERT_DELIVERY = """INSERT OR IGNORE INTO deliveries (sms_id, sink, status, attempts,
     created_at, next_attempt_at) VALUES (?, ?, 'pending', 0, ?, ?)"""
 UPSERT_CHECKPOINT = """INSERT INTO checkpoints (account, folder, uidvalidity, last_uid, updated_at)
@@ -355,11 +503,13 @@ KNOWN_UIDS = """SELECT uid FROM emails WHERE account = ? AND folder = ? AND uidv
         AND uid IS NOT NULL AND uid IN (SELECT value FROM json_each(?))
     UNION SELECT uid FROM rejects WHERE account = ? AND folder = ? AND uidvalidity = ?
         AND uid IS NOT NULL AND uid IN (SELECT value FROM json_each(?))"""
-REJECT_COLUMNS = """id, reason, rejected_at, origin, kind, account, folder, uidvalidity, uid,
-    path, key, message_id, sender, subject, length(raw) AS size"""
+REJECT_COLUMNS = """id, code, reason, rejected_at, origin, kind, account, folder, uidvalidity,
+    uid, path, key, message_id, sender, subject, evidence, released_at, released_sms_id,
+    length(raw) AS size"""
 PENDING = """SELECT d.id, d.sink, d.status, d.attempts, d.created_at, d.next_attempt_at,
         d.last_error, m.originator, m.destination, m.date_time, m.received_at, m.text,
-        m.keyword, m.message_id, m.email_date, m.subject, m.sender
+        m.keyword, m.message_id, m.email_date, m.subject, m.sender, m.authenticated,
+        m.auth_reason
     FROM deliveries d JOIN messages m ON m.id = d.sms_id
     WHERE d.sink = ? AND d.status = 'pending' AND d.next_attempt_at <= ?
     ORDER BY d.id LIMIT ?"""
@@ -371,7 +521,7 @@ UPDATE_DELIVERY = """UPDATE deliveries SET
         status = CASE :outcome WHEN 'failed' THEN status ELSE :outcome END,
         delivered_at = CASE :outcome WHEN 'delivered' THEN :finished ELSE delivered_at END,
         next_attempt_at = CASE :outcome WHEN 'failed' THEN :next ELSE next_attempt_at END,
-        last_error = CASE :outcome WHEN 'delivered' THEN last_error ELSE :error END
+        last_error = CASE :outcome WHEN 'delivered' THEN NULL ELSE :error END
     WHERE id = :id"""
 # "WHERE true" keeps SQLite's parser from reading ON CONFLICT as a join constraint.
 REQUEUE = """INSERT INTO deliveries (sms_id, sink, status, attempts, created_at, next_attempt_at)
@@ -382,7 +532,19 @@ REQUEUE = """INSERT INTO deliveries (sms_id, sink, status, attempts, created_at,
 RETRY_DEAD = """UPDATE deliveries SET status = 'pending', attempts = 0, next_attempt_at = ?,
         last_error = NULL
     WHERE status = 'dead' AND (? IS NULL OR sink = ?)"""
-DELIVERIES = """SELECT d.id, d.sms_id, d.sink, d.status, d.attempts, d.last_error, d.created_at,
+DUE_NOW = """UPDATE deliveries SET next_attempt_at = min(next_attempt_at, ?)
+    WHERE status = 'pending' AND (? IS NULL OR sink = ?)"""
+# A counter that every reschedule bumps, in the same transaction: the delivery
+# workers (other processes, for the CLI) poll it while they wait for a row to be due.
+BUMP_STATE = """INSERT INTO state (key, value, updated_at) VALUES (?, '1', ?)
+    ON CONFLICT (key) DO UPDATE SET value = CAST(value AS INTEGER) + 1,
+        updated_at = excluded.updated_at"""
+# The status column says what the filters of Store.deliveries() select: a pending
+# row that failed at least once reads "failed".
+DELIVERIES = """SELECT d.id, d.sms_id, d.sink,
+        CASE WHEN d.status = 'pending' AND d.attempts > 0 THEN 'failed' ELSE d.status END
+            AS status,
+        d.attempts, d.last_error, d.created_at,
         d.next_attempt_at, d.delivered_at, m.originator, m.destination, m.date_time,
         m.received_at, m.text
     FROM deliveries d JOIN messages m ON m.id = d.sms_id WHERE true {where}
@@ -400,8 +562,13 @@ NTH_DURATION = """SELECT duration FROM attempts
 LAST_DELIVERY = "SELECT max(delivered_at) FROM deliveries WHERE sink = ?"
 LAST_BY_DESTINATION = """SELECT destination, max(received_at) AS received_at
     FROM messages GROUP BY destination ORDER BY destination"""
+LAST_STORED_BY_DESTINATION = """SELECT destination, max(stored_at) AS stored_at
+    FROM messages GROUP BY destination ORDER BY destination"""
 SET_STATE = """INSERT INTO state (key, value, updated_at) VALUES (?, ?, ?)
     ON CONFLICT (key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at"""
+UNAUTHENTICATED_SMS = "SELECT count(*) FROM messages WHERE authenticated = 0 AND stored_at >= ?"
+UNAUTHENTICATED_REJECTS = """SELECT count(*) FROM rejects
+    WHERE code = 'unauthenticated' AND released_at IS NULL AND rejected_at >= ?"""
 # ``crashed`` is 1 when the row was left by a process that died mid-parse (the
 # store decides): a new attempt.  A retry by the same run (after an ordinary
 # error, e.g. a failed commit) or a live process's row counts nothing.

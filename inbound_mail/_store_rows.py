@@ -139,8 +139,10 @@ def _message_filter(
     return "".join(f" AND {c}" for c in conditions), params
 
 
+# One vocabulary: ``deliveries`` shows a pending row that failed before as "failed",
+# and each filter selects exactly the rows whose status column reads its name.
 _STATUS_FILTERS = {
-    "pending": "d.status = 'pending'",
+    "pending": "d.status = 'pending' AND d.attempts = 0",
     "failed": "d.status = 'pending' AND d.attempts > 0",
     "dead": "d.status = 'dead'",
     "delivered": "d.status = 'delivered'",
@@ -149,7 +151,7 @@ _BACKLOG_KEYS = ("pending", "failed", "dead", "delivered")
 _HEX = frozenset("0123456789abcdef")
 _RECORD_FIELDS = (
     "originator", "destination", "date_time", "received_at", "text",
-    "keyword", "message_id", "email_date", "subject", "sender",
+    "keyword", "message_id", "email_date", "subject", "sender", "authenticated", "auth_reason",
 )  # fmt: skip
 
 
@@ -175,7 +177,9 @@ class _Batch:
             q.INSERT_MESSAGE,
             (sms_id, record.originator, record.destination, record.date_time,
              record.received_at, record.text, record.keyword, record.message_id,
-             record.email_date, record.subject, record.sender, self.stamp),
+             record.email_date, record.subject, record.sender, self.stamp,
+             None if record.authenticated is None else int(record.authenticated),
+             record.auth_reason),
         )  # fmt: skip
         new = cur.rowcount == 1
         origin = item.origin
@@ -196,7 +200,7 @@ class _Batch:
         self.rejects.append(
             (rejected.reason, item.raw, self.stamp, o.describe(), o.kind, o.account, o.folder,
              o.uidvalidity, o.uid, o.path, o.key, rejected.message_id, rejected.sender,
-             rejected.subject)
+             rejected.subject, rejected.code, rejected.evidence)
         )  # fmt: skip
 
     def flush(
@@ -222,6 +226,8 @@ def _limit(limit: int | None) -> int:
 
 def _delivery(row: dict[str, Any]) -> Delivery:
     fields = {name: row[name] for name in _RECORD_FIELDS}
+    if fields["authenticated"] is not None:
+        fields["authenticated"] = bool(fields["authenticated"])
     return Delivery(
         id=row["id"],
         sink=row["sink"],

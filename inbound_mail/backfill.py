@@ -3,7 +3,8 @@
 Nothing in the mailbox changes (folders are opened read-only) unless
 ``apply_after`` is set.  The daemon's checkpoints are left alone; already
 recorded UIDs are skipped, so an interrupted backfill continues where it
-stopped and never stores anything twice.
+stopped and never stores anything twice.  Folder names resolve through the
+server's NAMESPACE like the daemon's (:mod:`inbound_mail.imap.namespace`).
 """
 
 from __future__ import annotations
@@ -14,10 +15,11 @@ from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 
+from .authenticity import Verifier
 from .config import Config
 from .delivery import make_router
 from .faults import fault_point
-from .imap.sync import FolderSync, SyncOptions
+from .imap.sync import FolderSync, SyncOptions, SyncResult
 from .imap.worker import AccountWorker, imap_errors
 from .models import Tally
 from .parse import ParseOptions
@@ -55,6 +57,7 @@ def run_backfill(
         parse_options=options,
         stop=stop or threading.Event(),
         route=make_router(config.sinks) if request.deliver else None,
+        verifier=Verifier.from_config(config.parse, account),
     )
     sync_options = SyncOptions(
         since=request.since,
@@ -78,12 +81,14 @@ def run_backfill(
             _all_folders(client) if request.all_folders else list(account.folders)
         )
         for folder in folders:
-            totals[folder] = _backfill_folder(syncer, folder, sync_options)
+            # Keyed by the server's name: `Sub` is `INBOX.Sub` under such a namespace.
+            result = _backfill_folder(syncer, folder, sync_options)
+            totals[result.folder] = result.tally
     return totals
 
 
-def _backfill_folder(syncer: FolderSync, folder: str, options: SyncOptions) -> Tally:
-    return syncer.sync(folder, options).tally
+def _backfill_folder(syncer: FolderSync, folder: str, options: SyncOptions) -> SyncResult:
+    return syncer.sync(folder, options)
 
 
 def _all_folders(client: object) -> list[str]:

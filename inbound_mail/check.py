@@ -2,11 +2,15 @@
 
 The config has already been validated by loading it.  Then, for each account:
 the password, DNS, TCP, TLS (the certificate's subject and expiry), the login,
-the server's IDLE / MOVE / UIDPLUS capabilities, the folders, and how many
-provider emails wait above the checkpoint.  For each sink: its options, then
-whether it can be reached -- a webhook's host over TCP (and TLS for https), a
-jsonl file's directory, a command's program -- without sending anything unless
-``send_test`` is set.
+the server's IDLE / MOVE / UIDPLUS capabilities, the folders (each configured
+name shown with the server's name for it, resolved through NAMESPACE), the
+``after = "move:..."`` target (created when missing; FAIL when the server
+refuses), how many provider emails wait above the checkpoint, and what the
+latest provider emails would get from the authenticity check (DKIM with d=,
+Authentication-Results found and trusted or not, and whether ``require`` would
+accept them).  For each sink: its options, then whether it can be reached -- a
+webhook's host over TCP (and TLS for https), a jsonl file's directory, a
+command's program -- without sending anything unless ``send_test`` is set.
 
 Each line is ``ok``, ``warn`` (worth knowing, not a failure) or ``FAIL``; a
 FAIL says what to fix, and makes the report's exit code 1.  The sink checks
@@ -15,6 +19,7 @@ live in :mod:`inbound_mail._check_sinks`.
 
 from __future__ import annotations
 
+import imaplib
 import socket
 import ssl
 import time
@@ -26,10 +31,19 @@ from typing import Any, Literal
 from imapclient import IMAPClient
 
 from .config import AccountConfig, Config
-from .errors import ImapTlsError, InboundMailError
-from .imap.connection import capabilities, connect, tls_context
+from .errors import ImapError, ImapTlsError, InboundMailError
+from .imap.connection import (
+    capabilities,
+    login,
+    open_session,
+    server_text,
+    tls_context,
+    untrusted_certificate,
+)
+from .imap.namespace import FolderNames, folder_names
 from .imap.worker import imap_errors
-from .secrets import read_password
+from .models import SmsRecord
+from .secrets import exposed_secrets_warning, read_password
 from .store import Store
 
 __all__ = ["CheckLine", "CheckReport", "Level", "reason", "run_checks"]
@@ -79,9 +93,21 @@ def run_checks(
 
 
 def _all_lines(config: Config, send_test: bool) -> Iterator[CheckLine]:
+    from ._check_sinks import check_sink, sink_config_error  # they import CheckLine from here
+
     where = str(config.path) if config.path else "built-in defaults (no config file)"
-    counts = f"{len(config.accounts)} accounts, {len(config.sinks)} sinks"
-    yield CheckLine("ok", "config", "valid", f"{where}: {counts}")
+    counts = f"{_count(len(config.accounts), 'account')}, {_count(len(config.sinks), 'sink')}"
+    # A sink's options are config too: a typo there makes the config invalid, as `run` says.
+    invalid = {sink.name: sink_config_error(sink) for sink in config.sinks}
+    problems = {name: error for name, error in invalid.items() if error is not None}
+    if problems:
+        for error in problems.values():
+            yield CheckLine("FAIL", "config", "invalid", str(error))
+    else:
+        yield CheckLine("ok", "config", "valid", f"{where}: {counts}")
+    exposed = exposed_secrets_warning(config)
+    if exposed is not None:
+        yield CheckLine("warn", "config", "permissions", exposed)
     if not config.accounts:
         yield CheckLine(
             "FAIL", "config", "accounts", "no [[accounts]]: the daemon would read no mailbox"
@@ -92,10 +118,9 @@ def _all_lines(config: Config, send_test: bool) -> Iterator[CheckLine]:
         )
     for account in config.accounts:
         yield from _check_account(account, config)
-    from ._check_sinks import check_sink  # here: it imports CheckLine from this module
-
     for sink in config.sinks:
-        yield from check_sink(sink, send_test)
+        if sink.name not in problems:
+            yield from check_sink(sink, send_test)
 
 
 # -- accounts ----------------------------------------------------------------------------
@@ -117,19 +142,25 @@ def _check_account(account: AccountConfig, config: Config) -> Iterator[CheckLine
     if not (yield from _network(account, line)):
         return
     try:
-        client = connect(account, password)
+        client = open_session(account)
     except InboundMailError as exc:
-        yield line("FAIL", "TLS" if isinstance(exc, ImapTlsError) else "login", str(exc))
+        yield line("FAIL", "TLS" if isinstance(exc, ImapTlsError) else "connect", _reason(exc))
+        return
+    # Protocol order: STARTTLS (and its certificate) comes before the login.
+    if account.tls == "starttls":
+        yield _certificate_line(client.socket(), account, line)
+    try:
+        login(client, account, password)
+    except InboundMailError as exc:
+        yield line("FAIL", "TLS" if isinstance(exc, ImapTlsError) else "login", _reason(exc))
         return
     yield line("ok", "login", f"logged in as {account.username}")
     try:
         with imap_errors(account.name):
-            if account.tls == "starttls":
-                yield _certificate_line(client.socket(), account, line)
             yield from _capability_lines(client, account, line)
             yield from _folder_lines(client, account, config, line)
     except InboundMailError as exc:
-        yield line("FAIL", "session", str(exc))
+        yield line("FAIL", "session", _reason(exc))
     finally:
         with suppress(Exception):  # the check is over; a dead connection has nothing to say
             client.logout()
@@ -181,14 +212,17 @@ def _greeting(
     try:
         greeting = sock.makefile("rb").readline(200)
     except OSError as exc:
-        greeting = f"({reason(exc)})".encode()
-    if greeting.startswith((b"* OK", b"* PREAUTH")):
-        return True
+        got = reason(exc)
+    else:
+        if greeting.startswith((b"* OK", b"* PREAUTH")):
+            return True
+        text = "".join(c if c.isprintable() else "?" for c in greeting[:60].decode("latin-1"))
+        got = f"it sent {text.strip()!r}" if text.strip() else "it sent nothing"
     yield line(
         "FAIL",
         "TLS",
         f"no IMAP greeting from {account.host}:{account.port} "
-        f'({greeting[:60]!r}): a TLS-only port? use tls = "implicit" there, or the '
+        f'({got}): a TLS-only port? use tls = "implicit" there, or the '
         f"server's STARTTLS port (usually 143); see {account.key('tls')}",
     )
     return False
@@ -203,12 +237,7 @@ def _handshake(
         with context.wrap_socket(sock, server_hostname=account.host) as tls_sock:
             yield _certificate_line(tls_sock, account, line)
     except ssl.SSLCertVerificationError as exc:
-        yield line(
-            "FAIL",
-            "TLS",
-            f"certificate of {where} not trusted ({exc.verify_message}): set "
-            f"{account.key('ca_file')} to the CA that signed it, or fix the server",
-        )
+        yield line("FAIL", "TLS", untrusted_certificate(exc, account))
         return False
     except (OSError, InboundMailError) as exc:
         yield line(
@@ -264,24 +293,51 @@ def _capability_lines(
 def _folder_lines(
     client: IMAPClient, account: AccountConfig, config: Config, line: LineMaker
 ) -> Iterator[CheckLine]:
+    names = folder_names(client)
     for folder in account.folders:
-        if not client.folder_exists(folder):
+        resolved = names.resolve(folder)
+        if not client.folder_exists(resolved):
+            named = (
+                ""
+                if resolved == folder
+                else f" (the server's name for it: {resolved!r}, its personal folders "
+                f"being under {names.prefix!r})"
+            )
             yield line(
                 "FAIL",
                 "folders",
-                f"{folder!r} does not exist: create it, or fix {account.key('folders')}",
+                f"{folder!r} does not exist ({_existing_folders(client)}): create it, "
+                f"or fix {account.key('folders')}{named}",
             )
             continue
-        waiting = _waiting(client, account, config, folder)
-        yield line("ok", "folders", f"{folder!r}: {waiting} provider emails wait to be read")
+        waiting = _waiting(client, account, config, resolved)
+        shown = names.describe(folder)
+        yield line("ok", "folders", f"{shown}: {waiting} provider emails wait to be read")
+        yield from _trust_lines(client, account, config, resolved, line)
     if account.after.startswith("move:"):
-        target = account.after.removeprefix("move:")
-        if not client.folder_exists(target):
-            yield line(
-                "warn",
-                "folders",
-                f"{target!r} (after = move) does not exist yet: it is created on the first move",
-            )
+        yield _after_target_line(client, account, names, line)
+
+
+def _after_target_line(
+    client: IMAPClient, account: AccountConfig, names: FolderNames, line: LineMaker
+) -> CheckLine:
+    """The ``move:`` target exists, or is created now as the first move would; else FAIL."""
+    name = account.after.removeprefix("move:")
+    target, shown = names.resolve(name), names.describe(name)
+    if client.folder_exists(target):
+        return line("ok", "after", f"move to {shown}: the folder exists")
+    try:
+        client.create_folder(target)
+    except imaplib.IMAP4.abort:
+        raise
+    except imaplib.IMAP4.error as exc:
+        return line(
+            "FAIL",
+            "after",
+            f"move to {shown}: the folder does not exist and the server refuses to create "
+            f"it ({server_text(exc)}): create it, or fix {account.key('after')}",
+        )
+    return line("ok", "after", f"move to {shown}: the folder did not exist, created it")
 
 
 def _waiting(client: IMAPClient, account: AccountConfig, config: Config, folder: str) -> int:
@@ -300,6 +356,95 @@ def _waiting(client: IMAPClient, account: AccountConfig, config: Config, folder:
     if last:
         criteria = [criteria, "UID", f"{last + 1}:*"]
     return len([uid for uid in client.search(criteria) if int(uid) > last])
+
+
+MAX_FOLDERS_SHOWN = 20
+
+
+def _existing_folders(client: IMAPClient) -> str:
+    """What the server has instead: its folders (the first few) and, when the
+    personal namespace has one, the prefix folder names need (``INBOX.``)."""
+    names = sorted(str(name) for _flags, _delimiter, name in client.list_folders())
+    shown = ", ".join(repr(name) for name in names[:MAX_FOLDERS_SHOWN])
+    more = f" and {len(names) - MAX_FOLDERS_SHOWN} more" if len(names) > MAX_FOLDERS_SHOWN else ""
+    text = f"the server has {shown or 'no folders'}{more}"
+    if "NAMESPACE" in capabilities(client):
+        personal = client.namespace().personal or ()
+        prefix = str(personal[0][0]) if personal and personal[0][0] else ""
+        if prefix:
+            text += f"; its folders are named {prefix}NAME"
+    return text
+
+
+def _reason(exc: InboundMailError) -> str:
+    """The error without the account's name: every line already starts with it."""
+    return exc.reason if isinstance(exc, ImapError) and exc.reason else str(exc)
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+TRUST_SAMPLE = 3  # the latest provider emails of each folder that `check` judges
+
+
+def _trust_lines(
+    client: IMAPClient, account: AccountConfig, config: Config, folder: str, line: LineMaker
+) -> Iterator[CheckLine]:
+    """What the latest provider emails would get from the authenticity check (the
+    folder is selected read-only by :func:`_waiting`; nothing is marked)."""
+    from .authenticity import Verifier
+    from .parse import ParseOptions, parse_email
+
+    if account.authenticate == "off":
+        yield line(
+            "warn",
+            "trust",
+            f'authenticate = "off" ({account.key("authenticate")}): anyone can send an '
+            "email that is stored and delivered as an SMS from the provider",
+        )
+        return
+    criteria: list[Any] = ["FROM", account.senders[0]]
+    for sender in account.senders[1:]:
+        criteria = ["OR", criteria, ["FROM", sender]]
+    uids = sorted(int(uid) for uid in client.search(criteria))[-TRUST_SAMPLE:]
+    if not uids:
+        yield line(
+            "warn",
+            "trust",
+            f"no provider email in {folder!r} yet to judge: run check again once one "
+            "arrived.  To trust your mail server's verdict, open a received email's "
+            "headers: the Authentication-Results header at the top starts with your "
+            "server's authserv-id (the word before the first ';'); put it in "
+            f"{account.key('authserv_ids')}",
+        )
+        return
+    verifier = Verifier.from_config(config.parse, account)
+    options = ParseOptions.from_config(config.parse, account.senders)
+    sizes = client.fetch(uids, ["RFC822.SIZE"])
+    small = [u for u in uids if int(sizes.get(u, {}).get(b"RFC822.SIZE", 0)) <= account.max_size]
+    fetched = client.fetch(small, ["BODY.PEEK[]"]) if small else {}
+    for uid in small:
+        raw = bytes(fetched.get(uid, {}).get(b"BODY[]", b""))
+        outcome = parse_email(raw, options)
+        if not isinstance(outcome, SmsRecord):
+            yield line("ok", "trust", f"{folder!r} UID {uid}: not an SMS ({outcome.reason})")
+            continue
+        verdict = verifier.assess(raw, outcome.sender or "", full=True)
+        said = "; ".join(verdict.evidence.splitlines())
+        if verdict.temporary:
+            yield line("warn", "trust", f"{folder!r} UID {uid}: DNS failed for now: {said}")
+        elif verdict.authentic:
+            yield line("ok", "trust", f"{folder!r} UID {uid}: require would accept it: {said}")
+        else:
+            level: Level = "FAIL" if account.authenticate == "require" else "warn"
+            yield line(
+                level,
+                "trust",
+                f"{folder!r} UID {uid}: require would REJECT it: {said}.  If it is real "
+                f"provider mail, set {account.key('authserv_ids')} to your server's "
+                "authserv-id, or check [parse] dns_servers",
+            )
 
 
 def reason(exc: BaseException) -> str:

@@ -7,6 +7,7 @@ Library errors (:class:`~inbound_mail.errors.InboundMailError`) become
 from __future__ import annotations
 
 import json
+import signal
 import sys
 import threading
 from collections.abc import Callable
@@ -22,11 +23,11 @@ from .config import Config, default_config_path, load_config
 from .errors import InboundMailError
 from .importer import DEFAULT_BATCH
 from .logs import setup_logging
-from .output import FORMATS, write_rows
+from .output import FORMATS, escape_control, is_terminal, write_rows
 
 F = TypeVar("F", bound=Callable[..., Any])
 MESSAGE_COLUMNS = ("received_at", "originator", "destination", "text", "id")
-REJECT_COLUMNS = ("id", "rejected_at", "origin", "reason")
+REJECT_COLUMNS = ("id", "rejected_at", "code", "origin", "reason")
 DELIVERY_COLUMNS = (
     "id",
     "sink",
@@ -78,6 +79,12 @@ pass_state = click.make_pass_decorator(_State)
 format_option = click.option(
     "--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True
 )
+raw_option = click.option(
+    "--raw",
+    is_flag=True,
+    help="Cells exactly as stored: no escaping of control characters on a terminal "
+    "or in a table, no ' before CSV cells a spreadsheet would run as formulas.",
+)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -119,8 +126,18 @@ def _date(value: str | None) -> date | None:
         raise click.BadParameter(f"expected a date YYYY-MM-DD, got {value!r}") from exc
 
 
+def _count(n: int, one: str, many: str) -> str:
+    """``1 delivery``, ``2 deliveries``."""
+    return f"{n} {one if n == 1 else many}"
+
+
+# The words of the summaries whose plural is not for one ("1 duplicate", "1 file ...").
+_SINGULAR = {"duplicates": "duplicate", "files that are not email": "file that is not email"}
+
+
 def _summary(title: str, counts: dict[str, int]) -> None:
-    click.echo(f"{title}: " + ", ".join(f"{v} {k}" for k, v in counts.items()), err=True)
+    words = [f"{v} {_SINGULAR.get(k, k) if v == 1 else k}" for k, v in counts.items()]
+    click.echo(f"{title}: " + ", ".join(words), err=True)
 
 
 # -- ingestion ------------------------------------------------------------------
@@ -136,9 +153,23 @@ def _summary(title: str, counts: dict[str, int]) -> None:
     type=click.IntRange(1, 100_000),
     help="Emails per transaction.",
 )
+@click.option(
+    "--max-size",
+    default=1024 * 1024,
+    show_default=True,
+    type=click.IntRange(1024, 2**31),
+    help="Bytes; a larger email is rejected unparsed, its headers kept (as IMAP's max_size).",
+)
 @pass_state
-def import_(state: _State, paths: tuple[Path, ...], no_deliver: bool, batch_size: int) -> None:
-    """Import .eml files, folders of them, mbox files and Maildir folders (detected by content)."""
+def import_(
+    state: _State, paths: tuple[Path, ...], no_deliver: bool, batch_size: int, max_size: int
+) -> None:
+    """Import .eml files, folders of them, mbox files and Maildir folders (detected by content).
+
+    A path that cannot be read is reported (`cannot read PATH: reason`) and the rest is
+    imported; the exit status is then 1.  Ctrl-C commits the emails read so far and stops:
+    running the same import again stores the rest, without duplicates."""
+    from .authenticity import Verifier
     from .delivery import make_router
     from .importer import import_emails
     from .parse import ParseOptions
@@ -150,31 +181,85 @@ def import_(state: _State, paths: tuple[Path, ...], no_deliver: bool, batch_size
     tty = sys.stderr.isatty()
     total = count_emails(paths) if tty else None
     not_mail: list[Path] = []
-    with (
-        Store.open(
-            config.database.path, raw_retention_days=config.database.raw_retention / 86400 or None
-        ) as store,
-        click.progressbar(
-            length=total or 0,
-            label="importing",
-            file=sys.stderr,
-            show_eta=True,
-            show_pos=True,
-            hidden=not (tty and total),
-        ) as bar,
-    ):
-        emails = iter_emails(paths, on_skip=lambda path, reason: not_mail.append(Path(path)))
-        tally = import_emails(
-            emails,
-            store,
-            ParseOptions.from_config(config.parse),
-            route=route,
-            batch_size=batch_size,
-            on_batch=lambda r: bar.update(r.read),
+    unreadable: list[Path] = []
+    committed = [0]
+    stop = threading.Event()
+
+    def cannot_read(path: Path, reason: str) -> None:
+        unreadable.append(path)
+        click.echo(f"\ncannot read {escape_control(str(path))}: {escape_control(reason)}", err=True)
+
+    def on_sigint(signum: int, frame: object) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt  # a second Ctrl-C: abandon the batch in hand
+        stop.set()
+        click.echo(
+            "\ninterrupted: committing the emails read so far (Ctrl-C again to abandon them)",
+            err=True,
         )
-    _summary(
-        "imported",
-        tally.as_dict() | ({"files that are not email": len(not_mail)} if not_mail else {}),
+
+    # Signal handlers belong to the main thread; elsewhere Ctrl-C keeps its default.
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, on_sigint) if main else None
+    try:
+        with (
+            Store.open(
+                config.database.path,
+                raw_retention_days=config.database.raw_retention / 86400 or None,
+            ) as store,
+            click.progressbar(
+                length=total or 0,
+                label="importing",
+                file=sys.stderr,
+                show_eta=True,
+                show_pos=True,
+                hidden=not (tty and total),
+            ) as bar,
+        ):
+            emails = iter_emails(
+                paths,
+                on_skip=lambda path, reason: not_mail.append(Path(path)),
+                on_error=cannot_read,
+            )
+            tally = import_emails(
+                emails,
+                store,
+                ParseOptions.from_config(config.parse),
+                route=route,
+                batch_size=batch_size,
+                max_size=max_size,
+                verifier=Verifier.from_config(config.parse),
+                on_batch=lambda r: committed.__setitem__(0, committed[0] + r.read),
+                on_parsed=lambda: bar.update(1),
+                should_stop=stop.is_set,
+            )
+    except KeyboardInterrupt:
+        _interrupted(committed[0], abandoned=True)
+        sys.exit(130)
+    finally:
+        if main:
+            signal.signal(signal.SIGINT, previous)
+    extra = {"files that are not email": len(not_mail)} if not_mail else {}
+    if unreadable:
+        extra["paths that cannot be read"] = len(unreadable)
+    _summary("imported", tally.as_dict() | extra)
+    if stop.is_set():
+        _interrupted(tally.read, abandoned=False)
+        sys.exit(130)
+    if unreadable:
+        raise click.ClickException(
+            f"{len(unreadable)} path{'s' if len(unreadable) != 1 else ''} could not be read "
+            "(see `cannot read` above); everything else was imported"
+        )
+
+
+def _interrupted(committed: int, *, abandoned: bool) -> None:
+    lost = "; the batch in hand was abandoned" if abandoned else ""
+    click.echo(
+        f"interrupted: {committed} email{'s' if committed != 1 else ''} committed{lost}. "
+        "Run the same import again to store the rest: emails stored already are "
+        "recognised, nothing is stored twice.",
+        err=True,
     )
 
 
@@ -184,12 +269,26 @@ def import_(state: _State, paths: tuple[Path, ...], no_deliver: bool, batch_size
 def parse(state: _State, file: Any) -> None:
     """Show what FILE (one email, or - for stdin) parses to; writes nothing.
 
+    An mbox holding several emails: the first is parsed, and the count is said.
     Exit status: 0 an SMS, 1 rejected (from the provider, but malformed), 3 skipped (not from
     a sender)."""
     from .models import Rejected, Skipped
     from .parse import ParseOptions, parse_email
+    from .sources.local import first_of_mbox
 
-    outcome = parse_email(file.read(), ParseOptions.from_config(state.config().parse))
+    raw = file.read()
+    mbox = first_of_mbox(raw)
+    if mbox is not None:
+        raw, count = mbox
+        name = escape_control(str(getattr(file, "name", "<stdin>")))
+        stdin = name == "<stdin>"
+        click.echo(
+            f"{'the input' if stdin else name} is an mbox holding {count} "
+            f"email{'s' if count != 1 else ''}: parsing the first"
+            + ("" if stdin else f" (`inbound-mail import {name}` reads them all)"),
+            err=True,
+        )
+    outcome = parse_email(raw, ParseOptions.from_config(state.config().parse))
     if isinstance(outcome, Skipped):
         click.echo(f"skipped: {outcome.reason}")
         sys.exit(3)
@@ -208,9 +307,12 @@ def parse(state: _State, file: Any) -> None:
 @pass_state
 def run(state: _State, once: bool) -> None:
     """Run the daemon: IDLE on every account, store each SMS once, deliver to the sinks."""
+    from .config import require_accounts
     from .service import Daemon
 
-    daemon = Daemon(state.config(), reload=state.reload, configure_logging=state.apply_logging)
+    config = state.config()
+    require_accounts(config)  # a daemon that reads nothing must not look healthy
+    daemon = Daemon(config, reload=state.reload, configure_logging=state.apply_logging)
     if not once:
         sys.exit(daemon.run())
     result = daemon.run_once()
@@ -291,6 +393,7 @@ def backfill(
 @click.option("--destination")
 @click.option("--limit", type=click.IntRange(min=1))
 @format_option
+@raw_option
 @pass_state
 def messages(
     state: _State,
@@ -300,57 +403,115 @@ def messages(
     destination: str | None,
     limit: int | None,
     fmt: str,
+    raw: bool,
 ) -> None:
     """List stored SMS, oldest first."""
     from .store import Store
 
-    with Store.open(state.config().database.path) as store:
+    with Store.open_readonly(state.config().database.path) as store:
         rows = store.messages(
             since=since, until=until, originator=originator, destination=destination, limit=limit
         )
-        write_rows(rows, fmt, sys.stdout, columns=MESSAGE_COLUMNS)
+        write_rows(rows, fmt, sys.stdout, columns=MESSAGE_COLUMNS, raw=raw)
 
 
 @cli.command()
 @click.option("--show", "show_id", type=int, help="Print one reject's reason and raw email.")
+@click.option(
+    "--release",
+    "release_id",
+    type=int,
+    help="Accept one reject after looking at it: store and deliver its SMS, once.",
+)
 @click.option("--limit", type=click.IntRange(min=1))
 @format_option
+@raw_option
 @pass_state
-def rejects(state: _State, show_id: int | None, limit: int | None, fmt: str) -> None:
-    """List emails from the provider that could not be parsed, with the reason."""
+def rejects(
+    state: _State,
+    show_id: int | None,
+    release_id: int | None,
+    limit: int | None,
+    fmt: str,
+    raw: bool,
+) -> None:
+    """List emails from the provider that could not be parsed or authenticated, with the
+    reason.
+
+    ``--show`` writes the raw email exactly to a pipe or file; on a terminal its
+    control characters are shown escaped, unless ``--raw``."""
     from .store import Store
 
-    with Store.open(state.config().database.path) as store:
+    if release_id is not None:
+        from .importer import release_reject
+
+        config = state.config()
+        with Store.open(config.database.path) as store:
+            released = release_reject(config, store, release_id)
+        if released.already_released_at:
+            click.echo(
+                f"reject {release_id} was already released at {released.already_released_at} "
+                f"(SMS {released.sms_id}); nothing done"
+            )
+        else:
+            what = "stored and queued for the sinks" if released.stored else "already stored"
+            click.echo(f"reject {release_id} released: SMS {released.sms_id} {what}")
+        return
+    with Store.open_readonly(state.config().database.path) as store:
         if show_id is None:
-            write_rows(store.rejects(limit=limit), fmt, sys.stdout, columns=REJECT_COLUMNS)
+            rows = store.rejects(limit=limit)
+            write_rows(rows, fmt, sys.stdout, columns=REJECT_COLUMNS, raw=raw)
             return
         reject = store.get_reject(show_id)
     if reject is None:
         raise click.ClickException(f"no reject with id {show_id}")
-    click.echo(f"reason: {reject['reason']}\norigin: {reject['origin']}\n")
-    sys.stdout.flush()
-    sys.stdout.buffer.write(reject["raw"])
+    head = f"code: {reject['code']}\nreason: {reject['reason']}\norigin: {reject['origin']}\n"
+    if reject["evidence"]:
+        head += "evidence:\n  " + reject["evidence"].replace("\n", "\n  ") + "\n"
+    if reject["released_at"]:
+        head += f"released: {reject['released_at']} (SMS {reject['released_sms_id']})\n"
+    if raw or not is_terminal(sys.stdout):
+        click.echo(head)
+        sys.stdout.flush()
+        sys.stdout.buffer.write(reject["raw"])
+        return
+    text = bytes(reject["raw"]).decode("utf-8", "backslashreplace").replace("\r\n", "\n")
+    click.echo(escape_control(head, keep="\n"))
+    click.echo(escape_control(text, keep="\n\t"), nl=False)
 
 
 # -- deliveries -------------------------------------------------------------------
 @cli.command()
-@click.option("--status", type=click.Choice(["pending", "failed", "dead", "delivered"]))
+@click.option(
+    "--status",
+    "statuses",
+    multiple=True,
+    type=click.Choice(["pending", "failed", "dead", "delivered"]),
+    help="pending: not tried yet; failed: failed, retried at next_attempt_at (repeatable).",
+)
 @click.option("--sink")
 @click.option("--limit", type=click.IntRange(min=1))
 @format_option
+@raw_option
 @pass_state
 def deliveries(
-    state: _State, status: str | None, sink: str | None, limit: int | None, fmt: str
+    state: _State,
+    statuses: tuple[str, ...],
+    sink: str | None,
+    limit: int | None,
+    fmt: str,
+    raw: bool,
 ) -> None:
     """List the outbox: what is owed to which sink, and why it failed."""
     from .store import Store
 
-    with Store.open(state.config().database.path) as store:
+    with Store.open_readonly(state.config().database.path) as store:
         write_rows(
-            store.deliveries(status=status, sink=sink, limit=limit),
+            store.deliveries(status=statuses or None, sink=sink, limit=limit),
             fmt,
             sys.stdout,
             columns=DELIVERY_COLUMNS,
+            raw=raw,
         )
 
 
@@ -382,7 +543,33 @@ def retry_dead(state: _State, sink: str | None) -> None:
         config.sink(sink)
     with Store.open(config.database.path) as store:
         count = store.retry_dead(sink)
-    click.echo(f"requeued {count} dead deliveries", err=True)
+    click.echo(f"requeued {_count(count, 'dead delivery', 'dead deliveries')}", err=True)
+
+
+@cli.command()
+@click.argument("sink_names", metavar="[SINK]...", nargs=-1)
+@click.option("--all", "all_sinks", is_flag=True, help="Every configured sink.")
+@click.option("--dead", is_flag=True, help="Dead deliveries too, with a fresh set of attempts.")
+@pass_state
+def retry(state: _State, sink_names: tuple[str, ...], all_sinks: bool, dead: bool) -> None:
+    """Make the pending and failed deliveries of SINK due now (after an outage).
+
+    The running daemon sends them within a second; attempts already made still count
+    (use --dead for rows that were given up on)."""
+    from .store import Store
+
+    if bool(sink_names) == all_sinks:
+        raise click.UsageError("name one or more sinks, or give --all")
+    config = state.config()
+    names = [s.name for s in config.sinks] if all_sinks else list(dict.fromkeys(sink_names))
+    for name in names:
+        config.sink(name)  # an unknown name is an error that lists the configured ones
+    with Store.open(config.database.path) as store:
+        for name in names:
+            done = store.retry_now(name, dead=dead)
+            revived = f" ({done.revived} of them dead before)" if dead else ""
+            click.echo(f"{name}: {_count(done.due, 'delivery', 'deliveries')} due now{revived}",
+                       err=True)  # fmt: skip
 
 
 @cli.command()
@@ -394,9 +581,16 @@ def sinks(state: _State) -> None:
 
     config = state.config()
     click.echo("types: " + ", ".join(available_sink_types()))
-    with Store.open(config.database.path) as store:
-        backlog = store.backlog()
-    rows = [{"name": s.name, "type": s.type, **backlog.get(s.name, {})} for s in config.sinks]
+    backlog: dict[str, dict[str, int]] = {}
+    if config.database.path.exists():  # before the first run: no backlog, and no new file
+        with Store.open_readonly(config.database.path) as store:
+            backlog = store.backlog()
+    rows = []
+    for s in config.sinks:
+        counts = backlog.get(s.name, {})
+        # The words of `deliveries --status`: pending = not tried yet, failed = retrying.
+        pending = counts.get("pending", 0) - counts.get("failed", 0)
+        rows.append({"name": s.name, "type": s.type, **counts, "pending": pending})
     write_rows(
         rows,
         "table",
@@ -412,11 +606,16 @@ def sinks(state: _State) -> None:
 def status(state: _State, as_json: bool) -> None:
     """Health from the database and the daemon's heartbeat.
 
-    Exit status (Nagios): 0 OK, 1 WARNING, 2 CRITICAL; each problem is one line saying what
-    to fix."""
-    from .status import collect_status
+    Exit status (Nagios): 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN (the config or the database
+    cannot be read); each problem is one line saying what to fix."""
+    from .status import collect_status, unknown_status
 
-    report = collect_status(state.config())
+    try:
+        config = state.config()
+    except InboundMailError as exc:  # Nagios: a check that cannot run is UNKNOWN, not WARNING
+        report = unknown_status("config", str(exc))
+    else:
+        report = collect_status(config)
     click.echo(json.dumps(report.to_dict(), indent=2) if as_json else "\n".join(report.lines()))
     sys.exit(report.exit_code)
 

@@ -16,11 +16,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import regex
+
 from .errors import ConfigError
 
 __all__ = [
+    "CONFIG_CANDIDATES",
+    "CONFIG_ENV",
+    "DEFAULT_DKIM_DOMAINS",
     "DEFAULT_SENDERS",
+    "DNS_TIMEOUT_RANGE",
+    "DURATION_EXPECTED",
     "AccountConfig",
+    "AuthMode",
     "Config",
     "DatabaseConfig",
     "LogConfig",
@@ -32,8 +40,10 @@ __all__ = [
     "StatusConfig",
     "default_config_path",
     "default_db_path",
+    "format_duration",
     "load_config",
     "parse_duration",
+    "require_accounts",
 ]
 
 DEFAULT_SENDERS = ("smsin@agiletelecom.com",)
@@ -42,17 +52,33 @@ _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 
 
+DURATION_EXPECTED = 'a duration (seconds, or "30s", "10m", "2h", "7d")'
+"""What a duration looks like, for the errors that name the key."""
+
+
 def parse_duration(value: object) -> float:
-    """Seconds from a number or a string such as ``"30s"``, ``"10m"``, ``"2h"``, ``"7d"``."""
-    if isinstance(value, bool):
-        raise ValueError("a duration, not a boolean")
-    if isinstance(value, int | float):
+    """Seconds from a number or a string such as ``"30s"``, ``"10m"``, ``"2h"``, ``"7d"``.
+
+    The ValueError says only what is wrong beyond the form (``negative``), or
+    nothing: callers say :data:`DURATION_EXPECTED` once, with the value."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
         if value < 0:
-            raise ValueError("a duration must not be negative")
+            raise ValueError("negative")
         return float(value)
     if isinstance(value, str) and (m := _DURATION.match(value)):
         return float(m.group(1)) * _UNITS[m.group(2)]
-    raise ValueError('a duration: seconds as a number, or a string like "30s", "10m", "2h", "7d"')
+    raise ValueError
+
+
+def format_duration(seconds: float) -> str:
+    """The shortest exact spelling :func:`parse_duration` reads back: ``500ms``, ``30s``,
+    ``29m``, ``7d``; seconds with decimals when no unit divides evenly."""
+    for unit, size in (("d", 86400.0), ("h", 3600.0), ("m", 60.0), ("s", 1.0)):
+        if seconds >= size and float(seconds / size).is_integer():
+            return f"{int(seconds / size)}{unit}"
+    if seconds > 0 and float(seconds * 1000).is_integer():
+        return f"{int(seconds * 1000)}ms"
+    return f"{seconds:g}s"
 
 
 def default_db_path() -> Path:
@@ -64,16 +90,48 @@ def default_db_path() -> Path:
     return Path("inbound-mail.db")
 
 
+CONFIG_ENV = "INBOUND_MAIL_CONFIG"
+#: Where a config is looked for, in order, when neither --config nor $INBOUND_MAIL_CONFIG is set.
+CONFIG_CANDIDATES = (Path("inbound-mail.toml"), Path("/etc/inbound-mail/config.toml"))
+
+
 def default_config_path() -> Path | None:
     """``$INBOUND_MAIL_CONFIG``, else the first of ``./inbound-mail.toml`` and
     ``/etc/inbound-mail/config.toml`` that exists, else None."""
-    env = os.environ.get("INBOUND_MAIL_CONFIG")
+    env = os.environ.get(CONFIG_ENV)
     if env:
         return Path(env)
-    for candidate in (Path("inbound-mail.toml"), Path("/etc/inbound-mail/config.toml")):
+    for candidate in CONFIG_CANDIDATES:
         if candidate.is_file():
             return candidate
     return None
+
+
+def require_accounts(config: Config) -> None:
+    """Raise ConfigError unless ``config`` has an account: a daemon without one would
+    read nothing while looking healthy.  The error says where the config was looked for."""
+    if config.accounts:
+        return
+    if config.path is None:
+        looked = [f"${CONFIG_ENV} (unset)"] + [str(p.absolute()) for p in CONFIG_CANDIDATES]
+        raise ConfigError(
+            f"no config file found (looked for {', '.join(looked)}): there is no account "
+            "to read; pass --config PATH, or write one from config.example.toml with at "
+            "least one [[accounts]]"
+        )
+    raise ConfigError(
+        "no [[accounts]] in the file: there is no mailbox to read; add one "
+        "(see config.example.toml)",
+        file=str(config.path),
+        key="accounts",
+    )
+
+
+AuthMode = Literal["require", "report", "off"]
+DEFAULT_DKIM_DOMAINS = ("agiletelecom.com",)
+#: ``[parse] dns_timeout`` range, seconds: long enough for a slow resolver, short
+#: enough that one lookup never stalls an account's pass for long.
+DNS_TIMEOUT_RANGE = (0.1, 60.0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +139,12 @@ class ParseConfig:
     senders: tuple[str, ...] = DEFAULT_SENDERS
     timezone: str = "Europe/Rome"
     keyword: bool = False
+    # Trust (see inbound_mail.authenticity); an account may override the first three.
+    authenticate: AuthMode = "require"
+    authserv_ids: tuple[str, ...] = ()
+    dkim_domains: tuple[str, ...] = DEFAULT_DKIM_DOMAINS
+    dns_servers: tuple[str, ...] = ()  # "ADDRESS[:PORT]"; empty: the system's resolver
+    dns_timeout: float = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +194,9 @@ class AccountConfig:
     resync_interval: float = 900.0
     connect_timeout: float = 30.0
     fetch_batch: int = 2000
+    authenticate: AuthMode = "require"
+    authserv_ids: tuple[str, ...] = ()
+    dkim_domains: tuple[str, ...] = DEFAULT_DKIM_DOMAINS
     file: str | None = None
     index: int = 0
 
@@ -145,6 +212,10 @@ class RetryPolicy:
     max_age: float = 7 * 86400.0
 
 
+FILTER_TIMEOUT = 0.25
+"""Seconds one ``text_regex`` may take on one SMS text (up to 1M characters)."""
+
+
 @dataclass(frozen=True, slots=True)
 class SinkFilter:
     destinations: tuple[str, ...] = ()
@@ -153,14 +224,22 @@ class SinkFilter:
     text_regex: str | None = None
 
     def matches(self, record: Any) -> bool:
-        """True when the record passes every condition that is set."""
+        """True when the record passes every condition that is set.
+
+        ``text_regex`` runs with the ``regex`` package (``re`` syntax) for at most
+        :data:`FILTER_TIMEOUT` seconds; past that it raises ``TimeoutError``.
+        """
         if self.destinations and record.destination not in self.destinations:
             return False
         if self.originators and record.originator not in self.originators:
             return False
         if self.keywords and (record.keyword or "").upper() not in self.keywords:
             return False
-        return not (self.text_regex and re.search(self.text_regex, record.text) is None)
+        if not self.text_regex:
+            return True
+        # The text is the sender's: a pattern that backtracks catastrophically on
+        # it must not take hours.  TimeoutError propagates: the router decides.
+        return regex.search(self.text_regex, record.text, timeout=FILTER_TIMEOUT) is not None
 
 
 @dataclass(frozen=True, slots=True)

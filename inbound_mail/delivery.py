@@ -19,8 +19,14 @@ anything but a DeliveryError counts as a temporary failure.  Every attempt is
 recorded and logged (``delivery.attempt``: sink, sms id, attempt, outcome,
 duration, error).  All state is in the database, so delivery resumes after
 a restart.  ``wake()`` makes an idle worker look at the outbox at once;
-otherwise it sleeps until the next row is due (re-checking every few seconds
-for rows queued by another process, e.g. ``inbound-mail replay``).
+otherwise it sleeps until the next row is due.  Another process (``inbound-mail
+retry``, ``retry-dead``, ``replay``) cannot wake() it: those commands bump a
+counter in the ``state`` table (:meth:`Store.schedule_version`) in the same
+transaction, which a waiting worker polls every :data:`SCHEDULE_POLL` seconds
+(and it re-reads the outbox every few seconds regardless).
+
+:func:`run_once_concurrently` is the burst mode (``run --once``): one pass of
+every sink at the same time, so a slow sink does not hold up the others.
 """
 
 from __future__ import annotations
@@ -36,7 +42,7 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from .config import RetryPolicy, SinkConfig
+from .config import FILTER_TIMEOUT, RetryPolicy, SinkConfig, SinkFilter
 from .errors import DeliveryError, PermanentDeliveryError, StoreError, TemporaryDeliveryError
 from .faults import fault_point
 from .logs import log_event
@@ -52,6 +58,7 @@ __all__ = [
     "backoff_delay",
     "deliver_due",
     "make_router",
+    "run_once_concurrently",
 ]
 
 OnAttempt = Callable[[str, AttemptOutcome, float], None]
@@ -60,6 +67,7 @@ OnAttempt = Callable[[str, AttemptOutcome, float], None]
 BATCH_SIZE = 100
 BATCH_SECONDS = 1.0  # bounds the resends after a crash, and the time before a row is marked
 IDLE_RECHECK = 5.0  # rows queued by another process cannot wake() us
+SCHEDULE_POLL = 0.5  # how often a waiting worker reads the schedule counter
 INFLIGHT_RECHECK = 1.0
 STORE_RETRY_CAP = 60.0
 ERROR_LIMIT = 4000
@@ -67,12 +75,35 @@ _LEVELS = {"delivered": logging.INFO, "failed": logging.WARNING, "dead": logging
 _log = logging.getLogger(__name__)
 
 
-def make_router(sinks: Sequence[SinkConfig]) -> Callable[[SmsRecord], list[str]]:
-    """The ``route`` for :meth:`Store.ingest`: the names of the sinks whose filter matches."""
+def make_router(
+    sinks: Sequence[SinkConfig], *, log: logging.Logger | None = None
+) -> Callable[[SmsRecord], list[str]]:
+    """The ``route`` for :meth:`Store.ingest`: the names of the sinks whose filter matches.
+
+    A ``text_regex`` that runs out of time on a text (see
+    :data:`~inbound_mail.config.FILTER_TIMEOUT`) counts as not matching, and is
+    logged (``filter.timeout``, WARNING) with the sink and the SMS id.
+    """
     pairs = [(sink.name, sink.filter) for sink in sinks]
+    logger = log or _log
+
+    def matches(name: str, flt: SinkFilter, record: SmsRecord) -> bool:
+        try:
+            return flt.matches(record)
+        except TimeoutError:
+            log_event(
+                logger,
+                logging.WARNING,
+                "filter.timeout",
+                sink=name,
+                id=record.id,
+                text_length=len(record.text),
+                timeout=FILTER_TIMEOUT,
+            )
+            return False
 
     def route(record: SmsRecord) -> list[str]:
-        return [name for name, flt in pairs if flt.matches(record)]
+        return [name for name, flt in pairs if matches(name, flt, record)]
 
     return route
 
@@ -236,6 +267,7 @@ class DeliveryWorker:
     def _serve(self, store: Store, stop: threading.Event, pool: ThreadPoolExecutor | None) -> None:
         forever = _Pass()
         result = self.totals
+        schedule = store.schedule_version()
         while not stop.is_set() or self._inflight:
             self.last_tick = time.monotonic()
             self._wakeup.clear()
@@ -247,7 +279,20 @@ class DeliveryWorker:
                 return
             # stop may have come after the clear(): then its relay set the event again.
             if wait > 0 and (self._inflight or not stop.is_set()):
-                self._wakeup.wait(wait)
+                schedule = self._wait(store, wait, schedule)
+
+    def _wait(self, store: Store, seconds: float, schedule: str | None) -> str | None:
+        """Sleep up to ``seconds``: less on wake(), or when another process changed
+        the schedule (``inbound-mail retry``); returns the schedule version seen."""
+        deadline = time.monotonic() + seconds
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or self._wakeup.wait(min(left, SCHEDULE_POLL)):
+                return schedule
+            self.last_tick = time.monotonic()
+            seen = store.schedule_version()
+            if seen != schedule:
+                return seen
 
     def _sequential_step(
         self, store: Store, stop: threading.Event, batch: _Pass, result: DeliveryPassResult
@@ -436,11 +481,18 @@ def deliver_due(
             sink = (sinks or {}).get(config.name)
             workers.append(DeliveryWorker(db_path, config, sink=sink, clock=clock, log=log,
                                           on_attempt=on_attempt))  # fmt: skip
-        if not workers:
-            return {}
-        with ThreadPoolExecutor(len(workers), thread_name_prefix="deliver-due") as pool:
-            futures = {w.name: pool.submit(w.run_once) for w in workers}
-            return {name: future.result() for name, future in futures.items()}
+        return run_once_concurrently(workers)
     finally:
         for worker in workers:
             worker.close()
+
+
+def run_once_concurrently(workers: Sequence[DeliveryWorker]) -> dict[str, DeliveryPassResult]:
+    """:meth:`DeliveryWorker.run_once` of every worker at the same time, each in a
+    thread; returns each sink's result once all are done.  An error of one worker
+    is raised after the others have finished their pass."""
+    if not workers:
+        return {}
+    with ThreadPoolExecutor(len(workers), thread_name_prefix="deliver-due") as pool:
+        futures = {w.name: pool.submit(w.run_once) for w in workers}
+        return {name: future.result() for name, future in futures.items()}

@@ -13,6 +13,7 @@ The tree::
     ├── StoreError             the SQLite database cannot be opened, migrated or written
     │   └── StoreLockedError   another process holds the database's daemon lock
     ├── SourceError            a local mail export (mbox, Maildir, .eml) cannot be read
+    ├── DnsTemporaryError      a DNS lookup timed out or failed (SERVFAIL): try the email later
     ├── ImapError              an IMAP account failed; ``account`` names it
     │   ├── ImapAuthError      the server refused the credentials (retrying will not help)
     │   ├── ImapTlsError       TLS failed: untrusted certificate, STARTTLS missing, ...
@@ -31,6 +32,7 @@ __all__ = [
     "ConfigError",
     "CredentialError",
     "DeliveryError",
+    "DnsTemporaryError",
     "ImapAuthError",
     "ImapConnectionError",
     "ImapError",
@@ -78,11 +80,18 @@ class SourceError(InboundMailError):
     """A local mail export cannot be read at all (one bad email is a rejection instead)."""
 
 
+class DnsTemporaryError(InboundMailError):
+    """A DNS lookup timed out or the servers failed (SERVFAIL): not an answer about the
+    name, so an email whose DKIM key it was looking up waits for a later pass."""
+
+
 class ImapError(InboundMailError):
     """An IMAP account failed.  ``account`` names the account from the config."""
 
     def __init__(self, message: str, *, account: str | None = None) -> None:
         self.account = account
+        self.reason = message
+        """The message without the account's name, for lines that already name it."""
         super().__init__(f"account {account!r}: {message}" if account else message)
 
 

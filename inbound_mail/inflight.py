@@ -23,15 +23,22 @@ The IMAP pass (:mod:`inbound_mail.imap.sync`, backfill included) and ``import``
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TypeVar
 
 from .faults import fault_email
-from .models import EmailOrigin, ParseOutcome, Rejected
+from .models import EmailOrigin, Rejected
 from .parse import ParseOptions, parse_email
 from .store import IngestItem, Store
 
-__all__ = ["CRASH_REASON", "MAX_PARSE_CRASHES", "parse_recorded", "split_crashed", "split_runs"]
+__all__ = [
+    "CRASH_REASON",
+    "MAX_PARSE_CRASHES",
+    "iter_recorded",
+    "parse_recorded",
+    "split_crashed",
+    "split_runs",
+]
 
 #: Processes that may die parsing one email before it becomes a reject.
 MAX_PARSE_CRASHES = 2
@@ -53,15 +60,42 @@ def parse_recorded(
     """Parse ``emails`` after recording them in flight (``record=False``, for a
     dry run that stores nothing: parse only).  ``on_parsed`` runs after each
     email: progress for the watchdog counts per email, not per group."""
-    crashed = store.parse_crashes(origin for _, origin in emails) if record else {}
-    if record:
-        store.mark_parsing(o for _, o in emails if crashed.get(o, 0) < MAX_PARSE_CRASHES)
     items = []
-    for raw, origin in emails:
-        items.append(IngestItem(raw, _outcome(raw, options, crashed.get(origin, 0)), origin))
+    for item in iter_recorded(store, emails, options, record=record):
+        items.append(item)
         if on_parsed is not None:
             on_parsed()
     return items
+
+
+def iter_recorded(
+    store: Store,
+    emails: Sequence[Email],
+    options: ParseOptions,
+    *,
+    record: bool = True,
+    parse: Callable[[bytes, EmailOrigin], IngestItem] | None = None,
+) -> Iterator[IngestItem]:
+    """:func:`parse_recorded`, one email at a time: the whole group is recorded
+    before the first is parsed, and the caller may stop early.  Emails recorded
+    but not stored (never parsed, or held back) must then be passed to
+    :meth:`Store.ingest` as ``not_stored``, or a restart counts them as crashes.
+    ``parse`` replaces :func:`parse_email` (``import --max-size``); an email the
+    parser died on twice is never handed to it."""
+    crashed = store.parse_crashes(origin for _, origin in emails) if record else {}
+    if record:
+        store.mark_parsing(o for _, o in emails if crashed.get(o, 0) < MAX_PARSE_CRASHES)
+    for raw, origin in emails:
+        crashes = crashed.get(origin, 0)
+        if crashes >= MAX_PARSE_CRASHES:
+            yield IngestItem(raw, _crash_reject(crashes), origin)
+            continue
+        fault_email("crash-parse", raw)
+        fault_email("stall-parse", raw)
+        if parse is not None:
+            yield parse(raw, origin)
+        else:
+            yield IngestItem(raw, parse_email(raw, options), origin)
 
 
 def split_crashed(store: Store, emails: Sequence[Email]) -> list[list[Email]]:
@@ -86,15 +120,12 @@ def split_runs(items: Sequence[T], alone: Callable[[T], bool]) -> list[list[T]]:
     return [*groups, run] if run else groups
 
 
-def _outcome(raw: bytes, options: ParseOptions, crashes: int) -> ParseOutcome:
-    if crashes >= MAX_PARSE_CRASHES:
-        return Rejected(
-            reason=(
-                f"{CRASH_REASON}: the process died {crashes} times while parsing this email "
-                "(a crash, or a stall the watchdog ended); it is not parsed again, and is "
-                "left in the mailbox untouched"
-            )
-        )
-    fault_email("crash-parse", raw)
-    fault_email("stall-parse", raw)
-    return parse_email(raw, options)
+def _crash_reject(crashes: int) -> Rejected:
+    return Rejected(
+        reason=(
+            f"{CRASH_REASON}: the process died {crashes} times while parsing this email "
+            "(a crash, or a stall the watchdog ended); it is not parsed again, and is "
+            "left in the mailbox untouched"
+        ),
+        code="parser_crash",
+    )

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from ._schema import check_private_file
 from .errors import StoreError, StoreLockedError
 
 __all__ = ["daemon_lock", "take_lock"]
@@ -19,7 +21,8 @@ def daemon_lock(db_path: str | Path) -> Iterator[None]:
     ``with`` block, or raise :class:`StoreLockedError` naming the holder's pid.
 
     ``flock`` locks die with their process, so a crashed daemon never leaves a
-    stale lock; the file itself stays, holding the last holder's pid.
+    stale lock; the file itself stays, holding the last holder's pid.  A symlink
+    there, or a file of another user or open to others, is refused.
     """
     fd = take_lock(Path(db_path))
     try:
@@ -31,9 +34,20 @@ def daemon_lock(db_path: str | Path) -> Iterator[None]:
 def take_lock(db_path: Path) -> int:
     lock_path = f"{db_path}.lock"
     try:
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        # O_NOFOLLOW: a symlink planted there would have its target truncated below.
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise StoreError(
+                f"the lock file {lock_path} is a symbolic link; refusing to follow it: remove it"
+            ) from None
         raise StoreError(f"cannot open the lock file {lock_path}: {exc.strerror}") from exc
+    try:
+        # On the open file, so a swap between check and use cannot fool it.
+        check_private_file(os.fstat(fd), lock_path, f"the lock file {lock_path}")
+    except StoreError:
+        os.close(fd)
+        raise
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as exc:

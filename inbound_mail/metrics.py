@@ -13,6 +13,8 @@ Counted in the daemon as it works (reset by a restart, as Prometheus expects):
 ``inbound_mail_delivery_duration_seconds{sink}``    attempt durations (histogram)
 ``inbound_mail_reconnects_total{account}``          sessions that ended in an error
 ``inbound_mail_idle_refreshes_total{account}``      IDLE re-issued after ``idle_refresh``
+``inbound_mail_ack_failures_total{account}``        ``after`` actions the server refused
+``inbound_mail_acks_owed{account}``                 acknowledgements owed because of them
 ``inbound_mail_account_connected{account}``         1 while logged in
 ``inbound_mail_account_last_sync_timestamp_seconds{account}``
 
@@ -70,13 +72,30 @@ _CATEGORIES: tuple[tuple[re.Pattern[str], str], ...] = tuple(
         (r"^internal parser error", "parser_error"),
         (r"; at most \d+$|^the MIME structure has over", "over_limit"),  # parse_limits
         (r"^parser crash", "parser_crash"),  # inbound_mail.inflight
+        (r"^unauthenticated: ", "unauthenticated"),
     )
 )
 AccountsView = Callable[[], Iterable[tuple[str, "AccountHealth"]]]
 
 
-def reject_category(reason: str) -> str:
-    """A reject reason's category: one of a fixed set of names, ``other`` for the rest."""
+# Rejects whose ``code`` column says why on its own (every code but ``malformed``,
+# the parser's own, whose free-text reason the patterns above refine).
+_CODE_CATEGORIES: dict[str, str] = {
+    "oversized": "too_large",
+    "unfetchable": "unfetchable",
+    "unauthenticated": "unauthenticated",
+    "over_limit": "over_limit",
+    "parser_crash": "parser_crash",
+}
+
+
+def reject_category(reason: str, code: str | None = None) -> str:
+    """A reject's category: one of a fixed set of names, ``other`` for the rest.
+
+    The ``code`` column decides where it is more than ``malformed``; otherwise
+    (and for reasons without a code) the reason's text does."""
+    if code is not None and code in _CODE_CATEGORIES:
+        return _CODE_CATEGORIES[code]
     for pattern, category in _CATEGORIES:
         if pattern.search(reason):
             return category
@@ -203,15 +222,16 @@ class _AccountCollector:
     def __init__(self, accounts: AccountsView) -> None:
         self._accounts = accounts
         self._lock = threading.Lock()
-        self._retired: dict[str, tuple[int, int]] = {}
+        self._retired: dict[str, tuple[int, int, int]] = {}
 
     def retire(self, workers: Iterable[tuple[str, AccountHealth]]) -> None:
         with self._lock:
             for name, health in workers:
-                reconnects, refreshes = self._retired.get(name, (0, 0))
+                reconnects, refreshes, ack_failures = self._retired.get(name, (0, 0, 0))
                 self._retired[name] = (
                     reconnects + health.reconnects,
                     refreshes + health.idle_refreshes,
+                    ack_failures + health.ack_failures,
                 )
 
     def describe(self) -> list[Metric]:
@@ -234,16 +254,28 @@ class _AccountCollector:
         refreshes = CounterMetricFamily(
             "inbound_mail_idle_refreshes", "IDLE re-issued after idle_refresh.", labels=["account"]
         )
+        ack_failures = CounterMetricFamily(
+            "inbound_mail_ack_failures",
+            "After actions (seen, move, delete) the server refused.",
+            labels=["account"],
+        )
+        acks_owed = GaugeMetricFamily(
+            "inbound_mail_acks_owed",
+            "Acknowledgements owed because the server refused the after action.",
+            labels=["account"],
+        )
         with self._lock:
             retired = dict(self._retired)
         for name, health in self._accounts():
-            old_reconnects, old_refreshes = retired.get(name, (0, 0))
+            old_reconnects, old_refreshes, old_ack_failures = retired.get(name, (0, 0, 0))
+            ack_failures.add_metric([name], old_ack_failures + health.ack_failures)
+            acks_owed.add_metric([name], health.acks_owed)
             connected.add_metric([name], 1.0 if health.connected else 0.0)
             if health.last_sync_at is not None:
                 last_sync.add_metric([name], health.last_sync_at)
             reconnects.add_metric([name], old_reconnects + health.reconnects)
             refreshes.add_metric([name], old_refreshes + health.idle_refreshes)
-        yield from (connected, last_sync, reconnects, refreshes)
+        yield from (connected, last_sync, reconnects, refreshes, ack_failures, acks_owed)
 
 
 class _DatabaseCollector:
@@ -262,13 +294,23 @@ class _DatabaseCollector:
                 last_sms = store.last_message_by_destination()
                 reasons = list(
                     store.database.query(
-                        "SELECT reason, count(*) AS n FROM rejects GROUP BY reason"
+                        "SELECT code, reason, count(*) AS n FROM rejects GROUP BY code, reason"
                     )
                 )
+                unauthenticated = store.trust_counts(0.0)["unauthenticated_sms"]
         except InboundMailError as exc:
             log_event(_log, logging.WARNING, "metrics.database_failed", error=str(exc))
             return
         yield from _database_families(backlog, last_sms, reasons)
+        from prometheus_client.core import CounterMetricFamily
+
+        # authenticate = "report": SMS stored and delivered without proof of origin.
+        family = CounterMetricFamily(
+            "inbound_mail_sms_unauthenticated",
+            "SMS stored without proof that the provider sent them (authenticate = report).",
+        )
+        family.add_metric([], unauthenticated)
+        yield family
 
 
 def _database_families(
@@ -297,7 +339,7 @@ def _database_families(
     )
     by_category: dict[str, int] = {}
     for row in reasons:
-        category = reject_category(str(row["reason"]))
+        category = reject_category(str(row["reason"]), str(row["code"]))
         by_category[category] = by_category.get(category, 0) + int(row["n"])
     for category, count in sorted(by_category.items()):
         rejects.add_metric([category], count)

@@ -8,8 +8,10 @@ from typing import Any, Literal
 
 __all__ = [
     "DEDUP_FIELDS",
+    "REJECT_CODES",
     "EmailOrigin",
     "ParseOutcome",
+    "RejectCode",
     "Rejected",
     "Skipped",
     "SmsRecord",
@@ -48,6 +50,12 @@ class SmsRecord:
     ``received_at`` is that instant in UTC, ISO-8601 with a ``Z``, computed in
     the configured zone.  ``keyword`` is set only when keyword splitting is on
     and the text starts with a 4-8 character alphanumeric word.
+
+    ``authenticated`` is the verdict of :mod:`inbound_mail.authenticity`: True
+    (DKIM or a trusted Authentication-Results passed), False (it did not, and
+    ``authenticate = "report"`` or an operator's release let it through), None
+    (not checked: the parser's own output, or ``authenticate = "off"``);
+    ``auth_reason`` says why.  Neither is part of the dedup id.
     """
 
     originator: str
@@ -60,6 +68,8 @@ class SmsRecord:
     email_date: str | None = None
     subject: str | None = None
     sender: str | None = None
+    authenticated: bool | None = None
+    auth_reason: str | None = None
 
     @property
     def id(self) -> str:
@@ -80,14 +90,36 @@ class Skipped:
     message_id: str | None = None
 
 
+#: Why an email is a reject: the parser could not read it (``malformed``), it was
+#: over ``max_size`` (``oversized``), the server never returned it
+#: (``unfetchable``), it claims the provider's address without proof
+#: (``unauthenticated``, with the evidence), it exceeds a limit of
+#: :mod:`inbound_mail.parse_limits` (``over_limit``), or the process died twice
+#: while parsing it (``parser_crash``, :mod:`inbound_mail.inflight`).
+RejectCode = Literal[
+    "malformed", "oversized", "unfetchable", "unauthenticated", "over_limit", "parser_crash"
+]
+REJECT_CODES: tuple[RejectCode, ...] = (
+    "malformed",
+    "oversized",
+    "unfetchable",
+    "unauthenticated",
+    "over_limit",
+    "parser_crash",
+)
+
+
 @dataclass(frozen=True, slots=True)
 class Rejected:
-    """The email comes from a configured sender but is not a valid provider email."""
+    """The email comes from a configured sender but is not a valid provider email,
+    or not provably from the provider (``code``; ``evidence`` says what was checked)."""
 
     reason: str
     sender: str | None = None
     message_id: str | None = None
     subject: str | None = None
+    code: RejectCode = "malformed"
+    evidence: str | None = None
 
 
 ParseOutcome = SmsRecord | Skipped | Rejected
@@ -127,22 +159,34 @@ class Tally:
     duplicates: int = 0
     skipped: int = 0
     rejected: int = 0
+    deferred: int = 0  # not stored: the authenticity verdict must wait (DNS failure)
 
     @property
     def read(self) -> int:
-        return self.new + self.duplicates + self.skipped + self.rejected
+        return self.new + self.duplicates + self.skipped + self.rejected + self.deferred
 
-    def add(self, new: int = 0, duplicates: int = 0, skipped: int = 0, rejected: int = 0) -> None:
+    def add(
+        self,
+        new: int = 0,
+        duplicates: int = 0,
+        skipped: int = 0,
+        rejected: int = 0,
+        deferred: int = 0,
+    ) -> None:
         self.new += new
         self.duplicates += duplicates
         self.skipped += skipped
         self.rejected += rejected
+        self.deferred += deferred
 
     def as_dict(self) -> dict[str, int]:
-        return {
+        counts = {
             "read": self.read,
             "new": self.new,
             "duplicates": self.duplicates,
             "skipped": self.skipped,
             "rejected": self.rejected,
         }
+        if self.deferred:  # only then: the usual summary stays as it was
+            counts["deferred (DNS failed: import them again later)"] = self.deferred
+        return counts

@@ -21,9 +21,17 @@ Bounded work
 Who sent it
     Only the parsed addr-spec of the ``From`` header counts, compared
     case-insensitively with the configured senders; the display name never does
-    (``"smsin@agiletelecom.com" <evil@x.com>`` is skipped).  No From header, two
-    From headers, or a From header with no address or several addresses: skipped,
-    with the reason.  ``SmsRecord.sender`` is the address, lower-cased.
+    (``"smsin@agiletelecom.com" <evil@x.com>`` is skipped).  The header is parsed
+    strictly as an RFC 5322 address list (Python's ``email.headerregistry``
+    parser): it must hold exactly one mailbox, no group, and the parser must
+    report no defect at all.  Lenient scanners disagree on broken lists such as
+    ``evil@example.com; smsin@agiletelecom.com`` (some read the second
+    address, ``parseaddr``, Dovecot and DMARC evaluators the first), so any
+    such header is skipped rather than guessed at.  No From header, two From
+    headers, or a From header that is not one clean mailbox: skipped, with the
+    reason.  ``SmsRecord.sender`` is the address, lower-cased.  Whether the
+    email really comes from the provider is a separate step
+    (:mod:`inbound_mail.authenticity`).
 
 Which body
     The first ``text/plain`` part that is not an attachment; an HTML part (the
@@ -99,6 +107,7 @@ from __future__ import annotations
 
 import email
 import email.message
+import email.policy
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, fields, replace
@@ -110,7 +119,6 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import mailparser
-from mailparser import utils as mailparser_utils
 
 from ._html import html_to_text
 from .charsets import codec_for, neutralise, neutralise_value
@@ -225,14 +233,19 @@ def _gate(
         limit = scan.problem or check_structure(raw)
         if limit is None:
             return None, message
-    parsed = _parsed_from(scan.from_values)
-    fetched = [compat32.header_fetch_parse("From", value) for value in scan.from_values]
-    address, problem = _from_address(fetched, parsed)
+    # The same strict From rule as the full parse, on the values the full parse
+    # would see (refused charsets renamed, as neutralise() does to the message).
+    # A From that the rule refuses is skipped here too, even over a limit.
+    fetched = [
+        compat32.header_fetch_parse("From", neutralise_value(value)) for value in scan.from_values
+    ]
+    address, problem, names = _from_address(fetched)
     if address is None or address not in options.senders:
-        reason = problem or _not_ours(address or "", parsed, options)
+        reason = problem or _not_ours(address or "", names, options)
         return Skipped(reason=reason, sender=address, message_id=message_id), None
     if limit := limit or scan.problem or check_structure(raw):
-        return Rejected(reason=limit, sender=address, message_id=message_id), None
+        rejected = Rejected(reason=limit, sender=address, message_id=message_id, code="over_limit")
+        return rejected, None
     return None, message
 
 
@@ -304,9 +317,9 @@ def _parse_mail(mail: Any, options: ParseOptions) -> ParseOutcome:
     message: email.message.Message = mail.message
     message_id = _clean(message.get("Message-ID"))
     from_values = message.get_all("From", [])
-    address, problem = _from_address(from_values, mail.from_)
+    address, problem, names = _from_address(from_values)
     if address is None or address not in options.senders:
-        reason = problem or _not_ours(address or "", mail.from_, options)
+        reason = problem or _not_ours(address or "", names, options)
         return Skipped(reason=reason, sender=address, message_id=message_id)
     subject = _clean(mail.subject)
     fields = _extract(message)
@@ -338,57 +351,67 @@ def _failed(raw: bytes, options: ParseOptions, reason: str) -> ParseOutcome:
     """The outcome when parsing broke: Rejected if the sender is ours, else Skipped."""
     try:
         message = BytesHeaderParser(policy=compat32).parsebytes(raw)
-        address, problem = _single_from(message.get_all("From", []))
+        address, problem, names = _from_address(message.get_all("From", []))
         message_id = _clean(message.get("Message-ID"))
         subject = _decoded_header(message.get("Subject"))
     except Exception:
         address, problem, message_id, subject = None, "the headers cannot be read", None, None
+        names = []
     if address is not None and address in options.senders:
         return Rejected(reason=reason, sender=address, message_id=message_id, subject=subject)
-    why = problem or _not_ours(address or "", [], options)
+    why = problem or _not_ours(address or "", names, options)
     return Skipped(reason=why, sender=address, message_id=message_id)
 
 
 def _single_from(from_values: list[Any]) -> tuple[str | None, str | None]:
-    """(address, problem) for From header values, parsed by mail-parser like a full email."""
-    return _from_address(from_values, _parsed_from(from_values))
+    """(address, problem) for the From header values of one email."""
+    address, problem, _ = _from_address(from_values)
+    return address, problem
 
 
-def _parsed_from(from_values: list[Any]) -> list[tuple[str, str]]:
-    """mail-parser's (name, address) pairs for From header values, as for a full email."""
-    if len(from_values) != 1:
-        return []  # _from_address refuses these before looking at the pairs
-    # What MailParser(message).from_ computes, without building a whole MailParser
-    # (a quarter of a provider email's parse): the value as Message.items() gives
-    # it, its refused charsets renamed, mail-parser's address parser, "" for a
-    # name that repeats the address.
-    value = from_values[0]
-    if isinstance(value, str):  # raw; a Header is already what Message.items() gives
-        value = compat32.header_fetch_parse("From", neutralise_value(value))
-    pairs = mailparser_utils.get_addresses(value, decode_names=True)
-    return [("" if name == address else name, address) for name, address in pairs if address]
+# A From header is one mailbox: a few hundred characters at most.  Longer ones are
+# refused before the (pure Python) RFC 5322 parser spends time on them.
+_MAX_FROM_CHARS = 2000
 
 
-def _from_address(
-    from_values: list[Any], parsed: list[tuple[str, str]]
-) -> tuple[str | None, str | None]:
-    """(lower-cased address, None) or (address or None, why it cannot be the provider)."""
+def _from_address(from_values: list[Any]) -> tuple[str | None, str | None, list[str]]:
+    """(lower-cased address, None, display names) or (address or None, why it cannot
+    be the provider, display names), under the strict rule in the module docstring."""
     if not from_values:
-        return None, "no From header"
+        return None, "no From header", []
     if len(from_values) > 1:
-        return None, f"{len(from_values)} From headers; a provider email has one"
-    addresses = [address.strip() for _, address in parsed if address and address.strip()]
+        return None, f"{len(from_values)} From headers; a provider email has one", []
+    value = str(from_values[0])
+    shown = repr((_clean(value) or "")[:200])
+    if len(value) > _MAX_FROM_CHARS:
+        return None, f"From header is {len(value)} characters; a provider email has one address", []
+    try:
+        # Unfold first: the parser reads one logical line.
+        header = email.policy.default.header_factory("From", re.sub(r"\r?\n[ \t]", " ", value))
+        groups = list(header.groups)
+        defects = list(header.defects)
+    except Exception:  # the parser has no documented exceptions: treat any as unparseable
+        return None, f"From header {shown} cannot be parsed as an address list", []
+    mailboxes = [a for g in groups for a in g.addresses]
+    names = [a.display_name for a in mailboxes]
+    addresses = [a.addr_spec.strip() for a in mailboxes if a.username and a.domain]
     if not addresses:
-        return None, f"no valid address in From header {(_clean(from_values[0]) or '')[:200]!r}"
+        return None, f"no valid address in From header {shown}", names
+    if defects:
+        # A defect means the parsers in the wild may read another address than this one.
+        why = "; ".join(dict.fromkeys(str(d) for d in defects))[:200]
+        return None, f"From header {shown} is not a strict RFC 5322 address ({why})", names
+    if any(g.display_name is not None for g in groups):
+        return None, f"From header {shown} is a group; a provider email names one mailbox", names
     if len(addresses) > 1:
         listed = ", ".join(addresses)[:200]
-        return None, f"From header holds {len(addresses)} addresses ({listed}); expected one"
-    return addresses[0].lower(), None
+        return None, f"From header holds {len(addresses)} addresses ({listed}); expected one", names
+    return addresses[0].lower(), None, names
 
 
-def _not_ours(address: str, parsed: list[tuple[str, str]], options: ParseOptions) -> str:
+def _not_ours(address: str, display_names: list[str], options: ParseOptions) -> str:
     reason = f"sender {address} is not a configured sender ({', '.join(options.senders)})"
-    names = " ".join(name for name, _ in parsed).lower()
+    names = " ".join(display_names).lower()
     if any(sender in names for sender in options.senders):
         reason += "; the display name naming a configured sender is ignored"
     return reason

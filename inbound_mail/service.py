@@ -5,9 +5,10 @@
 The first SIGTERM or SIGINT asks for a warm stop: workers finish the batch in
 hand, commit, log out, and the process exits 0.  A second signal forces the exit.
 
-SIGHUP re-reads the config.  An invalid one (or one whose secrets cannot be
-read) is refused with a log line, and the running config stays.  A valid one
-replaces every worker (:class:`~inbound_mail._generation.Generation`): the old
+SIGHUP makes every pending delivery due now (a receiver may be back), then
+re-reads the config.  An invalid one (or one whose secrets cannot be read) is
+refused with a log line, and the running config stays.  A valid one replaces
+every worker (:class:`~inbound_mail._generation.Generation`): the old
 ones stop warmly (batch committed, attempts recorded), then new ones start from
 the new config, in the same process.  Sink files are reopened either way
 (logrotate).  ``database.path`` and ``metrics.listen`` need a restart.
@@ -22,6 +23,7 @@ worker shows a recent sign of life.  The heartbeat job writes what
 from __future__ import annotations
 
 import faulthandler
+import json
 import logging
 import os
 import signal
@@ -37,15 +39,22 @@ from apscheduler.schedulers.background import BackgroundScheduler
 
 from ._generation import Generation, account_stalled
 from .config import AccountConfig, Config, load_config
-from .delivery import DeliveryWorker
-from .errors import ConfigError, InboundMailError, StoreError
+from .delivery import DeliveryWorker, run_once_concurrently
+from .errors import ConfigError, ImapError, InboundMailError, StoreError
 from .imap.worker import AccountHealth, AccountWorker
 from .logs import log_event
 from .metrics import Metrics, create_metrics
 from .notify import Health, Notifier, Supervisor, watchdog_interval
-from .secrets import read_password
+from .secrets import exposed_secrets_warning, read_password
 from .sinks import Sink
-from .status import ACCOUNT_PREFIX, DAEMON_KEY, HEARTBEAT_KEY, account_state, daemon_state
+from .status import (
+    ACCOUNT_PREFIX,
+    DAEMON_KEY,
+    HEARTBEAT_KEY,
+    HeartbeatFile,
+    account_state,
+    daemon_state,
+)
 from .store import IngestResult, Store, daemon_lock
 
 __all__ = ["Daemon", "OnceResult"]
@@ -96,6 +105,11 @@ class Daemon:
         self._written: dict[str, str] = {}
         self._next_heartbeat = 0.0
         self._heartbeat_error: str | None = None
+        self._written_storage: str | None = None
+        self._beacon = HeartbeatFile(self.db_path)
+        self._beacon_error: str | None = None
+        self._beat_lock = threading.Lock()
+        self._stopped = False
         self._lock = threading.Lock()
         self._stored = 0
         self._outcomes = {"delivered": 0, "failed": 0, "dead": 0}
@@ -123,7 +137,7 @@ class Daemon:
         code (0 on a warm stop).  Signals can only be installed from the main thread."""
         if install_signals:  # first of all: a SIGTERM during start-up is a warm stop too
             self._install_signal_handlers()
-        with self._prepared():
+        with self._prepared(), self._heartbeats():
             self._scheduler = scheduler = self._start_scheduler()
             self._gen.start(scheduler)
             log_event(
@@ -139,6 +153,7 @@ class Daemon:
             self.notifier.stopping()
             self._gen.stop_and_join(scheduler, STOP_GRACE)
             scheduler.shutdown(wait=False)
+            self._record_stop()
         log_event(_log, logging.INFO, "daemon.stopped")
         return 0
 
@@ -150,16 +165,19 @@ class Daemon:
                 try:
                     worker.run_once()
                 except InboundMailError as exc:
-                    result.failures[worker.account.name] = str(exc)
+                    # The CLI and the log line name the account: keep it out of the reason.
+                    named = isinstance(exc, ImapError) and exc.account == worker.account.name
+                    reason = exc.reason if isinstance(exc, ImapError) and named else str(exc)
+                    result.failures[worker.account.name] = reason
                     log_event(
                         _log,
                         logging.ERROR,
                         "imap.failed",
                         account=worker.account.name,
-                        error=str(exc),
+                        error=reason,
                     )
-            for delivery in self.delivery_workers:
-                delivery.run_once()
+            # Every sink at once: a slow one does not hold up the others.
+            run_once_concurrently(self.delivery_workers)
         return result
 
     def request_stop(self) -> None:
@@ -174,6 +192,9 @@ class Daemon:
     # -- wiring ------------------------------------------------------------------------
     @contextmanager
     def _prepared(self, *, serve_metrics: bool = True) -> Iterator[None]:
+        exposed = exposed_secrets_warning(self.config)
+        if exposed is not None:
+            log_event(_log, logging.WARNING, "config.secrets_exposed", problem=exposed)
         with daemon_lock(self.db_path):
             Store.open(self.db_path, raw_retention_days=self._retention_days()).close()
             if serve_metrics:
@@ -220,30 +241,100 @@ class Daemon:
         scheduler.start()
         return scheduler
 
+    @contextmanager
+    def _heartbeats(self) -> Iterator[None]:
+        """The heartbeat file open, and a first beat written at once: until then
+        ``status`` would read the previous run's "stopped"."""
+        try:
+            self._beacon.open()
+        except OSError as exc:
+            self._beacon_failed(exc)
+        try:
+            self._heartbeat()
+            yield
+        finally:
+            with self._beat_lock:  # no beat may write to a closed (or reused) descriptor
+                self._stopped = True
+                self._beacon.close()
+
     def _heartbeat(self) -> None:
         """Write what ``status`` reads (each account's state, the daemon's, the time)
-        every HEARTBEAT_INTERVAL, and at once when an account's state changes."""
+        every HEARTBEAT_INTERVAL, and at once when an account's state or the storage
+        failure changes."""
         workers, now = self.account_workers, time.monotonic()
         states = {
             w.account.name: account_state(w.health, stalled=account_stalled(w, now))
             for w in workers
         }
-        if states == self._written and now < self._next_heartbeat:
+        storage = self._storage_error(workers)
+        if (
+            states == self._written
+            and storage == self._written_storage
+            and now < self._next_heartbeat
+            and self._heartbeat_error is None
+        ):
             return
-        try:
-            with Store.open(self.db_path) as store:
-                for name, value in states.items():
-                    store.set_state(ACCOUNT_PREFIX + name, value)
-                daemon = daemon_state(os.getpid(), self._started_at, list(states))
-                store.set_state(DAEMON_KEY, daemon)
-                store.set_state(HEARTBEAT_KEY, str(time.time()))
-        except StoreError as exc:  # a full disk, say: one line, not a traceback every 10 s
-            if str(exc) != self._heartbeat_error:
-                log_event(_log, logging.ERROR, "daemon.heartbeat_failed", error=str(exc))
-            self._heartbeat_error = str(exc)
-            return
-        self._heartbeat_error = None
-        self._written, self._next_heartbeat = states, now + HEARTBEAT_INTERVAL
+        if self._beat(states, storage):
+            self._written, self._written_storage = states, storage
+            self._next_heartbeat = now + HEARTBEAT_INTERVAL
+
+    def _storage_error(self, workers: list[AccountWorker]) -> str | None:
+        """The database failure the daemon meets now: its own heartbeat's, else a worker's."""
+        if self._heartbeat_error is not None:
+            return self._heartbeat_error
+        return next((w.health.storage_error for w in workers if w.health.storage_error), None)
+
+    def _beat(
+        self, states: dict[str, str], storage: str | None, *, stopped_at: float | None = None
+    ) -> bool:
+        """One beat to the database, then to the heartbeat file (which has it even when
+        the database cannot take it); True when the database took it."""
+        with self._beat_lock:
+            if self._stopped:
+                return True  # the stop is the last word: a late beat must not hide it
+            self._stopped = stopped_at is not None
+            beat, pid = time.time(), os.getpid()
+            daemon = daemon_state(
+                pid, self._started_at, list(states), storage_error=storage, stopped_at=stopped_at
+            )
+            stored = True
+            try:
+                with Store.open(self.db_path) as store:
+                    for name, value in states.items():
+                        store.set_state(ACCOUNT_PREFIX + name, value)
+                    store.set_state(DAEMON_KEY, json.dumps(daemon))
+                    store.set_state(HEARTBEAT_KEY, str(beat))
+            except StoreError as exc:  # a full disk, say: one line, not a traceback every 10 s
+                if str(exc) != self._heartbeat_error:
+                    log_event(_log, logging.ERROR, "daemon.heartbeat_failed", error=str(exc))
+                self._heartbeat_error = daemon["storage_error"] = str(exc)
+                stored = False
+            else:
+                self._heartbeat_error = None
+            try:
+                self._beacon.write({**daemon, "heartbeat_at": beat})
+            except OSError as exc:
+                self._beacon_failed(exc)
+            return stored
+
+    def _record_stop(self) -> None:
+        """Tell ``status`` the daemon stopped cleanly, and when."""
+        states = {
+            w.account.name: account_state(w.health, stalled=False) for w in self.account_workers
+        }
+        self._beat(states, self._storage_error(self.account_workers), stopped_at=time.time())
+
+    def _beacon_failed(self, exc: OSError) -> None:
+        if str(exc) != self._beacon_error:  # once per distinct error
+            log_event(
+                _log,
+                logging.WARNING,
+                "daemon.heartbeat_file_failed",
+                path=str(self._beacon.path),
+                error=str(exc),
+                effect="status reads the heartbeat from the database alone",
+            )
+        self._beacon_error = str(exc)
 
     def _prune(self) -> None:
         with Store.open(self.db_path, raw_retention_days=self._retention_days()) as store:
@@ -272,6 +363,7 @@ class Daemon:
 
     def _reload(self, supervisor: Supervisor) -> None:
         log_event(_log, logging.INFO, "daemon.reload_requested")
+        self._deliveries_due_now()
         try:
             new = self._next_generation(self._reload_config())
         except InboundMailError as exc:
@@ -303,6 +395,17 @@ class Daemon:
             self._configure_logging(new.config)
         assert self._scheduler is not None
         new.start(self._scheduler)
+
+    def _deliveries_due_now(self) -> None:
+        """SIGHUP also means "try the sinks again": a receiver that is back, or whose
+        config was just fixed, should not wait out a backoff of up to retry_cap."""
+        try:
+            with Store.open(self.db_path) as store:
+                due = store.retry_now().due
+        except StoreError as exc:
+            log_event(_log, logging.ERROR, "daemon.reschedule_failed", error=str(exc))
+            return
+        log_event(_log, logging.INFO, "daemon.deliveries_due", deliveries=due)
 
     def _next_generation(self, config: Config) -> Generation:
         """A generation for ``config``, sinks built: raises if anything in it is invalid."""

@@ -9,8 +9,9 @@ user-facing, for sqlite-utils and Datasette):
 ``emails``       one row per source email that carried an SMS; ``duplicate`` = 1
                  when its SMS was already stored
 ``raw_emails``   the raw bytes of ``emails`` rows, pruned after the retention
-``rejects``      provider emails that failed to parse, raw bytes included (kept
-                 forever: they are the evidence a parser fix needs)
+``rejects``      provider emails that failed to parse or to authenticate (``code``,
+                 ``evidence``), raw bytes included (kept forever: they are the
+                 evidence a parser fix or a release needs)
 ``checkpoints``  the last stored UID per (account, folder) under one UIDVALIDITY
 ``pending_acks`` IMAP actions (seen, delete, move) owed for stored emails
 ``deliveries``   the outbox: one row per (SMS, sink), ``id`` order = delivery order
@@ -32,13 +33,14 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from sqlite_utils import Database
 
 from . import _schema as q
-from ._schema import connect, rollback, translate_error
+from ._schema import connect, connect_readonly, rollback, translate_error
 from ._store_rows import (
     _BACKLOG_KEYS,
     _HEX,
@@ -63,6 +65,7 @@ from .lock import daemon_lock, take_lock
 from .models import EmailOrigin, Rejected, SmsRecord
 
 __all__ = [
+    "SCHEDULE_KEY",
     "AttemptOutcome",
     "AttemptRecord",
     "Checkpoint",
@@ -71,6 +74,7 @@ __all__ = [
     "IngestItem",
     "IngestResult",
     "PendingAck",
+    "RetryResult",
     "Router",
     "Store",
     "daemon_lock",
@@ -108,6 +112,20 @@ def _origin_key(origin: EmailOrigin) -> str:
     return json.dumps([o.kind, o.account, o.folder, o.uidvalidity, o.uid, o.path, o.key])
 
 
+SCHEDULE_KEY = "outbox.rescheduled"
+"""The ``state`` key bumped by every command that makes deliveries due (see
+:meth:`Store.schedule_version`)."""
+
+
+@dataclass(frozen=True, slots=True)
+class RetryResult:
+    """What :meth:`Store.retry_now` did: ``due`` pending deliveries made due now,
+    ``revived`` of them dead ones given a fresh set of attempts."""
+
+    due: int
+    revived: int
+
+
 class Store:
     """One connection to the database.  Not thread-safe: open one Store per thread."""
 
@@ -143,6 +161,17 @@ class Store:
         """
         db_path = Path(path)
         return cls(connect(db_path), db_path, raw_retention_days=raw_retention_days, clock=clock)
+
+    @classmethod
+    def open_readonly(cls, path: str | Path, *, clock: Callable[[], float] = time.time) -> Store:
+        """Open an existing database read-only, for the commands that only read.
+
+        Raises :class:`StoreError` when ``path`` does not exist (nothing is
+        created), is not an inbound-mail database, or cannot be read.  Any
+        write through this Store fails with a "read-only" StoreError.
+        """
+        db_path = Path(path)
+        return cls(connect_readonly(db_path), db_path, raw_retention_days=None, clock=clock)
 
     @property
     def database(self) -> Database:
@@ -203,16 +232,26 @@ class Store:
         route: Router | None = None,
         checkpoint: Checkpoint | None = None,
         acks: Sequence[PendingAck] = (),
+        not_stored: Sequence[EmailOrigin] = (),
     ) -> IngestResult:
         """Store a batch in ONE transaction: new messages, one ``emails`` row per
         email that carried an SMS (duplicates included), raw bytes, rejects, one
         pending delivery per sink name ``route(record)`` yields for each NEW
         message, the checkpoint (never moved backwards within one UIDVALIDITY)
-        and the acks owed.  Skipped emails store nothing.
+        and the acks owed.  Skipped emails store nothing.  The ``parsing`` rows
+        of the items and of ``not_stored`` (recorded in flight, then held back
+        or never parsed: no crash happened to them) are deleted.
 
         An email recorded before (same IMAP UID, or same file and key) adds no
         second ``emails`` or ``rejects`` row; its SMS counts as a duplicate.
         """
+        # Routed before the write transaction: filters run on the sender's text
+        # and must never hold the database's write lock while they do.
+        routes = {
+            id(item): route(item.outcome)
+            for item in items
+            if route is not None and isinstance(item.outcome, SmsRecord)
+        }
         now = self._clock()
         batch = _Batch(stamp=iso(now), now=now)
         result = IngestResult()
@@ -224,7 +263,7 @@ class Store:
                     if batch.add_record(cur, item, outcome, sms_id):
                         result.new.append(outcome)
                         if route is not None:
-                            batch.add_deliveries(sms_id, route(outcome))
+                            batch.add_deliveries(sms_id, routes[id(item)])
                     else:
                         result.duplicates.append(outcome)
                 elif isinstance(outcome, Rejected):
@@ -235,7 +274,8 @@ class Store:
             batch.flush(cur, checkpoint, acks)
             # Parsed and stored: no longer in flight (the table is empty but after a crash).
             if cur.execute(q.ANY_PARSING).fetchone()[0]:
-                cur.executemany(q.DELETE_PARSING, [(_origin_key(i.origin),) for i in items])
+                origins = [*(i.origin for i in items), *not_stored]
+                cur.executemany(q.DELETE_PARSING, [(_origin_key(o),) for o in origins])
         return result
 
     # -- emails being parsed -------------------------------------------------
@@ -282,6 +322,31 @@ class Store:
                 cur.executemany(q.MARK_PARSING, rows)
         finally:
             self._conn.execute("PRAGMA synchronous = FULL")
+
+    def release(
+        self, reject_id: int, item: IngestItem, *, route: Router | None = None
+    ) -> IngestResult | None:
+        """Store a released reject's SMS (``item``) and mark the reject released, in ONE
+        transaction.  None (and nothing written) if the reject was released before, so a
+        repeated release never delivers twice."""
+        if not isinstance(item.outcome, SmsRecord):
+            raise StoreError(f"reject {reject_id}: only an SMS record can be released")
+        now = self._clock()
+        batch = _Batch(stamp=iso(now), now=now)
+        result = IngestResult()
+        with self._write("cannot release a reject") as cur:
+            cur.execute(q.RELEASE_REJECT, (batch.stamp, item.outcome.id, reject_id))
+            if cur.rowcount != 1:
+                return None
+            record = item.outcome
+            if batch.add_record(cur, item, record, record.id):
+                result.new.append(record)
+                if route is not None:
+                    batch.add_deliveries(record.id, route(record))
+            else:
+                result.duplicates.append(record)
+            batch.flush(cur, None, ())
+        return result
 
     # -- IMAP bookkeeping --------------------------------------------------
     def get_checkpoint(self, account: str, folder: str) -> Checkpoint | None:
@@ -340,6 +405,17 @@ class Store:
         query = f"SELECT {q.REJECT_COLUMNS}, raw FROM rejects WHERE id = ?"
         rows = list(self._rows("cannot read a reject", query, (reject_id,)))
         return rows[0] if rows else None
+
+    def trust_counts(self, since_epoch: float) -> dict[str, int]:
+        """Since ``since_epoch``: SMS stored with ``authenticated`` false
+        (``unauthenticated_sms``) and unauthenticated rejects not released
+        (``unauthenticated_rejects``)."""
+        since = iso(since_epoch)
+        doing = "cannot read trust counts"
+        return {
+            "unauthenticated_sms": int(self._one(doing, q.UNAUTHENTICATED_SMS, (since,))),
+            "unauthenticated_rejects": int(self._one(doing, q.UNAUTHENTICATED_REJECTS, (since,))),
+        }
 
     # -- outbox ----------------------------------------------------------------
     def pending_deliveries(
@@ -406,7 +482,9 @@ class Store:
                 where += " AND id = ?"
                 params.append(sms_id)
             cur.execute(q.REQUEUE.format(where=where), [sink, now, now, *params])
-            return cur.rowcount
+            queued = cur.rowcount
+            self._rescheduled(cur)
+            return queued
 
     def _resolve_prefix(self, cur: sqlite3.Cursor, prefix: str) -> str | None:
         """The one SMS id starting with ``prefix``; None if none; StoreError if several."""
@@ -427,27 +505,57 @@ class Store:
         now = self._clock()
         with self._write("cannot retry dead deliveries") as cur:
             cur.execute(q.RETRY_DEAD, (now, sink, sink))
-            return cur.rowcount
+            revived = cur.rowcount
+            self._rescheduled(cur)
+            return revived
+
+    def retry_now(self, sink: str | None = None, *, dead: bool = False) -> RetryResult:
+        """Make the pending deliveries of ``sink`` (or of every sink) due now, those
+        waiting for a retry included, keeping their attempt count; with ``dead``,
+        dead ones too, with a fresh set of attempts.  A running daemon notices within
+        :data:`inbound_mail.delivery.SCHEDULE_POLL` seconds (:meth:`schedule_version`)."""
+        now = self._clock()
+        with self._write("cannot reschedule deliveries") as cur:
+            revived = 0
+            if dead:
+                cur.execute(q.RETRY_DEAD, (now, sink, sink))
+                revived = cur.rowcount
+            cur.execute(q.DUE_NOW, (now, sink, sink))
+            due = cur.rowcount
+            self._rescheduled(cur)
+        return RetryResult(due=due, revived=revived)
+
+    def schedule_version(self) -> str | None:
+        """A value that changes whenever deliveries are made due by another command
+        (``retry``, ``retry-dead``, ``replay``, a reload); cheap to poll."""
+        return self.get_state(SCHEDULE_KEY)
+
+    def _rescheduled(self, cur: sqlite3.Cursor) -> None:
+        cur.execute(q.BUMP_STATE, (SCHEDULE_KEY, iso(self._clock())))
 
     def deliveries(
         self,
         *,
-        status: str | None = None,
+        status: str | Sequence[str] | None = None,
         sink: str | None = None,
         limit: int | None = None,
     ) -> Iterator[dict[str, Any]]:
         """Outbox rows in id order with their SMS fields; times as ISO text.
 
-        ``status``: ``pending`` (every queued row), ``failed`` (pending rows
-        that failed at least once), ``dead`` or ``delivered``.
+        ``status`` (one, or several): ``pending`` (queued, not tried yet),
+        ``failed`` (queued, failed at least once: retried at ``next_attempt_at``),
+        ``dead`` or ``delivered``; the ``status`` column uses the same words.
         """
         where, params = "", []
         if status is not None:
-            if status not in _STATUS_FILTERS:
-                raise StoreError(
-                    f"unknown delivery status {status!r}: {', '.join(_STATUS_FILTERS)}"
-                )
-            where += f" AND {_STATUS_FILTERS[status]}"
+            wanted = [status] if isinstance(status, str) else list(status)
+            for name in wanted:
+                if name not in _STATUS_FILTERS:
+                    raise StoreError(
+                        f"unknown delivery status {name!r}: {', '.join(_STATUS_FILTERS)}"
+                    )
+            if wanted:
+                where += " AND (" + " OR ".join(f"({_STATUS_FILTERS[n]})" for n in wanted) + ")"
         if sink is not None:
             where += " AND d.sink = ?"
             params.append(sink)
@@ -494,6 +602,12 @@ class Store:
         """``{destination: received_at}`` of the latest SMS to each number."""
         rows = self._rows("cannot read messages", q.LAST_BY_DESTINATION)
         return {row["destination"]: row["received_at"] for row in rows}
+
+    def last_stored_by_destination(self) -> dict[str, str]:
+        """``{destination: stored_at}`` of the SMS to each number stored last: when this
+        process last heard of the number, whatever date the email's body claims."""
+        rows = self._rows("cannot read messages", q.LAST_STORED_BY_DESTINATION)
+        return {row["destination"]: row["stored_at"] for row in rows}
 
     # -- housekeeping ----------------------------------------------------------
     def prune_raw(self, *, now: float | None = None) -> int:

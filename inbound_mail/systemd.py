@@ -64,6 +64,13 @@ StateDirectoryMode=0700
 UMask=0077
 {credentials}
 
+# Resources: one email or one receiver must not take the machine with it.  The
+# watchdog kills with SIGABRT, and a core dump would hold the passwords: none.
+MemoryHigh=512M
+MemoryMax=1G
+TasksMax=256
+LimitCORE=0
+
 # Sandbox: the network, the state directory, read access to the rest.
 CapabilityBoundingSet=
 AmbientCapabilities=

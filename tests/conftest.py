@@ -2,9 +2,15 @@
 
 - ``dovecot``: one private Dovecot for the whole session.  Do not stop or kill it;
   use ``fresh_dovecot`` for that.
+- ``cyrus_debian``, ``cyrus_upstream``: one private Cyrus IMAP for the session in each
+  namespace layout (``INBOX.Sub`` and ``Sub``); likewise never stopped by a test.
+- ``imap_server``: the server of ``mailbox``: the shared Dovecot, or each of the three
+  for a test marked ``@ON_EVERY_SERVER`` (``helpers.py``): the IMAP contract tests.
 - ``mailbox``: a new user on that server for one test (isolation without a restart).
 - ``fresh_dovecot``: a factory of servers owned by one test (stopped after it), for
   tests that kill, restart or reconfigure the server.
+- ``redis_server`` / ``nats_server``: one private redis-server and one
+  ``nats-server -js`` for the session (the redis and nats sinks' tests).
 
 Waiting for something is ``inbound_mail.testing.wait.wait_until`` (never a bare sleep).
 """
@@ -17,8 +23,20 @@ from typing import Any
 
 import pytest
 
+from inbound_mail.testing.cyrus import CyrusServer
+from inbound_mail.testing.dkim import DkimKey
+from inbound_mail.testing.dns import DnsServer
 from inbound_mail.testing.dovecot import DovecotFactory, DovecotServer
-from inbound_mail.testing.mailbox import Mailbox
+from inbound_mail.testing.mailbox import Mailbox, MailServer
+from inbound_mail.testing.nats_server import NatsServer
+from inbound_mail.testing.redis_server import RedisServer
+
+# The ids of ``imap_server``'s parameters, and the session fixture of each.
+_SERVER_FIXTURES = {
+    "dovecot": "dovecot",
+    "cyrus-debian": "cyrus_debian",
+    "cyrus-upstream": "cyrus_upstream",
+}
 
 
 @pytest.fixture(scope="session")
@@ -28,12 +46,35 @@ def dovecot(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DovecotServer]
         yield server
 
 
+@pytest.fixture(scope="session")
+def cyrus_debian(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CyrusServer]:
+    """The session's Cyrus in Debian's layout: folders are ``INBOX.Sub``."""
+    with CyrusServer(tmp_path_factory.mktemp("cyrus-debian"), layout="debian") as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def cyrus_upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CyrusServer]:
+    """The session's Cyrus in upstream's layout: folders are ``Sub``, beside INBOX."""
+    with CyrusServer(tmp_path_factory.mktemp("cyrus-upstream"), layout="upstream") as server:
+        yield server
+
+
 @pytest.fixture
-def mailbox(dovecot: DovecotServer, request: pytest.FixtureRequest) -> Mailbox:
+def imap_server(request: pytest.FixtureRequest) -> MailServer:
+    """The shared server ``mailbox`` lives on: Dovecot unless parametrized (indirectly)
+    with ``"cyrus-debian"`` or ``"cyrus-upstream"``."""
+    name = getattr(request, "param", "dovecot")
+    server: MailServer = request.getfixturevalue(_SERVER_FIXTURES[name])
+    return server
+
+
+@pytest.fixture
+def mailbox(imap_server: MailServer, request: pytest.FixtureRequest) -> Mailbox:
     """A user of its own on the shared server, named after the test for readable logs."""
-    dovecot.start()  # a no-op, unless an earlier test broke the rule and stopped it
+    imap_server.start()  # a no-op, unless an earlier test broke the rule and stopped it
     prefix = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower()).strip("-")[:40]
-    return dovecot.new_mailbox(prefix or "user")
+    return imap_server.new_mailbox(prefix or "user")
 
 
 @pytest.fixture
@@ -50,3 +91,37 @@ def fresh_dovecot(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DovecotF
     yield start
     for server in servers:
         server.close()
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """The session's shared redis-server (password ``secret``).  Use a stream name of
+    your own; start a ``RedisServer`` of the test's own to restart or kill one."""
+    with RedisServer(tmp_path_factory.mktemp("redis")) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer]:
+    """The session's shared ``nats-server -js`` (user ``sms``/``secret``).  Create a
+    stream of your own; start a ``NatsServer`` of the test's own to restart one."""
+    with NatsServer(tmp_path_factory.mktemp("nats")) as server:
+        yield server
+
+
+# -- trust (issue 10): a real DNS server and a real DKIM key ------------------------------------
+
+
+@pytest.fixture(scope="session")
+def dns_server() -> Iterator[DnsServer]:
+    """A DNS server on 127.0.0.1 for the session; tests publish keys and break names."""
+    with DnsServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def dkim_key(dns_server: DnsServer) -> DkimKey:
+    """The provider's test key (d=agiletelecom.com, s=test), published in ``dns_server``."""
+    key = DkimKey.generate()
+    key.publish(dns_server)
+    return key

@@ -14,22 +14,63 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from inbound_mail.config import AccountConfig, load_config
 from inbound_mail.service import Daemon
 from inbound_mail.testing.toml import toml_value
 from inbound_mail.testing.wait import wait_until
 
 __all__ = [
+    "ON_EVERY_SERVER",
+    "SERVERS",
+    "UNCHECKED_PARSE",
     "DaemonProcess",
     "count",
     "in_process_daemon",
+    "on_every_server",
     "rows",
     "toml_value",
+    "unchecked_config",
     "wait_until",
     "write_config",
 ]
 
 _SKIP = {"file", "index"}
+
+# ``[parse]`` for tests that import or parse unsigned provider emails (the golden
+# fixtures) to test something other than trust: the default, "require", would
+# reject them all.  Accounts opt out in DovecotServer.account(); trust tests
+# (test_trust*.py) use "require" / "report" with real DKIM and a real DNS server.
+UNCHECKED_PARSE = '[parse]\nauthenticate = "off"\n'
+
+
+def unchecked_config(directory: Path) -> Path:
+    """A config file holding only :data:`UNCHECKED_PARSE` (for ``--config``)."""
+    path = directory / "unchecked.toml"
+    path.write_text(UNCHECKED_PARSE, encoding="utf-8")
+    return path
+
+
+SERVERS = ("dovecot", "cyrus-debian", "cyrus-upstream")
+"""The real IMAP servers of the suite (``imap_server`` in conftest.py)."""
+
+
+def on_every_server(xfail: Mapping[str, str] | None = None) -> pytest.MarkDecorator:
+    """Run a test of the IMAP contract with its ``mailbox`` (and ``imap_server``) on each
+    server; ``xfail`` maps a server to the product defect (reason) that fails it there."""
+    xfail = xfail or {}
+    params = [
+        pytest.param(name, marks=pytest.mark.xfail(strict=True, reason=xfail[name]))
+        if name in xfail
+        else name
+        for name in SERVERS
+    ]
+    return pytest.mark.parametrize("imap_server", params, indirect=True)
+
+
+ON_EVERY_SERVER = on_every_server()
+"""A test of the IMAP contract: its ``mailbox`` (and ``imap_server``) is on each server."""
 
 
 def _account_lines(account: AccountConfig) -> list[str]:

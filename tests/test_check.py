@@ -1,4 +1,7 @@
-"""``inbound-mail check``: every step against real servers, one actionable line per problem."""
+"""``inbound-mail check``: every step against real servers, one actionable line per problem.
+
+The account steps (``@ON_EVERY_SERVER``) run against Dovecot and Cyrus in both layouts.
+"""
 
 from __future__ import annotations
 
@@ -13,12 +16,11 @@ from click.testing import CliRunner, Result
 from inbound_mail.cli import cli
 from inbound_mail.testing._process import free_ports
 from inbound_mail.testing.certs import make_certificates
-from inbound_mail.testing.dovecot import DovecotServer
 from inbound_mail.testing.emails import build_provider_email
-from inbound_mail.testing.mailbox import Mailbox
+from inbound_mail.testing.mailbox import Mailbox, MailServer
 from inbound_mail.testing.webhook_receiver import WebhookReceiver
 
-from helpers import write_config
+from helpers import ON_EVERY_SERVER, write_config
 
 
 def check(config: Path, *args: str) -> Result:
@@ -29,6 +31,7 @@ def lines_about(result: Result, subject: str) -> list[str]:
     return [line for line in result.stdout.splitlines() if f" {subject} " in line]
 
 
+@ON_EVERY_SERVER
 def test_a_working_setup_passes_every_step_and_sends_nothing(
     mailbox: Mailbox, tmp_path: Path
 ) -> None:
@@ -52,13 +55,23 @@ def test_a_working_setup_passes_every_step_and_sends_nothing(
             {"name": "onpath", "type": "command", "argv": ["true"]},
         ]
         config = write_config(tmp_path / "c.toml", accounts, db=tmp_path / "s.db", sinks=sinks)
+        config.chmod(0o600)  # it holds a token inline: else a "permissions" warning
         result = check(config)
         assert receiver.requests == [] and secure.requests == [], "nothing sent without --send-test"
     assert result.exit_code == 0, result.stdout
-    assert not [line for line in result.stdout.splitlines() if not line.startswith("ok ")]
+    # The harness's accounts run with authenticate = "off" (tests/helpers.py): warned about.
+    unchecked = ' trust: authenticate = "off"'
+    lines = [line for line in result.stdout.splitlines() if unchecked not in line]
+    assert not [line for line in lines if not line.startswith("ok ")]
     for name, order in (
-        (mailbox.user, ["password", "DNS", "TCP", "TLS", "login", "capabilities", "folders"]),
-        ("upgraded", ["password", "DNS", "TCP", "login", "TLS", "capabilities", "folders"]),
+        (
+            mailbox.user,
+            ["password", "DNS", "TCP", "TLS", "login", "capabilities", "folders", "trust"],
+        ),
+        (
+            "upgraded",
+            ["password", "DNS", "TCP", "TLS", "login", "capabilities", "folders", "trust"],
+        ),
     ):
         account = lines_about(result, f"account {name}")
         assert [line.split(":")[0].split()[-1] for line in account] == order, account
@@ -71,8 +84,9 @@ def test_a_working_setup_passes_every_step_and_sends_nothing(
     assert "onpath reachable: true is /" in result.stdout
 
 
+@ON_EVERY_SERVER
 def test_each_problem_is_one_failing_line_that_says_what_to_fix(
-    mailbox: Mailbox, dovecot: DovecotServer, tmp_path: Path
+    mailbox: Mailbox, imap_server: MailServer, tmp_path: Path
 ) -> None:
     wrong = tmp_path / "wrong"
     wrong.write_text("not-the-password")
@@ -84,7 +98,9 @@ def test_each_problem_is_one_failing_line_that_says_what_to_fix(
         mailbox.account(name="tcp", port=closed),
         mailbox.account(name="trust", ca_file=None),
         mailbox.account(name="dns", host="imap.does-not-exist.invalid"),
-        mailbox.account(name="plain", tls="starttls", port=dovecot.imaps_port, connect_timeout=3.0),
+        mailbox.account(
+            name="plain", tls="starttls", port=imap_server.imaps_port, connect_timeout=3.0
+        ),
     ]
     sinks: list[dict[str, Any]] = [
         {"name": "hook", "type": "webhook", "url": f"http://127.0.0.1:{closed}/x"},
@@ -99,9 +115,13 @@ def test_each_problem_is_one_failing_line_that_says_what_to_fix(
     fails = {
         line.split(":")[0]: line for line in result.stdout.splitlines() if line.startswith("FAIL")
     }
+    # Debian's Cyrus names its folders INBOX.NAME, and check says so.
+    prefix = mailbox.folder("Nope").removesuffix("Nope")
+    layout = f"; its folders are named {prefix}NAME" if prefix else ""
     expected = {
         "FAIL account login login": "check username and password",
-        "FAIL account folder folders": "'Nope' does not exist: create it, or fix accounts[1]",
+        "FAIL account folder folders": f"'Nope' does not exist (the server has 'INBOX'{layout}): "
+        "create it, or fix accounts[1]",
         "FAIL account tcp TCP": "Connection refused",
         "FAIL account trust TLS": "set accounts[3].ca_file",
         "FAIL account dns DNS": "check accounts[4].host",
@@ -110,7 +130,7 @@ def test_each_problem_is_one_failing_line_that_says_what_to_fix(
         "FAIL sink file reachable": "does not exist: create it",
         "FAIL sink script reachable": "does not exist: fix sinks[2].argv",
         "FAIL sink onpath reachable": "is not on PATH",
-        "FAIL sink typo options": "sinks[4].colour: unknown option",
+        "FAIL config invalid": "sinks[4].colour: unknown option",
     }
     assert set(fails) == set(expected), result.stdout
     for key, fix in expected.items():
@@ -118,6 +138,16 @@ def test_each_problem_is_one_failing_line_that_says_what_to_fix(
     assert "ok   account folder folders: 'INBOX'" in result.stdout, (
         "the good folder is still checked"
     )
+
+
+@ON_EVERY_SERVER
+def test_the_move_target_is_named_as_the_server_names_it(mailbox: Mailbox, tmp_path: Path) -> None:
+    account = mailbox.account(after="move:Processed")
+    config = write_config(tmp_path / "c.toml", [account], db=tmp_path / "s.db")
+    result = check(config)
+    assert result.exit_code == 0, result.stdout
+    # INBOX.Processed on Debian's Cyrus, where a folder beside INBOX cannot be created.
+    assert mailbox.folder("Processed") in result.stdout, result.stdout
 
 
 def test_send_test_delivers_one_test_sms_to_each_sink(tmp_path: Path) -> None:
@@ -134,3 +164,31 @@ def test_send_test_delivers_one_test_sms_to_each_sink(tmp_path: Path) -> None:
     assert "test message, please ignore" in (tmp_path / "out.jsonl").read_text()
     assert result.exit_code == 1, "a config without accounts fails the check"
     assert "FAIL config accounts: no [[accounts]]" in result.stdout
+
+
+def test_a_config_open_to_others_with_inline_secrets_is_warned_about(
+    tmp_path: Path, caplog: Any
+) -> None:
+    import logging
+
+    from inbound_mail.config import load_config
+    from inbound_mail.service import Daemon
+
+    sinks: list[dict[str, Any]] = [
+        {"name": "hook", "type": "webhook", "url": "http://127.0.0.1:9/x?code=AzUrEkEy123"},
+        {"name": "signed", "type": "webhook", "url": "http://127.0.0.1:9/y",
+         "secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"},
+        {"name": "file", "type": "jsonl", "path": str(tmp_path / "out.jsonl")},
+    ]  # fmt: skip
+    config = write_config(tmp_path / "c.toml", db=tmp_path / "s.db", sinks=sinks)
+    config.chmod(0o644)
+    [warning] = [line for line in check(config).stdout.splitlines() if "permissions" in line]
+    assert warning.startswith("warn config permissions:")
+    assert "mode 0644" in warning and f"chmod 600 {config}" in warning
+    assert "sinks[0].url" in warning and "sinks[1].secret" in warning and "sinks[2]" not in warning
+    assert "AzUrEkEy123" not in warning and "whsec_" not in warning
+    caplog.set_level(logging.WARNING)
+    Daemon(load_config(config)).run_once()  # at start-up too
+    assert [r for r in caplog.records if r.getMessage() == "config.secrets_exposed"]
+    config.chmod(0o600)
+    assert "permissions" not in check(config).stdout

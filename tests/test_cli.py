@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -15,7 +16,11 @@ from click.testing import CliRunner, Result
 from inbound_mail.cli import cli
 from inbound_mail.models import dedup_id
 
+from helpers import unchecked_config
+
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
+# attachment_10mb.eml is over import's default --max-size (1 MiB): let every fixture parse.
+WHOLE = ("--max-size", str(16 * 1024 * 1024))
 
 
 def golden() -> list[dict[str, Any]]:
@@ -39,6 +44,14 @@ def invoke(*args: str, input: bytes | None = None) -> Result:
     return CliRunner().invoke(cli, list(args), input=input, catch_exceptions=False)
 
 
+@pytest.fixture(autouse=True)
+def _unchecked(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The golden fixtures are unsigned: these CLI tests run with authenticate = "off"
+    (tests/helpers.py says why); trust has its own tests (test_trust*.py)."""
+    config = unchecked_config(tmp_path_factory.mktemp("unchecked"))
+    monkeypatch.setenv("INBOUND_MAIL_CONFIG", str(config))
+
+
 @pytest.fixture
 def db(tmp_path: Path) -> Path:
     return tmp_path / "sms.db"
@@ -46,7 +59,7 @@ def db(tmp_path: Path) -> Path:
 
 def test_import_three_times_stores_each_sms_once_and_records_every_email(db: Path) -> None:
     for _ in range(3):
-        result = invoke("--db", str(db), "import", str(FIXTURES))
+        result = invoke("--db", str(db), "import", *WHOLE, str(FIXTURES))
         assert result.exit_code == 0, result.output
         assert "imported:" in result.output
     out = invoke("--db", str(db), "messages", "--format", "jsonl").output
@@ -67,15 +80,15 @@ def test_import_three_times_stores_each_sms_once_and_records_every_email(db: Pat
 
 
 def test_import_summary_counts(db: Path) -> None:
-    first = invoke("--db", str(db), "import", str(FIXTURES)).output
+    first = invoke("--db", str(db), "import", *WHOLE, str(FIXTURES)).output
     cases = golden()
     rejected = sum(1 for c in cases if c["outcome"] == "rejected")
     # garbage_bytes.eml has no header block at all: the reader reports it as a
     # file that is not an email, before the parser would skip it.
     skipped = sum(1 for c in cases if c["outcome"] == "skipped" and c["name"] != "garbage_bytes")
     assert f"{rejected} rejected" in first and f"{skipped} skipped" in first
-    assert "1 duplicates" in first, "duplicate_a / duplicate_b: one SMS under two Message-IDs"
-    second = invoke("--db", str(db), "import", str(FIXTURES)).output
+    assert "1 duplicate," in first, "duplicate_a / duplicate_b: one SMS under two Message-IDs"
+    second = invoke("--db", str(db), "import", *WHOLE, str(FIXTURES)).output
     assert " 0 new" in second
 
 
@@ -97,7 +110,7 @@ def test_no_bad_input_raises_out_of_import(db: Path, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("fmt", ["table", "json", "csv"])
 def test_messages_formats(db: Path, fmt: str) -> None:
-    invoke("--db", str(db), "import", str(FIXTURES))
+    invoke("--db", str(db), "import", *WHOLE, str(FIXTURES))
     out = invoke(
         "--db", str(db), "messages", "--format", fmt, "--destination", "+393331234333"
     ).output
@@ -112,7 +125,7 @@ def test_messages_formats(db: Path, fmt: str) -> None:
 
 
 def test_messages_filters(db: Path) -> None:
-    invoke("--db", str(db), "import", str(FIXTURES))
+    invoke("--db", str(db), "import", *WHOLE, str(FIXTURES))
     every = json.loads(invoke("--db", str(db), "messages", "--format", "json").output)
     limited = json.loads(
         invoke("--db", str(db), "messages", "--format", "json", "--limit", "2").output
@@ -131,7 +144,7 @@ def test_messages_filters(db: Path) -> None:
 
 
 def test_rejects_list_and_show(db: Path) -> None:
-    invoke("--db", str(db), "import", str(FIXTURES))
+    invoke("--db", str(db), "import", *WHOLE, str(FIXTURES))
     listed = json.loads(invoke("--db", str(db), "rejects", "--format", "json").output)
     reasons = " ".join(r["reason"] for r in listed)
     assert "Date/Time" in reasons or "date" in reasons.lower()
@@ -212,3 +225,143 @@ def test_importing_one_mbox_three_times_stores_each_sms_once(db: Path, tmp_path:
     with sqlite3.connect(db) as conn:
         (emails,) = conn.execute("SELECT count(*) FROM emails").fetchone()
     assert emails == 50, "each source email recorded once, however often it is imported"
+
+
+def test_import_applies_max_size_headers_kept_body_not_parsed(db: Path, tmp_path: Path) -> None:
+    """A 40 MB email used 382 MB: ``import`` now has IMAP's ``max_size`` rule."""
+    from inbound_mail.testing.emails import build_provider_email
+
+    raw = build_provider_email("+393471234567", "+393331234333", "20240501120000", "é" * 200_000)
+    assert len(raw) > 1024 * 1024
+    big = tmp_path / "big.eml"
+    big.write_bytes(raw)
+    other = tmp_path / "other.eml"
+    other.write_bytes(raw.replace(b"smsin@agiletelecom.com", b"someone@example.com"))
+    result = invoke("--db", str(db), "import", str(big), str(other))
+    assert "1 rejected" in result.output and "1 skipped" in result.output
+    [reject] = json.loads(invoke("--db", str(db), "rejects", "--format", "json").output)
+    assert "over --max-size = 1048576" in reject["reason"]
+    shown = invoke("--db", str(db), "rejects", "--show", str(reject["id"])).output
+    assert "Subject: Agile Telecom" in shown and "Body:" not in shown  # headers only
+    copy = tmp_path / "again" / "big.eml"
+    copy.parent.mkdir()
+    copy.write_bytes(raw)
+    result = invoke("--db", str(db), "import", "--max-size", str(4 * 1024 * 1024), str(copy))
+    assert "1 new" in result.output
+    messages = json.loads(invoke("--db", str(db), "messages", "--format", "json").output)
+    assert [len(m["text"]) for m in messages] == [200_000]
+
+
+# -- output an SMS text cannot subvert -------------------------------------------------------
+HOSTILE = "\x1b[1A\x1b[2Kgotcha\x1b]0;pwned\x07 \u202eevil\x9b31m"
+
+
+def _store_texts(db: Path, texts: list[str], *, reject_raw: bytes | None = None) -> None:
+    from inbound_mail.models import EmailOrigin, Rejected, SmsRecord
+    from inbound_mail.store import IngestItem, Store
+
+    items = [
+        IngestItem(
+            b"raw",
+            SmsRecord("+393331234567", "+393331234333", f"202405011200{n:02d}",
+                      f"2024-05-01T10:00:{n:02d}Z", text),
+            EmailOrigin(kind="eml", path="x", key=str(n)),
+        )
+        for n, text in enumerate(texts)
+    ]  # fmt: skip
+    if reject_raw is not None:
+        origin = EmailOrigin(kind="eml", path="r", key="r")
+        items.append(IngestItem(reject_raw, Rejected(reason=f"bad {HOSTILE}"), origin))
+    with Store.open(db) as store:
+        result = store.ingest(items, route=lambda r: ["hook"])
+        for n, delivery in enumerate(store.deliveries(sink="hook")):
+            store.record_attempt(
+                delivery["id"], outcome="dead", started_at=0.0, duration=0.1,
+                error=f"HTTP 400: {HOSTILE}" if n == 0 else None,
+            )  # fmt: skip
+    assert len(result.new) == len(texts)
+
+
+def test_csv_neutralises_formulas_keeps_phone_numbers_and_raw_keeps_everything(
+    db: Path,
+) -> None:
+    texts = ['=HYPERLINK("http://x.example","click")', "+1+cmd|' /C calc'!A0", "-2+3",
+             "@SUM(1+1)", "-2", "plain"]  # fmt: skip
+    _store_texts(db, texts)
+    out = invoke("--db", str(db), "messages", "--format", "csv").output
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert [r["text"] for r in rows] == [
+        "'" + texts[0], "'" + texts[1], "'-2+3", "'@SUM(1+1)", "-2", "plain"
+    ]  # fmt: skip
+    assert {r["originator"] for r in rows} == {"+393331234567"}  # a phone number, untouched
+    raw = invoke("--db", str(db), "messages", "--format", "csv", "--raw").output
+    assert [r["text"] for r in csv.DictReader(io.StringIO(raw))] == texts
+
+
+def test_tables_escape_control_characters_and_json_stays_exact(db: Path) -> None:
+    _store_texts(db, [HOSTILE])
+    for args in (("messages",), ("deliveries",), ("rejects",)):
+        table = invoke("--db", str(db), *args).output
+        assert "\x1b" not in table and "\x07" not in table and "\u202e" not in table, args
+        assert "\x9b" not in table, args
+    table = invoke("--db", str(db), "messages").output
+    assert "\\x1b[1A\\x1b[2Kgotcha\\x1b]0;pwned\\x07 \\u202eevil" in table
+    assert "\\x1b[1A" in invoke("--db", str(db), "deliveries").output
+    [message] = json.loads(invoke("--db", str(db), "messages", "--format", "json").output)
+    assert message["text"] == HOSTILE
+    [line] = invoke("--db", str(db), "messages", "--format", "jsonl").output.splitlines()
+    assert json.loads(line)["text"] == HOSTILE
+    assert "\x1b" in invoke("--db", str(db), "messages", "--raw").output
+
+
+def test_on_a_terminal_every_format_and_rejects_show_escape_control_characters(
+    db: Path,
+) -> None:
+    """Run the CLI on a real pseudo-terminal: ESC sequences would act on it."""
+    import os
+    import pty
+    import subprocess
+    import sys
+
+    raw_email = b"From: smsin@agiletelecom.com\r\nSubject: x\r\n\r\nBody: \x1b]0;pwned\x07\xff\r\n"
+    _store_texts(db, [HOSTILE], reject_raw=raw_email)
+
+    def on_tty(*args: str) -> bytes:
+        master, slave = pty.openpty()
+        try:
+            proc = subprocess.run(
+                [sys.executable, "-m", "inbound_mail", "--db", str(db), *args],
+                stdout=slave, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
+                timeout=60, check=True,
+            )  # fmt: skip
+            assert proc.returncode == 0
+            os.close(slave)
+            chunks = []
+            while True:
+                try:
+                    chunk = os.read(master, 65536)
+                except OSError:  # EIO: the other side is closed and drained
+                    break
+                if not chunk:
+                    break
+                chunks.append(chunk)
+            return b"".join(chunks)
+        finally:
+            os.close(master)
+            if slave >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(slave)
+
+    for fmt in ("jsonl", "json", "csv", "table"):
+        shown = on_tty("messages", "--format", fmt)
+        assert b"gotcha" in shown, fmt
+        assert b"\x1b" not in shown and b"\x07" not in shown, fmt
+        assert "\u202e".encode() not in shown and "\x9b".encode() not in shown, fmt
+    [line] = on_tty("messages", "--format", "jsonl").decode().splitlines()
+    assert json.loads(line)["text"] == HOSTILE  # still exact: escapes JSON decodes
+    [reject] = json.loads(invoke("--db", str(db), "rejects", "--format", "json").output)
+    shown = on_tty("rejects", "--show", str(reject["id"]))
+    assert b"\x1b" not in shown and b"\x07" not in shown
+    assert b"Body: \\x1b]0;pwned\\x07\\xff" in shown
+    piped = invoke("--db", str(db), "rejects", "--show", str(reject["id"])).stdout_bytes
+    assert piped.endswith(raw_email)  # to a pipe: the exact bytes

@@ -69,7 +69,7 @@ def test_config_path_resolution_order(tmp_path: Path, monkeypatch: pytest.Monkey
         (ACCOUNT + 'port = "993"\n', "accounts[0].port", "expected an integer"),
         (ACCOUNT + 'tls = "ssl"\n', "accounts[0].tls", '"implicit", "starttls" or "none"'),
         (ACCOUNT + 'after = "archive"\n', "accounts[0].after", "move:FOLDER"),
-        (ACCOUNT + 'idle_refresh = "45m"\n', "accounts[0].idle_refresh", "at most 29 minutes"),
+        (ACCOUNT + 'idle_refresh = "45m"\n', "accounts[0].idle_refresh", "from 10s to 29m"),
         (ACCOUNT + "bogus = 1\n", "accounts[0].bogus", "unknown key"),
         (
             '[[accounts]]\nname = "m"\nusername = "u"\npassword_env = "P"\n',
@@ -110,6 +110,70 @@ def test_errors_name_file_key_and_expectation(
     assert str(path) in message
     assert info.value.key == key, message
     assert expected in message
+
+
+SINK = '[[sinks]]\nname = "s"\ntype = "jsonl"\npath = "-"\n'
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "expected"),
+    [
+        (ACCOUNT + "port = 87587\n", "accounts[0].port", "an integer from 1 to 65535"),
+        (ACCOUNT + "port = 0\n", "accounts[0].port", "an integer from 1 to 65535"),
+        (ACCOUNT.replace('"h"', '""'), "accounts[0].host", "not empty"),
+        (ACCOUNT.replace('"h"', '"a b"'), "accounts[0].host", "no spaces"),
+        (ACCOUNT.replace('"u"', '" "'), "accounts[0].username", "non-empty"),
+        (ACCOUNT + "idle_refresh = 0\n", "accounts[0].idle_refresh", "from 10s to 29m"),
+        (ACCOUNT + "idle_deadline = 0\n", "accounts[0].idle_deadline", "from 1s to 29m"),
+        (ACCOUNT + "connect_timeout = 0\n", "accounts[0].connect_timeout", "from 100ms to 10m"),
+        (ACCOUNT + 'poll_interval = "0s"\n', "accounts[0].poll_interval", "from 1s to 1d"),
+        (ACCOUNT + 'resync_interval = "2d"\n', "accounts[0].resync_interval", "from 1s to 1d"),
+        (ACCOUNT + "fetch_batch = 0\n", "accounts[0].fetch_batch", "from 1 to 100000"),
+        (ACCOUNT + "max_size = 10\n", "accounts[0].max_size", "from 1024 to 104857600"),
+        ('[database]\nraw_retention = "101y"\n', "database.raw_retention", "a duration"),
+        ('[database]\nraw_retention = "40000d"\n', "database.raw_retention", "0s to 36500d"),
+        ("[status]\nheartbeat_stale = 0\n", "status.heartbeat_stale", "from 1s to 1d"),
+        ("[status]\nslow_delivery = 0\n", "status.slow_delivery", "from 1ms to 1h"),
+        ("[status]\nerror_rate = 2\n", "status.error_rate", "between 0 and 1"),
+        (
+            '[status.expect_within]\n"+39333" = "1s"\n',
+            "status.expect_within.+39333",
+            "from 1m to 366d",
+        ),
+        (SINK + "retry_base = 0\n", "sinks[0].retry_base", "from 1ms to 1h"),
+        (SINK + 'retry_cap = "30d"\n', "sinks[0].retry_cap", "from 1ms to 7d"),
+        (SINK + 'retry_base = "1m"\nretry_cap = "10s"\n', "sinks[0].retry_cap", "retry_base"),
+        (SINK + "max_attempts = 0\n", "sinks[0].max_attempts", "from 1 to 100000"),
+        (SINK + "max_age = 0\n", "sinks[0].max_age", "from 1s to 366d"),
+        (SINK + "parallel = 65\n", "sinks[0].parallel", "from 1 to 64"),
+        ('[metrics]\nlisten = "127.0.0.1:70000"\n', "metrics.listen", "port 0 to 65535"),
+    ],
+)
+def test_every_number_has_a_range_named_in_the_error(
+    tmp_path: Path, text: str, key: str, expected: str
+) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    message = str(info.value)
+    assert str(path) in message and info.value.key == key, message
+    assert expected in message, message
+
+
+@pytest.mark.parametrize(
+    ("sink", "expected"),
+    [
+        ('type = "webhook"\nurl = "http://h"\ntimeout = "2h"\n', "at most 1h"),
+        ('type = "command"\nargv = ["x"]\ntimeout = "2h"\n', "at most 1h"),
+    ],
+)
+def test_sink_timeouts_have_a_range(tmp_path: Path, sink: str, expected: str) -> None:
+    from inbound_mail.sinks import create_sink
+
+    config = load_config(write(tmp_path, f'[[sinks]]\nname = "s"\n{sink}'))
+    with pytest.raises(ConfigError) as info:
+        create_sink(config.sinks[0])
+    assert info.value.key == "sinks[0].timeout" and expected in str(info.value)
 
 
 def test_invalid_toml_names_the_file_and_line(tmp_path: Path) -> None:

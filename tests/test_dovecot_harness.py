@@ -229,6 +229,14 @@ def test_a_bad_config_fails_with_the_dovecot_log(tmp_path: Path) -> None:
     server.close()
 
 
+def test_a_missing_imap_server_names_its_package(tmp_path: Path) -> None:
+    server = DovecotServer(tmp_path)
+    server.imap_binary = tmp_path / "no-imap"
+    with pytest.raises(DovecotError, match=r"no-imap is not installed.*dovecot-imapd"):
+        server.start()
+    assert not server.running
+
+
 def test_close_removes_the_private_directory(fresh_dovecot: DovecotFactory) -> None:
     server = fresh_dovecot()
     runtime = server.runtime_dir

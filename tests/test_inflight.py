@@ -25,7 +25,7 @@ from inbound_mail.store import IngestItem, Store
 from inbound_mail.testing.emails import build_provider_email
 from inbound_mail.testing.mailbox import Mailbox
 
-from helpers import DaemonProcess, count, rows, write_config
+from helpers import UNCHECKED_PARSE, DaemonProcess, count, rows, write_config
 
 FAST = {"idle_deadline": 5.0, "connect_timeout": 5.0, "poll_interval": 1.0}
 CRASH = {"INBOUND_MAIL_FAULT": "crash-parse"}
@@ -107,7 +107,7 @@ def test_import_email_that_kills_the_parser_twice_becomes_a_reject(tmp_path: Pat
     for n in (1, 3):
         (folder / f"{n}.eml").write_bytes(sms(n))
     (folder / "2.eml").write_bytes(crashing(2))
-    config = write_config(tmp_path / "c.toml", db=db)
+    config = write_config(tmp_path / "c.toml", db=db, extra=UNCHECKED_PARSE)
     for _ in range(MAX_PARSE_CRASHES):
         assert cli(config, "import", str(folder), env=CRASH) == -9
     assert cli(config, "import", str(folder), env=CRASH) == 0
@@ -115,7 +115,34 @@ def test_import_email_that_kills_the_parser_twice_becomes_a_reject(tmp_path: Pat
     rejects = crash_rejects(db)
     assert [raw for _, raw in rejects] == [crashing(2)]
     assert "died 2 times" in rejects[0][0]
+    assert rows(db, "SELECT code FROM rejects") == [("parser_crash",)]
     assert count(db, "parsing") == 0
+
+
+def test_an_import_stopped_mid_batch_leaves_nothing_in_flight(tmp_path: Path) -> None:
+    # Ctrl-C: the emails recorded in flight but never parsed are no crash; a
+    # rerun stores them as new mail, however often the import is stopped.
+    from inbound_mail.importer import import_emails
+
+    emails = [(sms(n), EmailOrigin("eml", path=f"/x/{n}.eml")) for n in range(6)]
+    with Store.open(tmp_path / "sms.db") as store:
+        for _ in range(MAX_PARSE_CRASHES + 1):
+            parsed = [0]
+
+            def tick(parsed: list[int] = parsed) -> None:
+                parsed[0] += 1
+
+            tally = import_emails(
+                emails,
+                store,
+                DEFAULT_OPTIONS,
+                on_parsed=tick,
+                should_stop=lambda parsed=parsed: parsed[0] >= 2,  # type: ignore[misc]
+            )
+            assert tally.new + tally.duplicates == 2
+            assert store.database.conn.execute("SELECT count(*) FROM parsing").fetchone()[0] == 0
+        tally = import_emails(emails, store, DEFAULT_OPTIONS)
+        assert (tally.new, tally.duplicates, tally.rejected) == (4, 2, 0)
 
 
 MARK = (

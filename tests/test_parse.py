@@ -56,7 +56,9 @@ def test_fixture(eml: Path) -> None:
     assert time.perf_counter() - started < 1.0
     assert isinstance(result, OUTCOMES[expected["outcome"]]), result
     if isinstance(result, SmsRecord):
-        assert dataclasses.asdict(result) == expected["record"]
+        # The parser never judges authenticity (inbound_mail.authenticity does, after it).
+        unchecked = {"authenticated": None, "auth_reason": None}
+        assert dataclasses.asdict(result) == {**expected["record"], **unchecked}
     else:
         assert expected["reason_contains"] in result.reason
 
@@ -364,3 +366,72 @@ def test_undecodable_header_bytes_never_make_an_unstorable_record(tmp_path: Path
     with sqlite3.connect(tmp_path / "x.db") as conn:
         conn.execute("CREATE TABLE t (v)")
         conn.executemany("INSERT INTO t VALUES (?)", [(v,) for v in record.to_dict().values()])
+
+
+# -- the From header: one mailbox, parsed strictly (issue 10, section 1) ----------------------
+
+_PROVIDER_FROM = b"From: Agile Telecom <smsin@agiletelecom.com>"
+
+
+def with_from(*values: bytes) -> bytes:
+    """A valid provider email whose From header(s) are replaced by ``values``."""
+    raw = sms()
+    assert _PROVIDER_FROM in raw
+    return raw.replace(_PROVIDER_FROM, b"\r\n".join(b"From: " + v for v in values))
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        # Lenient scanners read the second address of these; parseaddr, Dovecot and
+        # DMARC evaluators read the first.  None may become a provider SMS.
+        b"evil@example.com; smsin@agiletelecom.com",
+        b'"x" <evil@example.com>; <smsin@agiletelecom.com>',
+        b"evil@example.com;;smsin@agiletelecom.com",
+        b"smsin@agiletelecom.com; evil@example.com",
+        b"smsin@agiletelecom.com;",
+        b"smsin@agiletelecom.com <evil@example.com>",
+        b"alice@example.org)<smsin@agiletelecom.com>",
+    ],
+)
+def test_a_from_header_that_is_not_one_strict_mailbox_is_skipped(value: bytes) -> None:
+    result = parse_email(with_from(value))
+    assert isinstance(result, Skipped), result
+    assert result.reason
+    assert sender_address(with_from(value)) is None
+    assert sender_matches([value.decode()], ("smsin@agiletelecom.com",)) is None
+
+
+@pytest.mark.parametrize(
+    ("values", "why"),
+    [
+        ([b'"smsin@agiletelecom.com" <evil@x.com>'], "display name"),
+        ([b"evil@x.com (smsin@agiletelecom.com)"], "comment"),
+        ([b"=?utf-8?q?smsin=40agiletelecom=2Ecom?= <evil@x.com>"], "encoded word"),
+        ([b"smsin@agiletelecom.com", b"evil@x.com"], "two headers"),
+        ([b"evil@x.com", b"smsin@agiletelecom.com"], "two headers"),
+        (["smsin@agiletelec\u043em.com".encode()], "homoglyph (Cyrillic o)"),
+        ([b'"smsin@agiletelecom.com"@evil.com'], "@ inside quotes"),
+        ([b"smsin@agiletelecom.com, evil@x.com"], "two addresses"),
+        ([b"g: smsin@agiletelecom.com;"], "a group"),
+        # CVE-2023-27043: parseaddr once read these as the provider's address.
+        ([b"alice@example.org)<smsin@agiletelecom.com>"], "CVE-2023-27043"),
+        ([b"smsin@agiletelecom.com@evil.com"], "CVE-2023-27043"),
+        ([b'"evil@x.com\\"<smsin@agiletelecom.com>'], "CVE-2023-27043"),
+        ([b"x" * 3000 + b" <smsin@agiletelecom.com>"], "too long"),
+    ],
+)
+def test_refused_from_variants_stay_refused(values: list[bytes], why: str) -> None:
+    result = parse_email(with_from(*values))
+    assert isinstance(result, Skipped), (why, result)
+
+
+def test_a_plain_or_named_provider_address_is_still_accepted() -> None:
+    for value in (
+        b"smsin@agiletelecom.com",
+        b"<smsin@agiletelecom.com>",
+        b"Agile Telecom <SMSIN@agiletelecom.com>",
+        b'"Agile Telecom" <smsin@agiletelecom.com>',
+        b"smsin@agiletelecom.com (Agile Telecom)",
+    ):
+        assert record(with_from(value)).sender == "smsin@agiletelecom.com", value

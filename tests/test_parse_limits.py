@@ -8,10 +8,8 @@ import email.message
 import threading
 from pathlib import Path
 
-import mailparser
 import pytest
 
-import inbound_mail.parse as parse_module
 from inbound_mail.charsets import UNKNOWN, codec_for, neutralise
 from inbound_mail.imap.worker import AccountWorker
 from inbound_mail.inflight import CRASH_REASON
@@ -158,9 +156,11 @@ def test_limit_and_crash_rejects_have_their_metric_category() -> None:
     for name, (raw, expected) in CORPUS.items():
         outcome = parse_email(raw)
         if expected == "Rejected" and isinstance(outcome, Rejected):
-            category = reject_category(outcome.reason)
+            assert outcome.code in ("over_limit", "malformed"), (name, outcome.code)
+            category = reject_category(outcome.reason, outcome.code)
             assert category in ("over_limit", "body_too_long"), (name, outcome.reason)
     assert reject_category(f"{CRASH_REASON}: the process died 2 times") == "parser_crash"
+    assert reject_category("anything", "parser_crash") == "parser_crash"
 
 
 def test_oversized_imap_mail_with_a_bomb_header_costs_only_a_header_scan(
@@ -200,14 +200,37 @@ FROM_VALUES = [
     "undisclosed-recipients:;",
     "group: a@b.c, d@e.f;",
     "smsin@agiletelecom.com <smsin@agiletelecom.com>",
+    # Refused by the strict rule (a lenient scanner reads the provider's address).
+    "evil@example.com; smsin@agiletelecom.com",
+    "evil@example.com smsin@agiletelecom.com",
+    "smsin@agiletelecom.com, smsin@agiletelecom.com",
 ]
 
 
 @pytest.mark.parametrize("value", FROM_VALUES)
 def test_the_gate_reads_from_as_the_full_parse_does(value: str) -> None:
-    # The reference: mail-parser over a message holding that From header.
-    message = email.message.Message()
-    message["From"] = value
-    message.set_payload("")
-    neutralise(message)
-    assert parse_module._parsed_from([value]) == mailparser.MailParser(message).from_
+    # The reference: the full parse's strict From rule, on an ordinary provider
+    # email with that From.  The same email over a limit is decided by the gate
+    # alone: skipped for the same reason, or (From accepted) an over-limit reject.
+    def with_from(raw: bytes) -> bytes:
+        head, _, body = raw.partition(b"\r\n\r\n")
+        lines = [
+            b"From: " + value.encode("utf-8", "surrogateescape")
+            if line.startswith(b"From:")
+            else line
+            for line in head.split(b"\r\n")
+        ]
+        return b"\r\n".join(lines) + b"\r\n\r\n" + body
+
+    plain = with_from(sms())
+    pad = b"X-Pad: " + b" ".join([b"=?utf-8?q?x?="] * (MAX_ENCODED_WORDS + 1)) + b"\r\n"
+    over = pad + plain
+    full, gated = parse_email(plain), parse_email(over)
+    if isinstance(full, Skipped):
+        assert isinstance(gated, Skipped), (gated, full.reason)
+        assert gated.reason == full.reason
+    else:
+        assert isinstance(full, SmsRecord), full
+        assert isinstance(gated, Rejected), gated
+        assert gated.code == "over_limit"
+        assert gated.sender == full.sender

@@ -7,6 +7,7 @@ import itertools
 import json
 import os
 import stat
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from inbound_mail.models import EmailOrigin, SmsRecord
 from inbound_mail.sinks import create_sink
 from inbound_mail.sinks.jsonl import JsonlSink
 from inbound_mail.store import IngestItem, Store
+from inbound_mail.testing.wait import wait_until
 
 CONTEXT = AttemptContext(delivery_id=1, attempt=1)
 _keys = itertools.count()
@@ -181,6 +183,28 @@ def test_worker_flushes_once_per_batch(tmp_path: Path, fsyncs: list[tuple[int, i
     worker.close()
     assert [line["id"] for line in lines(out)] == [r.id for r in records]
     assert fsyncs.count(identity(out)) == 1
+
+
+def test_a_dangling_symlink_is_a_temporary_failure_not_a_spin(tmp_path: Path) -> None:
+    """Both opens failed (missing, yet existing) and the loop spun at 100 % CPU for ever."""
+    db = tmp_path / "inbound.db"
+    out = tmp_path / "out.jsonl"
+    out.symlink_to(tmp_path / "gone" / "target.jsonl")
+    item = IngestItem(b"raw", record(1), EmailOrigin(kind="eml", path="x", key=str(next(_keys))))
+    with Store.open(db) as store:
+        store.ingest([item], route=lambda r: ["file"])
+    config = SinkConfig(name="file", type="jsonl", options={"path": str(out)})
+    worker = DeliveryWorker(db, config)
+    results: list[int] = []
+    thread = threading.Thread(target=lambda: results.append(worker.run_once().failed))
+    thread.daemon = True
+    thread.start()
+    wait_until(lambda: not thread.is_alive(), 60, message="run_once returned")
+    worker.close()
+    assert results == [1]
+    with Store.open(db) as store:
+        [row] = store.deliveries(sink="file")
+    assert row["status"] == "failed" and "symbolic link to a missing file" in row["last_error"]
 
 
 def test_relative_path_is_relative_to_the_config_file(tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import itertools
 import logging
 import threading
@@ -155,7 +156,7 @@ def test_receiver_down_then_up_gets_everything_in_order(
     thread = threading.Thread(target=worker.run, args=(stop,), daemon=True)
     thread.start()
     wait_until(lambda: rows(db)[0]["attempts"] >= 3, 5)
-    assert all(r["status"] == "pending" for r in rows(db))
+    assert [r["status"] for r in rows(db)] == ["failed"] + ["pending"] * 4
     assert all(r["attempts"] == 0 for r in rows(db)[1:]), "younger rows must wait for the head"
     receiver.up()
     wait_until(lambda: all(r["status"] == "delivered" for r in rows(db)), 10)
@@ -164,7 +165,10 @@ def test_receiver_down_then_up_gets_everything_in_order(
     worker.close()
     texts = [r.form()["text"][0] for r in receiver.requests]
     assert texts == [r.text for r in records]
-    assert "connection failed" in (rows(db)[0]["last_error"] or "")
+    assert rows(db)[0]["last_error"] is None, "a delivered row clears its error"
+    with Store.open(db) as store:  # the attempt log keeps it
+        errors = [row["error"] for row in store.database.query("SELECT error FROM attempts")]
+    assert "connection failed" in (errors[0] or "")
 
 
 def test_keep_alive_reuses_one_connection(receiver: WebhookReceiver) -> None:
@@ -313,6 +317,37 @@ def test_timeout_and_dropped_connection_are_temporary(receiver: WebhookReceiver)
     sink.close()
 
 
+def test_a_trickling_receiver_is_cut_at_timeout_and_the_next_delivery_proceeds(
+    receiver: WebhookReceiver, db: Path
+) -> None:
+    """``timeout`` was per read: one byte a second kept an attempt alive for hours."""
+    receiver.script(Answer(action="trickle", trickle=0.2, body="+OK" + " " * 10_000))
+    queue(db, [record(1), record(2)])
+    config = sink_config(receiver.url, timeout="1s")
+    worker = DeliveryWorker(db, config)
+    run_worker(worker, lambda: {r["status"] for r in rows(db)} == {"delivered"}, timeout=60)
+    errors = attempt_errors(db)
+    assert len(errors) == 3
+    assert errors[0] is not None and "timed out" in errors[0] and "(timeout 1s)" in errors[0]
+    assert errors[1:] == [None, None]
+    assert [r.answer.action for r in receiver.requests] == ["trickle", "respond", "respond"]
+
+
+def test_the_deadline_covers_a_trickled_status_line_over_https(tmp_path: Path) -> None:
+    import ssl
+
+    certs = make_certificates(tmp_path / "certs")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(certs.cert_file, certs.key_file)
+    with WebhookReceiver(ssl_context=context) as server:
+        server.script(Answer(action="trickle", trickle=0.1))
+        sink = create_sink(sink_config(server.url, ca_file=str(certs.ca_file), timeout="1s"))
+        with pytest.raises(TemporaryDeliveryError, match="timed out"):
+            sink.deliver(record(), CONTEXT)
+        assert sink.deliver(record(), CONTEXT) == "HTTP 200"
+        sink.close()
+
+
 def test_tls_is_verified(tmp_path: Path) -> None:
     import ssl
 
@@ -361,9 +396,38 @@ def test_secrets_never_reach_logs_or_stored_errors(
     assert repr(worker.sink).count("***") >= 2
 
 
+def test_an_echoed_basic_authorization_and_any_query_value_are_redacted(
+    receiver: WebhookReceiver, db: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """httpx sends the URL's userinfo as ``Authorization: Basic base64(user:pass)``;
+    a receiver that echoes it (or the URL) must not put either in the database."""
+    basic = base64.b64encode(b"alice:hunter2pass").decode("ascii")
+    url = receiver.url.replace("http://", "http://alice:hunter2pass@") + "?code=AzUrEfUnCtIoNkEy"
+    receiver.script(
+        Answer(status=500, body=f"denied: Authorization: Basic {basic} for {url}"),
+        Answer(status=302, body="", headers=(("Location", url + "&jwt=eyJhbGciOi"),)),
+    )
+    queue(db, [record(1), record(2)])
+    caplog.set_level(logging.DEBUG)
+    worker = DeliveryWorker(db, sink_config(url, retry=replace(FAST, retry_base=0.001)))
+    run_worker(worker, lambda: {r["status"] for r in rows(db)} == {"dead", "delivered"})
+    assert receiver.requests[0].headers["authorization"] == f"Basic {basic}"
+    logged = "\n".join(KeyValueFormatter().format(r) for r in caplog.records)
+    stored = "\n".join(e or "" for e in attempt_errors(db))
+    stored += "\n".join(r["last_error"] or "" for r in rows(db))
+    assert "HTTP 500" in stored and "code=***" in stored and "jwt=***" in stored
+    for secret in (basic, "hunter2pass", "AzUrEfUnCtIoNkEy", "eyJhbGciOi"):
+        assert secret not in logged
+        assert secret not in stored
+
+
 def test_redact_url() -> None:
     assert redact_url("https://u:p@h.example:8443/a?token=x&page=2#frag") == (
-        "https://***@h.example:8443/a?token=***&page=2#***"
+        "https://***@h.example:8443/a?token=***&page=***#***"
+    )
+    # Every query value: a name does not tell a credential (Azure Functions' ?code=).
+    assert redact_url("https://f.azurewebsites.net/api/sms?code=AbC123==&jwt=e.y.J&k=v&e=") == (
+        "https://f.azurewebsites.net/api/sms?code=***&jwt=***&k=***&e="
     )
     assert redact_url("https://hooks.slack.com/services/T0001/B0002/abcDEF123456ghiJKL") == (
         "https://hooks.slack.com/services/T0001/B0002/***"
@@ -371,7 +435,7 @@ def test_redact_url() -> None:
     assert redact_url("http://h/x?Signature=1&X-Amz-Credential=2&password=3&secret=4") == (
         "http://h/x?Signature=***&X-Amz-Credential=***&password=***&secret=***"
     )
-    assert redact_url("http://h/plain/path?q=1") == "http://h/plain/path?q=1"
+    assert redact_url("http://h/plain/path") == "http://h/plain/path"
     assert redact_url("http://[::1]:99999/") == "***"
 
 

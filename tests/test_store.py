@@ -7,13 +7,17 @@ import sqlite3
 import stat
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from sqlite_utils import Database
 
 from inbound_mail import _schema
+from inbound_mail.config import SinkConfig, SinkFilter
+from inbound_mail.delivery import make_router
 from inbound_mail.errors import StoreError, StoreLockedError
 from inbound_mail.models import EmailOrigin, Rejected, Skipped, SmsRecord
 from inbound_mail.store import (
@@ -24,6 +28,7 @@ from inbound_mail.store import (
     Store,
     daemon_lock,
 )
+from inbound_mail.testing.wait import wait_until
 
 T0 = 1_714_550_400.0  # 2024-05-01T08:00:00Z
 RAW = b"From: smsin@agiletelecom.com\r\nSubject: Agile Telecom -- SMS received\r\n\r\nBody\r\n"
@@ -104,7 +109,8 @@ def test_open_sets_pragmas_and_schema(store: Store) -> None:
     # Column names are a user-facing interface (sqlite-utils, Datasette).
     assert list(Database(conn)["messages"].columns_dict) == [
         "id", "originator", "destination", "date_time", "received_at", "text", "keyword",
-        "message_id", "email_date", "subject", "sender", "stored_at",
+        "message_id", "email_date", "subject", "sender", "stored_at", "authenticated",
+        "auth_reason",
     ]  # fmt: skip
 
 
@@ -135,8 +141,8 @@ def test_newer_schema_is_refused(tmp_path: Path) -> None:
     Store.open(db).close()
     with sqlite3.connect(db) as conn:
         conn.execute("PRAGMA user_version = 99")
-    supported = rf"version 99 .*supports \(version {_schema.SCHEMA_VERSION}\)"
-    with pytest.raises(StoreError, match=supported):
+    expected = rf"version 99 .*supports \(version {_schema.SCHEMA_VERSION}\)"
+    with pytest.raises(StoreError, match=expected):
         Store.open(db)
 
 
@@ -279,6 +285,57 @@ def test_a_failing_batch_leaves_nothing(store: Store) -> None:
     assert store.ingest(batch[:2], route=to_hook).new == [sms(1), sms(2)]
 
 
+def test_routing_runs_outside_the_write_transaction(store: Store) -> None:
+    """Filters run on the sender's text: they must never hold the write lock."""
+    writes: list[str] = []
+
+    def route(record: SmsRecord) -> list[str]:
+        # Another connection that will not wait: it gets the lock only if ingest is not holding it.
+        other = sqlite3.connect(store.path, timeout=0, isolation_level=None)
+        try:
+            other.execute("BEGIN IMMEDIATE")
+            other.execute("ROLLBACK")
+            writes.append(record.text)
+        finally:
+            other.close()
+        return ["hook"]
+
+    store.ingest([item(sms(1), imap(1)), item(sms(2), imap(2))], route=route)
+    assert writes == ["message 1", "message 2"]
+    assert count(store, "deliveries") == 2
+
+
+def test_a_catastrophic_text_regex_does_not_stall_ingestion(
+    store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``(a|aa)+$`` backtracks exponentially: with ``re`` this text would take ages."""
+    hostile = replace(sms(1), text="a" * 5000 + "b")
+    plain = replace(sms(2), text="aaaa")
+    sinks = [
+        SinkConfig(name="hook", type="jsonl", filter=SinkFilter(text_regex="(a|aa)+$")),
+        SinkConfig(name="all", type="jsonl"),
+    ]
+    route = make_router(sinks)
+    done = threading.Event()
+
+    def ingest() -> None:
+        store_in_thread = Store.open(store.path)
+        try:
+            store_in_thread.ingest([item(hostile, imap(1)), item(plain, imap(2))], route=route)
+        finally:
+            store_in_thread.close()
+            done.set()
+
+    threading.Thread(target=ingest, daemon=True).start()
+    wait_until(done.is_set, 120, message="the batch was stored")
+    rows = store.database.query("SELECT sms_id, sink FROM deliveries ORDER BY id")
+    assert sorted((r["sms_id"], r["sink"]) for r in rows) == sorted(
+        [(hostile.id, "all"), (plain.id, "hook"), (plain.id, "all")]
+    )
+    assert count(store, "messages") == 2
+    assert any(r.getMessage() == "filter.timeout" for r in caplog.records)
+
+
 def test_outbox_rows_only_for_new_messages_and_routed_sinks(store: Store) -> None:
     def route(record: SmsRecord) -> list[str]:
         return ["a", "b", "a"] if record.text.endswith("1") else ["b"]
@@ -362,7 +419,8 @@ def test_attempt_outcomes_move_deliveries(store: Store, clock: Clock) -> None:
     assert (rows[third.id]["status"], rows[third.id]["last_error"]) == ("dead", "HTTP 410")
     assert [r["sms_id"] for r in store.deliveries(status="failed")] == [sms(2).id]
     assert [r["text"] for r in store.deliveries(status="dead")] == ["message 3"]
-    assert len(list(store.deliveries(status="pending"))) == 1
+    assert list(store.deliveries(status="pending")) == []  # not tried yet: none
+    assert [r["status"] for r in store.deliveries(status=("pending", "failed"))] == ["failed"]
     assert store.backlog() == {"hook": {"pending": 1, "failed": 1, "dead": 1, "delivered": 1}}
     assert store.last_delivery_time("hook") == T0 + 1.25
     assert store.last_delivery_time("other") is None
@@ -566,3 +624,51 @@ def test_daemon_lock_context_manager(tmp_path: Path) -> None:
         pass
     with pytest.raises(StoreError, match="lock file"), daemon_lock(tmp_path / "nope" / "im.db"):
         pass
+
+
+# -- symlinks, owners, modes ---------------------------------------------------------------
+def test_a_symlink_at_the_database_path_is_refused(tmp_path: Path) -> None:
+    """SQLite follows it: a dangling one made it create the database where it pointed."""
+    elsewhere = tmp_path / "elsewhere.db"
+    db = tmp_path / "im.db"
+    db.symlink_to(elsewhere)
+    with pytest.raises(StoreError, match="symbolic link; refusing to follow it"):
+        Store.open(db)
+    assert not elsewhere.exists()
+    with Store.open(elsewhere):  # a real file is fine
+        pass
+    with pytest.raises(StoreError, match="symbolic link"):
+        Store.open(db)  # a symlink to a real database too
+
+
+def test_a_symlink_at_the_lock_file_is_refused_and_its_target_kept(tmp_path: Path) -> None:
+    """The lock was opened through the link and its target truncated."""
+    precious = tmp_path / "precious.txt"
+    precious.write_text("keep me\n", encoding="utf-8")
+    db = tmp_path / "im.db"
+    Path(f"{db}.lock").symlink_to(precious)
+    with Store.open(db) as store, pytest.raises(StoreError, match=r"lock file .* symbolic link"):
+        store.acquire_daemon_lock()
+    assert precious.read_text(encoding="utf-8") == "keep me\n"
+
+
+def test_a_database_or_lock_open_to_others_is_refused(tmp_path: Path) -> None:
+    db = tmp_path / "im.db"
+    Store.open(db).close()
+    db.chmod(0o644)
+    with pytest.raises(StoreError, match=r"mode 0644.*chmod 600"):
+        Store.open(db)
+    db.chmod(0o600)
+    lock = Path(f"{db}.lock")
+    lock.touch(mode=0o666)
+    lock.chmod(0o666)
+    with Store.open(db) as store, pytest.raises(StoreError, match=r"lock file .*mode 0666"):
+        store.acquire_daemon_lock()
+    lock.unlink()
+    precious = tmp_path / "precious"
+    precious.write_text("keep me\n", encoding="utf-8")
+    precious.chmod(0o600)
+    os.link(precious, lock)  # a hard link: the lock's truncation would hit that file
+    with Store.open(db) as store, pytest.raises(StoreError, match="hard links"):
+        store.acquire_daemon_lock()
+    assert precious.read_text(encoding="utf-8") == "keep me\n"

@@ -18,12 +18,15 @@ clear-text connection on its own.
 
 from __future__ import annotations
 
+import ast
 import imaplib
 import logging
+import re
 import socket
 import ssl
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
+from typing import Any
 
 import imapclient
 from imapclient import IMAPClient
@@ -33,7 +36,20 @@ from ..config import AccountConfig
 from ..errors import ImapAuthError, ImapConnectionError, ImapError, ImapTlsError
 from ..logs import log_event
 
-__all__ = ["capabilities", "connect", "has_idle", "has_move", "tls_context"]
+__all__ = [
+    "capabilities",
+    "certificate_names",
+    "connect",
+    "has_idle",
+    "has_move",
+    "is_name_mismatch",
+    "login",
+    "names_in_certificate",
+    "open_session",
+    "server_text",
+    "tls_context",
+    "untrusted_certificate",
+]
 
 _log = logging.getLogger(__name__)
 
@@ -54,16 +70,27 @@ def connect(
     ``"none"`` logs a warning, since the password then crosses the network in
     clear text.
     """
+    client = open_session(account, log=log)
+    login(client, account, password)
+    return client
+
+
+def open_session(account: AccountConfig, *, log: logging.Logger | None = None) -> IMAPClient:
+    """The first half of :func:`connect`: connected, TLS established (``starttls``
+    included), not logged in yet."""
     context = None if account.tls == "none" else tls_context(account)
     with _translated_errors(account):
-        client = _open(account, context, log or _log)
+        return _open(account, context, log or _log)
+
+
+def login(client: IMAPClient, account: AccountConfig, password: str) -> None:
+    """The second half of :func:`connect`; closes ``client`` if the login fails."""
     try:
         with _translated_errors(account):
             client.login(account.username, password)
     except BaseException:
         _close(client)
         raise
-    return client
 
 
 def tls_context(account: AccountConfig) -> ssl.SSLContext:
@@ -83,6 +110,89 @@ def capabilities(client: IMAPClient) -> frozenset[str]:
         (cap.decode("ascii", "replace") if isinstance(cap, bytes) else str(cap)).upper()
         for cap in client.capabilities()
     )
+
+
+# imaplib raises with the server's line as bytes, and imapclient wraps str() of that
+# again: both leave Python literals such as b'[AUTHENTICATIONFAILED] ...' in the text.
+_BYTES_LITERAL = re.compile(r"(?<!\w)b'(?:[^'\\]|\\.)*'" + "|" + r'(?<!\w)b"(?:[^"\\]|\\.)*"')
+
+
+def server_text(exc: BaseException) -> str:
+    """What an imaplib / imapclient error says, as plain text: the server's words
+    decoded (never ``b'...'``), control characters replaced, so that it is safe to
+    show on a terminal or in a log line."""
+    parts: list[str] = []
+    for arg in exc.args:
+        if isinstance(arg, bytes | bytearray):
+            text = bytes(arg).decode("utf-8", "replace")
+        else:
+            text = _BYTES_LITERAL.sub(_decoded_literal, str(arg))
+        parts.append("".join(c if c.isprintable() else "?" for c in text).strip())
+    return "; ".join(part for part in parts if part) or type(exc).__name__
+
+
+def _decoded_literal(match: re.Match[str]) -> str:
+    try:
+        value = ast.literal_eval(match.group(0))  # a literal only: never evaluates code
+    except (ValueError, SyntaxError):
+        return match.group(0)
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else match.group(0)
+
+
+# OpenSSL's X509_V_ERR_HOSTNAME_MISMATCH and X509_V_ERR_IP_ADDRESS_MISMATCH: the chain
+# is trusted, the certificate is for other names -- which no ca_file can fix.
+_NAME_MISMATCH = (62, 64)
+
+
+def untrusted_certificate(exc: ssl.SSLCertVerificationError, account: AccountConfig) -> str:
+    """Why the server's certificate was refused, and what fixes it."""
+    where = f"{account.host}:{account.port}"
+    if is_name_mismatch(exc):
+        names = certificate_names(account)
+        held = f"it names {', '.join(names)}" if names else "it names other hosts"
+        return (
+            f"certificate of {where} is not valid for {account.host}: {held}; set "
+            f"{account.key('host')} to one of its names, or give the server a certificate "
+            f"for {account.host}"
+        )
+    return (
+        f"certificate of {where} not trusted ({exc.verify_message}): set "
+        f"{account.key('ca_file')} to the CA that signed it, or fix the server certificate"
+    )
+
+
+def certificate_names(account: AccountConfig) -> list[str]:
+    """The names (``DNS:mail.example.com``, ``IP:192.0.2.1``) on the server's
+    certificate, read over a second connection that still verifies the chain but
+    not the host name; empty if that fails too.  Only for error messages."""
+    context = tls_context(account)
+    context.check_hostname = False  # verify_mode stays CERT_REQUIRED: the chain is checked
+    try:
+        client = _open(account, context, _log)
+    except Exception:  # only a hint is lost
+        return []
+    try:
+        cert = client.socket().getpeercert() or {}
+    except (OSError, ValueError):
+        cert = {}
+    finally:
+        _close(client)
+    return names_in_certificate(cert)
+
+
+def names_in_certificate(cert: Mapping[str, Any]) -> list[str]:
+    """``DNS:...`` and ``IP:...`` from a ``getpeercert()`` dict (its CN if it has no SAN)."""
+    names = [f"{'IP' if kind == 'IP Address' else kind}:{value}"
+             for kind, value in cert.get("subjectAltName", ())]  # fmt: skip
+    if not names:
+        names = [f"CN={value}" for rdn in cert.get("subject", ()) for key, value in rdn
+                 if key == "commonName"]  # fmt: skip
+    return names
+
+
+def is_name_mismatch(exc: ssl.SSLCertVerificationError) -> bool:
+    """The chain is trusted but the certificate is for other names (no CA fixes that)."""
+    return exc.verify_code in _NAME_MISMATCH
 
 
 def has_idle(client: IMAPClient) -> bool:
@@ -108,6 +218,9 @@ def _open(
     )
     try:
         _enable_keepalive(client.socket())
+        # imapclient writes a command and its CRLF separately: without NODELAY the
+        # CRLF waits for Nagle and the server's delayed ACK (~40 ms a command on Cyrus).
+        client.socket().setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if account.tls == "starttls":
             _starttls(client, account, context)
         elif account.tls == "none":
@@ -154,30 +267,29 @@ def _translated_errors(account: AccountConfig) -> Iterator[None]:
     except ImapError:
         raise
     except ssl.SSLCertVerificationError as exc:
-        raise ImapTlsError(
-            f"certificate of {where} not trusted ({exc.verify_message}): set ca_file to the "
-            "CA that signed it, or fix the server certificate",
-            account=name,
-        ) from exc
+        raise ImapTlsError(untrusted_certificate(exc, account), account=name) from exc
     except ssl.SSLError as exc:
         raise ImapTlsError(f"TLS with {where} failed: {exc.reason or exc}", account=name) from exc
     except LoginError as exc:
-        if any(code in str(exc) for code in _TEMPORARY_LOGIN_CODES):
+        said = server_text(exc)
+        if any(code in said for code in _TEMPORARY_LOGIN_CODES):
             raise ImapConnectionError(
-                f"{where} cannot log in user {account.username} right now: {exc}", account=name
+                f"{where} cannot log in user {account.username} right now: {said}", account=name
             ) from exc
         raise ImapAuthError(
             f"login refused for user {account.username} at {where}; check username and "
-            f"password (server said: {exc})",
+            f"password (server said: {said})",
             account=name,
         ) from exc
     except (OSError, imaplib.IMAP4.abort) as exc:
-        reason = str(exc) or type(exc).__name__
+        reason = server_text(exc) if isinstance(exc, imaplib.IMAP4.abort) else str(exc)
         if isinstance(exc, TimeoutError):
             reason = f"timed out after {account.connect_timeout:g} s"
         raise ImapConnectionError(f"cannot connect to {where}: {reason}", account=name) from exc
     except imaplib.IMAP4.error as exc:
-        raise ImapError(f"unexpected answer from {where}: {exc}", account=name) from exc
+        raise ImapError(
+            f"unexpected answer from {where}: {server_text(exc)}", account=name
+        ) from exc
 
 
 def _close(client: IMAPClient) -> None:

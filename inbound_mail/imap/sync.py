@@ -2,8 +2,11 @@
 
 The order is what makes the feed lossless and duplicate-free:
 
-1. SELECT; read UIDVALIDITY and UIDNEXT.  Acknowledgements owed from an earlier
-   pass (stored, but the ``after`` action never confirmed) are applied first.
+1. SELECT (the configured name resolved through the server's NAMESPACE, see
+   :mod:`inbound_mail.imap.namespace`); read UIDVALIDITY and UIDNEXT.
+   Acknowledgements owed from an earlier pass (stored, but the ``after`` action
+   never confirmed) are applied first -- unless the server refused them and
+   their retry is not due yet (:class:`~inbound_mail.imap.acks.AckRetries`).
 2. A changed UIDVALIDITY invalidates the checkpoint: the folder is rescanned from
    UID 1 (dedup keeps that free of duplicates) and a warning is logged.
 3. ``UID SEARCH`` for the configured senders from ``last+1:*``; UIDs at or below
@@ -19,6 +22,20 @@ The order is what makes the feed lossless and duplicate-free:
    died on twice becomes a reject.
 6. Only then is ``after`` applied (seen / move / delete) -- and only to mail
    that produced an SMS: other senders' mail and rejects are never touched.
+   A refused ``after`` is logged (folder, the server's answer, the config key)
+   and retried later with backoff; it never stops the pass or new mail.
+7. Mail that reaches the folder during the pass is announced by the server in
+   an untagged ``EXISTS`` (or ``RECENT``) in reply to whatever command was
+   running, and never repeated.  :attr:`SyncResult.arrived` says so, and the
+   worker passes again before it re-enters IDLE.  Reading those responses
+   costs nothing: imaplib keeps them anyway.  (Mail that comes after the
+   pass's last command is the worker's to catch: see its NOOP before IDLE.)
+
+Between parse and store, each SMS goes through the account's
+:class:`~inbound_mail.authenticity.Verifier`.  One whose verdict must wait (a
+DNS timeout or SERVFAIL while fetching its DKIM key) is neither stored nor
+acknowledged, and the checkpoint stays below its UID for the rest of the pass,
+so the next pass fetches it again (UIDs stored meanwhile are skipped as known).
 
 A FETCH that fails marks every UID it asked for.  Chunks holding a marked UID
 are then fetched one UID at a time, so one email the server cannot return
@@ -30,14 +47,17 @@ email itself stays in the mailbox, untouched, for a person to look at.
 
 from __future__ import annotations
 
+import imaplib
 import logging
+import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date
 from typing import Any
 
 from imapclient import IMAPClient
 
+from ..authenticity import Deferred, Verifier
 from ..config import AccountConfig
 from ..faults import fault_point
 from ..inflight import parse_recorded, split_runs
@@ -46,7 +66,9 @@ from ..models import EmailOrigin, ParseOutcome, Rejected, SmsRecord, Tally
 from ..parse import ParseOptions, sender_matches
 from ..parse_limits import scan_headers
 from ..store import Checkpoint, IngestItem, IngestResult, PendingAck, Router, Store
-from .acks import apply_acks
+from .acks import AckRetries, apply_acks
+from .connection import server_text
+from .namespace import FolderNames, folder_names
 
 __all__ = ["FolderSync", "SyncOptions", "SyncResult"]
 
@@ -78,6 +100,8 @@ class SyncResult:
     tally: Tally = field(default_factory=Tally)
     acked: int = 0
     uidvalidity_changed: bool = False
+    arrived: bool = False
+    """The server announced new mail during the pass: pass again before waiting."""
 
 
 BatchCallback = Callable[[str, IngestResult], None]
@@ -99,8 +123,13 @@ class FolderSync:
         should_stop: Callable[[], bool] = lambda: False,
         fetch_failures: FetchFailures | None = None,
         on_parsed: Callable[[], None] | None = None,
+        verifier: Verifier | None = None,
+        ack_retries: AckRetries | None = None,
     ) -> None:
         self.client = client
+        self.verifier = verifier
+        # (folder, uidvalidity) -> lowest UID deferred in this pass: the checkpoint stays below.
+        self._deferred: dict[tuple[str, int], int] = {}
         self.account = account
         self.store = store
         self.parse_options = parse_options
@@ -112,18 +141,52 @@ class FolderSync:
         # the count survives the reconnect that a failed FETCH usually causes.
         self.fetch_failures: FetchFailures = {} if fetch_failures is None else fetch_failures
         self.on_parsed = on_parsed  # after every email parsed: progress for the watchdog
+        # Per folder, owned by the worker: a refused `after` keeps its backoff
+        # across the reconnects.
+        self.ack_retries = AckRetries() if ack_retries is None else ack_retries
+        self._names: FolderNames | None = None
+
+    @property
+    def names(self) -> FolderNames:
+        """The server's namespace, asked once per session (one NAMESPACE command)."""
+        if self._names is None:
+            self._names = folder_names(self.client)
+        return self._names
+
+    def resolve(self, folder: str) -> str:
+        """The server's name for a configured folder (``Sub`` -> ``INBOX.Sub``)."""
+        return self.names.resolve(folder)
 
     def sync(self, folder: str, options: SyncOptions = SyncOptions()) -> SyncResult:
-        """One pass over ``folder``; raises the client's errors for the caller to translate."""
+        """One pass over ``folder``; raises the client's errors for the caller to translate.
+
+        ``folder`` is resolved through the server's namespace first; the result,
+        the checkpoint and the records name the server's folder.
+        """
         readonly = options.dry_run or not options.apply_after or self.account.after == "none"
+        folder = self.resolve(folder)
         selected = self.client.select_folder(folder, readonly=readonly)
         result = SyncResult(folder=folder, uidvalidity=int(selected[b"UIDVALIDITY"]))
+        self._deferred.pop((folder, result.uidvalidity), None)
+        arrivals = _Arrivals.after_select(self.client, selected)
+        self._pass(folder, result, selected, options, readonly)
+        result.arrived = arrivals.seen(self.client)
+        return result
+
+    def _pass(
+        self,
+        folder: str,
+        result: SyncResult,
+        selected: dict[bytes, Any],
+        options: SyncOptions,
+        readonly: bool,
+    ) -> None:
         if not readonly:
             result.acked += self._apply_owed_acks(folder, result.uidvalidity)
         last_uid = self._last_uid(folder, result, options)
         uid_next = int(selected.get(b"UIDNEXT", 0))
         if last_uid and 0 < uid_next <= last_uid + 1:
-            return result  # nothing arrived since the checkpoint: no SEARCH needed
+            return  # nothing arrived since the checkpoint: no SEARCH needed
         for low, high in _windows(last_uid + 1, uid_next):
             if self.should_stop():  # a warm stop: the committed batches stand, the rest waits
                 break
@@ -138,7 +201,6 @@ class FolderSync:
                 result.tally.add(
                     len(batch.new), len(batch.duplicates), batch.skipped, batch.rejected
                 )
-        return result
 
     # -- steps -------------------------------------------------------------
     def _apply_owed_acks(self, folder: str, uidvalidity: int) -> int:
@@ -157,15 +219,57 @@ class FolderSync:
                 reason="UIDVALIDITY changed",
             )
             self.store.clear_acks(stale)
-        current = [ack for ack in owed if ack.uidvalidity == uidvalidity]
+        # The `after` in force decides, not the one at commit time: fixing the
+        # config after a refusal (say, a move target) settles what is owed.
+        current = [
+            ack if ack.action == self.account.after else replace(ack, action=self.account.after)
+            for ack in owed
+            if ack.uidvalidity == uidvalidity
+        ]
+        if not current:
+            self.ack_retries.forget(folder)
         return self._ack(folder, current)
 
     def _ack(self, folder: str, acks: Sequence[PendingAck]) -> int:
+        """Apply ``acks`` now, or leave them owed while a refusal's backoff runs."""
         if not acks:
             return 0
-        apply_acks(self.client, folder, acks)
+        if not self.ack_retries.due(folder):
+            self.ack_retries.deferred(folder, self._owed(folder))
+            return 0
+        try:
+            apply_acks(self.client, folder, acks, self.resolve)
+        except imaplib.IMAP4.abort:
+            raise  # the connection is gone: the session ends, the acks stay owed
+        except imaplib.IMAP4.error as exc:  # refused: new mail must keep flowing
+            self._ack_refused(folder, acks, exc)
+            return 0
         self.store.clear_acks(acks)
+        self.ack_retries.succeeded(folder)
         return len(acks)
+
+    def _ack_refused(self, folder: str, acks: Sequence[PendingAck], exc: Exception) -> None:
+        actions = sorted({ack.action for ack in acks})
+        action = ", ".join(
+            f"move to {self.resolve(a.removeprefix('move:'))!r}" if a.startswith("move:") else a
+            for a in actions
+        )
+        failure = self.ack_retries.refused(folder, action, server_text(exc), self._owed(folder))
+        log_event(
+            _log,
+            logging.WARNING,
+            "imap.ack_refused",
+            account=self.account.name,
+            folder=folder,
+            action=action,
+            answer=failure.answer,
+            owed=failure.owed,
+            retry_in=f"{max(0.0, failure.retry_at - time.monotonic()):.0f}s",
+            fix=f"make the action possible on the server, or change {self.account.key('after')}",
+        )
+
+    def _owed(self, folder: str) -> int:
+        return len(self.store.pending_acks(self.account.name, folder))
 
     def _last_uid(self, folder: str, result: SyncResult, options: SyncOptions) -> int:
         checkpoint = self.store.get_checkpoint(self.account.name, folder)
@@ -238,20 +342,51 @@ class FolderSync:
             self._fetch_failed(folder, uidvalidity, uids, exc)
             raise
         fault_point("after-fetch")
+        checked = self._authenticate(folder, uidvalidity, items)
+        # Recorded in flight, parsed, then held back: no crash to count at a restart.
+        kept = {item.origin for item in checked}
+        held = [item.origin for item in items if item.origin not in kept]
+        items = checked
         if options.dry_run:
             return _dry_result(items)
         acks = self._acks_for(folder, uidvalidity, items, options, readonly)
+        lowest_held = self._deferred.get((folder, uidvalidity))
+        last = max(uids) if lowest_held is None else min(max(uids), lowest_held - 1)
         checkpoint = (
-            Checkpoint(self.account.name, folder, uidvalidity, max(uids))
-            if options.move_checkpoint
+            Checkpoint(self.account.name, folder, uidvalidity, last)
+            if options.move_checkpoint and last > 0
             else None
         )
-        result = self.store.ingest(items, route=self.route, checkpoint=checkpoint, acks=acks)
+        result = self.store.ingest(
+            items, route=self.route, checkpoint=checkpoint, acks=acks, not_stored=held
+        )
         fault_point("after-commit")
         if self.on_batch:
             self.on_batch(folder, result)
         self._ack(folder, acks)
         return result
+
+    def _authenticate(
+        self, folder: str, uidvalidity: int, items: list[IngestItem]
+    ) -> list[IngestItem]:
+        """The verifier's outcome for each item; deferred ones are dropped and held back."""
+        if self.verifier is None:
+            return items
+        kept = []
+        for item in items:
+            outcome = self.verifier.check(item.raw, item.outcome)
+            if self.on_parsed is not None:  # a DNS lookup may wait: progress per email
+                self.on_parsed()
+            if isinstance(outcome, Deferred):
+                uid = item.origin.uid or 0
+                key = (folder, uidvalidity)
+                self._deferred[key] = min(self._deferred.get(key, uid), uid)
+                log_event(_log, logging.WARNING, "auth.deferred", account=self.account.name,
+                          folder=folder, uid=uid, reason=outcome.reason,
+                          action="left unacknowledged; tried again on the next pass")  # fmt: skip
+                continue
+            kept.append(item if outcome is item.outcome else replace(item, outcome=outcome))
+        return kept
 
     def _fetch_items(
         self, folder: str, uidvalidity: int, uids: list[int], *, record: bool
@@ -285,7 +420,7 @@ class FolderSync:
             f"({type(exc).__name__}: {exc}); it is left in the mailbox, untouched"
         )
         origin = self._origin(folder, uidvalidity, uids[0])
-        self.store.ingest([IngestItem(b"", Rejected(reason=reason), origin)])
+        self.store.ingest([IngestItem(b"", Rejected(reason=reason, code="unfetchable"), origin)])
         log_event(_log, logging.ERROR, "imap.unfetchable", account=self.account.name,
                   folder=folder, uid=uids[0], reason=reason)  # fmt: skip
 
@@ -335,6 +470,7 @@ class FolderSync:
             reason=reason,
             sender=sender,
             message_id=(scan.message_id or "").strip() or None,
+            code="oversized",
         )
 
     def _acks_for(
@@ -359,6 +495,59 @@ class FolderSync:
         return EmailOrigin(
             kind="imap", account=self.account.name, folder=folder, uidvalidity=uidvalidity, uid=uid
         )
+
+
+@dataclass(frozen=True, slots=True)
+class _Arrivals:
+    """Did the server announce new mail after the SELECT?  Read from what imaplib kept.
+
+    imaplib appends every untagged response to ``untagged_responses`` (reset by
+    SELECT) and imapclient never pops ``EXISTS``, ``RECENT`` or ``EXPUNGE``.  The
+    mailbox grew when the last ``EXISTS`` exceeds the count at SELECT less the
+    expunges since (a server may restate a count that only shrank), or when a
+    ``RECENT`` exceeds the count at SELECT.
+    """
+
+    exists: int
+    recent: int
+    marks: tuple[int, int, int]  # how many EXISTS, RECENT, EXPUNGE the SELECT left
+
+    @classmethod
+    def after_select(cls, client: IMAPClient, selected: dict[bytes, Any]) -> _Arrivals:
+        kept = _untagged(client)
+        return cls(
+            exists=int(selected.get(b"EXISTS", 0)),
+            recent=int(selected.get(b"RECENT", 0)),
+            marks=tuple(len(kept.get(key, ())) for key in _COUNTS),  # type: ignore[arg-type]
+        )
+
+    def seen(self, client: IMAPClient) -> bool:
+        kept = _untagged(client)
+        lists = [kept.get(key, []) for key in _COUNTS]
+        if any(len(values) < mark for values, mark in zip(lists, self.marks, strict=True)):
+            return True  # something else consumed them: pass again rather than miss mail
+        exists, recent, expunged = (
+            values[mark:] for values, mark in zip(lists, self.marks, strict=True)
+        )
+        counts = [_number(value) for value in exists]
+        if counts and counts[-1] > self.exists - len(expunged):
+            return True
+        return any(_number(value) > self.recent for value in recent)
+
+
+_COUNTS = ("EXISTS", "RECENT", "EXPUNGE")
+
+
+def _untagged(client: IMAPClient) -> dict[str, list[Any]]:
+    kept = getattr(getattr(client, "_imap", None), "untagged_responses", None)
+    return kept if isinstance(kept, dict) else {}
+
+
+def _number(value: object) -> int:
+    try:
+        return int(value)  # type: ignore[call-overload, no-any-return]
+    except (TypeError, ValueError):
+        return 0
 
 
 def _windows(low: int, uid_next: int) -> Iterator[tuple[int, int | None]]:

@@ -11,6 +11,21 @@ A silently dead connection is found by the IDLE deadline: after
 with DONE, which must be answered within the socket's read timeout, re-SELECTs
 and searches; a dead socket fails there and the worker reconnects.  TCP
 keepalive on the socket is a second line of defence.
+
+Mail that reaches the folder while a pass runs is announced in reply to the
+pass's own commands, not in IDLE: when a pass says so (``SyncResult.arrived``)
+the worker passes again before it re-enters IDLE, so a burst of SMS never
+waits for a later event.  Mail that comes after the pass's last command is
+caught by a NOOP right before IDLE.  Dovecot's IDLE tells only of changes made
+after it started, so mail committed between that NOOP and the start of IDLE
+would wait for the next change: after a pass that found mail, the worker ends
+its IDLE once, :data:`CONFIRM_AFTER` seconds in (DONE is answered with what
+changed), and goes back to IDLE.  Two commands after each burst, none on the
+way of an SMS.
+
+An ``after`` action the server refuses leaves its acks owed (shown in
+:class:`AccountHealth`) and is retried when its backoff is over: the worker
+wakes from IDLE for it.
 """
 
 from __future__ import annotations
@@ -26,23 +41,33 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from imapclient import IMAPClient
 
+from ..authenticity import Verifier
 from ..config import AccountConfig
-from ..errors import ImapAuthError, ImapConnectionError, ImapError, InboundMailError
+from ..errors import (
+    ImapAuthError,
+    ImapConnectionError,
+    ImapError,
+    InboundMailError,
+    StoreError,
+)
 from ..faults import fault_stall
 from ..logs import log_event
 from ..parse import ParseOptions
 from ..secrets import read_password
 from ..store import IngestResult, Router, Store
-from .connection import connect
+from .acks import ACK_RETRY_BASE, AckRetries
+from .connection import connect, server_text
 from .sync import FetchFailures, FolderSync, SyncOptions, SyncResult
 
 __all__ = ["AccountHealth", "AccountWorker", "backoff_delay", "imap_errors"]
 
 _log = logging.getLogger("inbound_mail.imap")
 BACKOFF_CAP = 300.0
+CONFIRM_AFTER = 0.5
 
 
 def backoff_delay(attempt: int, *, base: float = 1.0, cap: float = BACKOFF_CAP) -> float:
@@ -58,8 +83,17 @@ class AccountHealth:
     connected: bool = False
     last_sync_at: float | None = None
     last_error: str | None = None
+    storage_error: str | None = None
+    """The database failure that ended the last session (disk full, ...), until a pass
+    succeeds: the daemon reports it to ``status`` as CRITICAL at once."""
     reconnects: int = 0
     idle_refreshes: int = 0
+    acks_owed: int = 0
+    """Acknowledgements owed because the server refused the ``after`` action."""
+    ack_error: str | None = None
+    """Why: the folder, the action and the server's answer."""
+    ack_failures: int = 0
+    """Refused acknowledgement attempts since start (a counter)."""
     last_tick: float = field(default_factory=time.monotonic)
 
     def tick(self) -> None:
@@ -74,9 +108,11 @@ def imap_errors(account: str) -> Iterator[None]:
     except InboundMailError:
         raise
     except imaplib.IMAP4.abort as exc:
-        raise ImapConnectionError(f"connection lost: {exc}", account=account) from exc
+        raise ImapConnectionError(f"connection lost: {server_text(exc)}", account=account) from exc
     except imaplib.IMAP4.error as exc:
-        raise ImapError(f"the server refused a command: {exc}", account=account) from exc
+        raise ImapError(
+            f"the server refused a command: {server_text(exc)}", account=account
+        ) from exc
     except (TimeoutError, OSError, ssl.SSLError) as exc:
         raise ImapConnectionError(
             f"connection lost: {exc or type(exc).__name__}", account=account
@@ -95,8 +131,10 @@ class AccountWorker:
         stop: threading.Event,
         route: Router | None = None,
         on_batch: Callable[[AccountConfig, str, IngestResult], None] | None = None,
+        verifier: Verifier | None = None,
     ) -> None:
         self.account = account
+        self.verifier = verifier
         self.db_path = db_path
         self.parse_options = parse_options
         self.stop = stop
@@ -105,6 +143,7 @@ class AccountWorker:
         self.health = AccountHealth()
         self.sync_requested = threading.Event()
         self.fetch_failures: FetchFailures = {}
+        self.ack_retries = AckRetries(lambda attempt: backoff_delay(attempt, base=ACK_RETRY_BASE))
         self._attempt = 0
 
     def request_sync(self) -> None:
@@ -142,14 +181,18 @@ class AccountWorker:
         delay = backoff_delay(self._attempt, base=5.0 if isinstance(exc, ImapAuthError) else 1.0)
         self._attempt += 1
         self.health.reconnects += 1
-        self.health.last_error = str(exc)
+        # `status` and the log line name the account already: not twice.
+        named = isinstance(exc, ImapError) and exc.account == self.account.name
+        self.health.last_error = exc.reason if isinstance(exc, ImapError) and named else str(exc)
+        if isinstance(exc, StoreError):
+            self.health.storage_error = str(exc)
         level = logging.ERROR if isinstance(exc, InboundMailError) else logging.CRITICAL
         log_event(
             _log,
             level,
             "imap.disconnected",
             account=self.account.name,
-            error=str(exc),
+            error=self.health.last_error,
             error_type=type(exc).__name__,
             retry_in=f"{delay:.1f}s",
             **(
@@ -188,6 +231,8 @@ class AccountWorker:
                     should_stop=self.stop.is_set,
                     fetch_failures=self.fetch_failures,
                     on_parsed=self.health.tick,  # progress is per email, not per batch
+                    verifier=self.verifier,
+                    ack_retries=self.ack_retries,
                 )
                 self.health.connected = True
                 self._set_state("connected")
@@ -207,11 +252,18 @@ class AccountWorker:
             )
         self._sync_all(syncer)
         self._attempt = 0  # connected and caught up: the next failure starts backoff afresh
+        confirm = False
         while not self.stop.is_set():
             if use_idle:
-                reason = self._idle(client)
+                reason = self._idle(client, confirm=confirm)
+                confirm = reason == "news"  # mail may come during the pass's tail
                 if reason == "news":
                     self._sync(syncer, self.account.folders[0])
+                    continue
+                if reason == "confirm":
+                    continue  # nothing came before IDLE started: IDLE again
+                if reason == "acks":
+                    self._sync_all(syncer, clear_request=False)
                     continue
             else:
                 self._set_state("polling")
@@ -220,58 +272,90 @@ class AccountWorker:
             if not self.stop.is_set():
                 self._sync_all(syncer)
 
-    def _sync_all(self, syncer: FolderSync) -> None:
-        self.sync_requested.clear()
+    def _sync_all(self, syncer: FolderSync, *, clear_request: bool = True) -> None:
+        if clear_request:
+            self.sync_requested.clear()
         # The IDLE folder goes last, so it is the one left selected.
         for folder in reversed(self.account.folders):
             self._sync(syncer, folder)
 
     def _sync(self, syncer: FolderSync, folder: str) -> None:
-        syncer.sync(folder)
-        self.health.last_sync_at = time.time()
-        self.health.tick()
+        """Pass over ``folder`` until no mail arrived during the last pass."""
+        while True:
+            result = syncer.sync(folder)
+            # A whole pass stored: what a storage failure left unstored (still beyond the
+            # checkpoint, still unacknowledged) has been stored by now.
+            self.health.storage_error = None
+            self.health.last_sync_at = time.time()
+            self._show_acks()
+            self.health.tick()
+            if not result.arrived or self.stop.is_set():
+                return
 
-    def _idle(self, client: IMAPClient) -> str:
-        """IDLE until news, a refresh, a resync request, silence past the deadline, or stop."""
+    def _show_acks(self) -> None:
+        """Copy the refused acknowledgements into the health that status and metrics read."""
+        failing = self.ack_retries.failing
+        self.health.ack_failures = self.ack_retries.failures_total
+        self.health.acks_owed = sum(failure.owed for failure in failing)
+        self.health.ack_error = (
+            "; ".join(
+                f"{failure.folder}: {failure.action} refused ({failure.answer})"
+                for failure in failing
+            )
+            or None
+        )
+
+    def _idle(self, client: IMAPClient, *, confirm: bool = False) -> str:
+        """IDLE until news, a refresh, a resync request, silence past the deadline, or stop;
+        with ``confirm``, end it :data:`CONFIRM_AFTER` seconds in, to hear of mail that
+        came just before IDLE started."""
         self._set_state("idle")
+        if _news(client.noop()[1]):  # mail since the last command: IDLE would not tell
+            return "news"
         client.idle()
         started = heard = time.monotonic()
+        confirm_at = started + CONFIRM_AFTER if confirm else None
         reason = "stop"
         while not self.stop.is_set():
             now = time.monotonic()
-            if self.sync_requested.is_set():
+            if confirm_at is not None and now >= confirm_at:
+                reason = "confirm"
+            elif self.sync_requested.is_set():
                 reason = "resync"
+            elif self.ack_retries.any_due():
+                reason = "acks"  # a refused `after` is due for another try
             elif now - started >= self.account.idle_refresh:
                 reason = "refresh"
                 self.health.idle_refreshes += 1
             elif now - heard >= self.account.idle_deadline:
                 reason = "probe"  # DONE below must be answered, or the connection is dead
             else:
-                reason = self._idle_wait(client)
+                wait = 1.0 if confirm_at is None else max(0.01, min(1.0, confirm_at - now))
+                reason = self._idle_wait(client, wait)
                 if reason == "heard":
                     heard = time.monotonic()
                 if reason in ("heard", "quiet"):
                     continue
             break
-        client.idle_done()
+        _text, responses = client.idle_done()
+        if reason != "stop" and _news(responses):
+            return "news"  # DONE is answered with what changed, IDLE's blind spot included
         return reason
 
-    def _idle_wait(self, client: IMAPClient) -> str:
+    def _idle_wait(self, client: IMAPClient, timeout: float) -> str:
         fault_stall("stall-idle")
         waited_from = time.monotonic()
-        responses = client.idle_check(timeout=1.0)
+        responses = client.idle_check(timeout=timeout)
         self.health.tick()
         if not responses:
             # A readable socket with nothing parsed is EOF: probe at once.
-            return "quiet" if time.monotonic() - waited_from >= 0.5 else "probe"
+            return "quiet" if time.monotonic() - waited_from >= timeout / 2 else "probe"
         for response in responses:
             if len(response) >= 2 and response[0] == b"BYE":
                 raise ImapConnectionError(
                     f"server said BYE: {response[1]!r}", account=self.account.name
                 )
-        if any(len(r) >= 2 and r[1] in (b"EXISTS", b"RECENT") for r in responses):
-            return "news"
-        return "heard"
+        return "news" if _news(responses) else "heard"
 
     def _batch_stored(self, folder: str, result: IngestResult) -> None:
         self.health.tick()  # a long catch-up pass is progress too, for the watchdog
@@ -308,6 +392,11 @@ class AccountWorker:
             log_event(_log, logging.INFO, "imap.state", account=self.account.name, state=state)
         self.health.state = state
         self.health.tick()
+
+
+def _news(responses: list[Any]) -> bool:
+    """Any ``* N EXISTS`` or ``* N RECENT`` among parsed untagged responses."""
+    return any(len(r) >= 2 and r[1] in (b"EXISTS", b"RECENT") for r in responses)
 
 
 def _logout(client: IMAPClient) -> None:

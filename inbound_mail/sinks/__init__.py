@@ -10,21 +10,21 @@ too, so a third-party sink is one ``pip install`` away::
 The entry point names a class (or any callable) with a ``from_config`` classmethod
 that takes a :class:`~inbound_mail.config.SinkConfig` and returns a :class:`Sink`.
 :class:`SinkOptions` reads and checks ``SinkConfig.options`` for it, and
-:func:`record_json` and :func:`redact_url` are the helpers the built-ins share.
+:func:`record_json` and :func:`redact_url` (defined in :mod:`inbound_mail.secrets`,
+with :func:`url_secrets`) are the helpers the built-ins share.
 """
 
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Iterable, Mapping
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
-from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
-from ..config import parse_duration
+from ..config import DURATION_EXPECTED, format_duration, parse_duration
 from ..errors import ConfigError
+from ..secrets import REDACTED, read_secret, redact_url, url_secrets
 
 if TYPE_CHECKING:
     from ..config import SinkConfig
@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ENTRY_POINT_GROUP",
+    "REDACTED",
     "DeliveryContext",
     "Sink",
     "SinkFactory",
@@ -168,18 +169,34 @@ class SinkOptions:
             raise self.error(name, f"expected one of {', '.join(map(repr, allowed))}")
         return value
 
-    def duration(self, name: str, default: float, *, positive: bool = True) -> float:
-        """Seconds, from a number or a string like ``"30s"``."""
+    def duration(
+        self, name: str, default: float, *, positive: bool = True, high: float = 3600.0
+    ) -> float:
+        """Seconds, from a number or a string like ``"30s"``, at most ``high`` (every
+        number in the config has a range; the default suits timeouts)."""
         value = self._value(name)
         if value is None:
             return default
         try:
             seconds = parse_duration(value)
         except ValueError as exc:
-            raise self.error(name, f"expected {exc}") from None
-        if positive and seconds <= 0:
-            raise self.error(name, "expected a duration greater than zero")
+            detail = f" ({exc})" if str(exc) else ""
+            raise self.error(name, f"expected {DURATION_EXPECTED}, got {value!r}{detail}") from None
+        if (positive and seconds <= 0) or seconds > high:
+            low = "greater than zero" if positive else "from 0s"
+            raise self.error(name, f"expected a duration {low} and at most {format_duration(high)}")
         return seconds
+
+    def integer(self, name: str, default: int, *, minimum: int, maximum: int) -> int:
+        """A whole number in ``[minimum, maximum]``."""
+        value = self._value(name)
+        if value is None:
+            return default
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.error(name, f"expected a whole number from {minimum} to {maximum}")
+        if not minimum <= value <= maximum:
+            raise self.error(name, f"expected a whole number from {minimum} to {maximum}")
+        return value
 
     def str_table(self, name: str) -> dict[str, str]:
         """A table whose values are all strings (e.g. headers, environment)."""
@@ -210,6 +227,29 @@ class SinkOptions:
             return Path(self.config.file).parent / path
         return path
 
+    def secret(self, what: str, *, inline: bool = False) -> str | None:
+        """A secret from ``<what>_file`` (0600), ``<what>_env`` or ``<what>_credential``
+        (a systemd credential), or with ``inline`` from ``<what>`` itself; None when
+        none is set.  At most one of them may be set."""
+        value = self.optional_str(what) if inline else None
+        file_key, env_key, credential_key = f"{what}_file", f"{what}_env", f"{what}_credential"
+        file = self.path(file_key) if self.optional_str(file_key) is not None else None
+        env = self.optional_str(env_key)
+        credential = self.optional_str(credential_key)
+        given = [
+            key
+            for key, v in ((what, value), (file_key, file), (env_key, env),
+                           (credential_key, credential))
+            if v is not None
+        ]  # fmt: skip
+        if len(given) > 1:
+            raise self.error(given[1], f"set only one of {', '.join(given)}")
+        if value is not None or not given:
+            return value
+        return read_secret(
+            f"sink {self.config.name!r}", what, file=file, env=env, credential=credential
+        )
+
     def finish(self) -> None:
         """Reject every option no getter asked for."""
         for name in self.config.options:
@@ -232,60 +272,3 @@ def record_json(record: SmsRecord) -> str:
     except UnicodeEncodeError:
         return json.dumps(record.to_dict(), ensure_ascii=True)
     return text
-
-
-# Query parameters whose values are credentials more often than not.  A
-# substring match on purpose: "api_key", "access_token", "X-Amz-Signature"...
-_SECRET_PARAM = re.compile(r"token|key|secret|pass|pwd|sig|auth|cred|session|hash", re.IGNORECASE)
-# Opaque path segments of webhook URLs (Slack, Discord, ...) are bearer tokens.
-_SECRET_SEGMENT = re.compile(
-    r"^(?=[A-Za-z0-9_-]*[A-Za-z])(?=[A-Za-z0-9_-]*[0-9])[A-Za-z0-9_-]{16,}$"
-)
-REDACTED = "***"
-
-
-def redact_url(url: str) -> str:
-    """``url`` safe for logs and stored errors: credentials replaced with ``***``.
-
-    Redacted: the userinfo (``user:pass@``), the values of query parameters
-    whose names look like credentials (token, key, secret, password, sig, auth,
-    ...), opaque path segments of 16+ letters and digits (the shape of the
-    tokens that Slack- or Discord-style webhook URLs carry in their path) and
-    the fragment, which is never sent anyway.
-    """
-    try:
-        parts = urlsplit(url)
-        host = parts.hostname or ""
-        port = f":{parts.port}" if parts.port is not None else ""
-    except ValueError:
-        return REDACTED  # unparseable: it cannot be shown safely
-    if ":" in host:
-        host = f"[{host}]"
-    netloc = f"{REDACTED}@{host}{port}" if "@" in parts.netloc else parts.netloc
-    path = "/".join(
-        REDACTED if _SECRET_SEGMENT.match(segment) else segment for segment in parts.path.split("/")
-    )
-    query = parts.query
-    if query:
-        pairs = parse_qsl(query, keep_blank_values=True)
-        query = urlencode(
-            [(k, REDACTED if _SECRET_PARAM.search(k) else v) for k, v in pairs],
-            safe="*",
-            quote_via=quote,
-        )
-    fragment = REDACTED if parts.fragment else ""
-    return urlunsplit((parts.scheme, netloc, path, query, fragment))
-
-
-def url_secrets(url: str) -> set[str]:
-    """The parts of ``url`` that :func:`redact_url` hides, to scrub them from other text."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return {url}
-    found = {parts.username or "", parts.password or "", parts.fragment}
-    pairs = parse_qsl(parts.query, keep_blank_values=True)
-    found.update(v for k, v in pairs if _SECRET_PARAM.search(k))
-    found.update(s for s in parts.path.split("/") if _SECRET_SEGMENT.match(s))
-    found.discard("")
-    return found

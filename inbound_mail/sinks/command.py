@@ -2,22 +2,34 @@
 
 The program gets the record as one line of JSON on stdin and its fields in
 ``INBOUND_SMS_ID``, ``INBOUND_SMS_ORIGINATOR``, ``INBOUND_SMS_DESTINATION``,
-``INBOUND_SMS_DATE_TIME``, ``INBOUND_SMS_TEXT``, ``INBOUND_SMS_RECEIVED_AT`` and
-``INBOUND_SMS_KEYWORD`` (empty when there is none).  Its exit status decides:
+``INBOUND_SMS_DATE_TIME``, ``INBOUND_SMS_TEXT``, ``INBOUND_SMS_RECEIVED_AT``,
+``INBOUND_SMS_KEYWORD`` (empty when there is none), ``INBOUND_SMS_AUTHENTICATED``
+(``true``, ``false``, or empty when not checked) and ``INBOUND_SMS_AUTH_REASON``.
+Each variable holds at most ``ENV_VALUE_LIMIT`` (4 KiB) of UTF-8, cut at a character boundary, and
+``INBOUND_SMS_TRUNCATED`` is ``1`` when one was cut (else ``0``): Linux refuses
+an environment string over 128 KiB (``E2BIG``), and one long text must not make
+every attempt fail.  The whole record is always on stdin.  Its exit status decides:
 0 is delivered, 75 (``EX_TEMPFAIL``) is retried later, anything else (a
-signal included) makes the delivery dead.  The last 2 KB of stderr go into
+signal included) makes the delivery dead.  A program that cannot be started
+(missing, not executable, ``E2BIG``) makes the delivery dead too: retrying
+the same row cannot help, and with ``parallel = 1`` it would hold up every
+later row; ``check`` reports such a program.  The last 2 KB of stderr go into
 the attempt's error.  After ``timeout`` the program's whole process group gets
 SIGTERM, then SIGKILL a second later, and the attempt is retried.
 
 ``argv`` is executed as given: ``;``, ``|`` or ``$x`` are literal arguments.
-The environment is NOT the daemon's (it may hold credentials such as an IMAP
-password variable): only ``PATH``, ``HOME``, ``LANG``, ``LC_*``, ``TZ``,
-``TMPDIR``, ``USER`` and ``LOGNAME`` pass through, plus the ``env`` table.
+The environment is not the daemon's: only ``PATH``, ``HOME``, ``LANG``,
+``LC_*``, ``TZ``, ``TMPDIR``, ``USER`` and ``LOGNAME`` pass through, plus the
+``env`` table.  This keeps a password variable out of the program's
+*environment*, but it is no isolation: the program runs as the daemon's user,
+which can read ``/proc/<daemon pid>/environ``.  Under systemd, give the IMAP
+password as ``password_credential`` rather than ``password_env``.
 A relative program path with a ``/`` is taken relative to the config file.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import subprocess
@@ -33,9 +45,10 @@ if TYPE_CHECKING:
     from ..models import SmsRecord
     from . import DeliveryContext
 
-__all__ = ["EX_TEMPFAIL", "CommandSink"]
+__all__ = ["ENV_VALUE_LIMIT", "EX_TEMPFAIL", "CommandSink"]
 
 EX_TEMPFAIL = 75
+ENV_VALUE_LIMIT = 4096  # bytes per INBOUND_SMS_* value: far below the kernel's 128 KiB
 STDERR_TAIL = 2048
 _TERM_GRACE = 1.0
 _PASSTHROUGH = ("PATH", "HOME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "USER", "LOGNAME")
@@ -47,7 +60,10 @@ _RECORD_ENV = {
     "INBOUND_SMS_TEXT": "text",
     "INBOUND_SMS_RECEIVED_AT": "received_at",
     "INBOUND_SMS_KEYWORD": "keyword",
+    "INBOUND_SMS_AUTH_REASON": "auth_reason",
 }
+# The authenticity verdict: "true", "false", or empty when it was not checked.
+_AUTHENTICATED_ENV = "INBOUND_SMS_AUTHENTICATED"
 
 
 class CommandSink:
@@ -83,7 +99,9 @@ class CommandSink:
                 )
         program = argv[0]
         if "/" in program and not os.path.isabs(program) and config.file:
-            argv[0] = str(Path(config.file).parent / program)
+            # Absolute: Path(".") / "./h.sh" is a bare "h.sh" (a config file named
+            # "inbound.toml" has the parent "."), which execvp looks up on PATH.
+            argv[0] = str(Path(config.file).parent.absolute() / program)
         return cls(config.name, argv, timeout=timeout, env=env)
 
     def __repr__(self) -> str:
@@ -102,8 +120,12 @@ class CommandSink:
                 start_new_session=True,  # its own process group, to kill it whole
                 close_fds=True,
             )
-        except OSError as exc:  # not found, not executable, out of processes
-            raise TemporaryDeliveryError(f"cannot run {self.argv[0]!r}: {exc}") from exc
+        except OSError as exc:
+            reason = exc.strerror or type(exc).__name__
+            if exc.errno in _CANNOT_START:  # the same row would fail the same way again
+                raise PermanentDeliveryError(f"cannot run {self.argv[0]!r}: {reason}") from exc
+            # Out of processes or memory (EAGAIN, ENOMEM): the machine, not the row.
+            raise TemporaryDeliveryError(f"cannot run {self.argv[0]!r}: {reason}") from exc
         try:
             _, stderr = proc.communicate(stdin, timeout=self.timeout)
         except subprocess.TimeoutExpired:
@@ -129,11 +151,26 @@ class CommandSink:
         }
         env.update(self.env)
         data = record.to_dict()
+        truncated = False
         for variable, field in _RECORD_ENV.items():
             value = data[field] or ""
             # NUL cannot be passed in the environment; lone surrogates cannot be encoded.
-            env[variable] = str(value).replace("\0", "").encode("utf-8", "replace")
+            encoded = str(value).replace("\0", "").encode("utf-8", "replace")
+            if len(encoded) > ENV_VALUE_LIMIT:
+                truncated = True
+                encoded = encoded[:ENV_VALUE_LIMIT].decode("utf-8", "ignore").encode("utf-8")
+            env[variable] = encoded
+        env["INBOUND_SMS_TRUNCATED"] = "1" if truncated else "0"
+        verdict = data["authenticated"]
+        env[_AUTHENTICATED_ENV] = "" if verdict is None else ("true" if verdict else "false")
         return env
+
+
+# Errors of execve() that retrying the same row cannot cure.
+_CANNOT_START = frozenset(
+    {errno.ENOENT, errno.EACCES, errno.E2BIG, errno.ENOEXEC, errno.ENOTDIR, errno.ELOOP,
+     errno.EISDIR, errno.EPERM, errno.ENAMETOOLONG}
+)  # fmt: skip
 
 
 def _judge(code: int, stderr: bytes) -> str:

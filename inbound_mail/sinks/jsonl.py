@@ -11,6 +11,9 @@ or logrotate's ``create 0640 ...`` can choose otherwise.
 For logrotate, :meth:`JsonlSink.reopen` (called by the daemon on SIGHUP)
 closes the file and opens ``path`` again, which picks up a renamed-away file's
 successor; ``copytruncate`` is not needed.
+
+A symlink at ``path`` is followed; a dangling one is a temporary failure
+("a symbolic link to a missing file"), retried with the sink's backoff.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ STDOUT = "-"
 STDOUT_FD = 1  # the descriptor, not sys.stdout: nothing else buffers these lines
 # fsync on a pipe, a tty or /dev/null fails with one of these: nothing to make durable.
 _NOT_SYNCABLE = frozenset({errno.EINVAL, errno.ENOTSUP, errno.EROFS})
+_OPEN_TRIES = 3  # open, else create: retried when another process races us
 
 
 class JsonlSink:
@@ -139,9 +143,13 @@ class JsonlSink:
 
 
 def _open_append(path: str) -> tuple[int, bool]:
-    """Open for appending; create with FILE_MODE if missing.  Returns (fd, created)."""
+    """Open for appending; create with FILE_MODE if missing.  Returns (fd, created).
+
+    A symlink to an existing file is followed.  A dangling one fails both opens
+    (missing, yet existing): an error, so the worker backs off instead of spinning.
+    """
     flags = os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC
-    while True:
+    for _ in range(_OPEN_TRIES):
         try:
             return os.open(path, flags), False
         except FileNotFoundError:
@@ -150,6 +158,13 @@ def _open_append(path: str) -> tuple[int, bool]:
             return os.open(path, flags | os.O_CREAT | os.O_EXCL, FILE_MODE), True
         except FileExistsError:
             continue  # another process created it between the two calls
+    if os.path.islink(path) and not os.path.exists(path):
+        raise OSError(
+            errno.ENOENT,
+            f"a symbolic link to a missing file ({os.readlink(path)}): "
+            "create its target or remove the link",
+        )
+    raise OSError(errno.EAGAIN, "created and removed over and over by another process")
 
 
 def _write_all(fd: int, data: bytes) -> None:

@@ -21,9 +21,14 @@ Webhooks signature headers.  Outcomes: 2xx is delivered; 3xx is permanent
 ``Retry-After``; any other 4xx is permanent.  Credentials in the URL and the
 values of ``headers`` and ``secret`` never appear in errors or log lines.
 
-httpx is used with one keep-alive ``Client`` per sink: it has a timeout per
-phase (connect, write, read, pool), follows no redirect unless asked, and its
-errors form one tree that maps cleanly onto temporary and permanent failures.
+``timeout`` is one wall-clock deadline for the whole attempt, from connect to
+the last byte read: a receiver that trickles its answer a byte at a time is
+cut at ``timeout`` like one that never answers (httpx's own timeouts are per
+read, so every read is given only what is left of the attempt's deadline).
+
+httpx is used with one keep-alive ``Client`` per sink: it follows no redirect
+unless asked, and its errors form one tree that maps cleanly onto temporary
+and permanent failures.
 """
 
 from __future__ import annotations
@@ -36,19 +41,20 @@ import re
 import ssl
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from datetime import UTC
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 from urllib.parse import urlencode, urlsplit
 
+import httpcore
 import httpx
 
 from .. import __version__
 from ..errors import PermanentDeliveryError, TemporaryDeliveryError
-from ..secrets import read_secret
-from . import REDACTED, SinkOptions, record_json, redact_url, url_secrets
+from ..secrets import read_secret, redact_url, scrub, url_secrets
+from . import SinkOptions, record_json
 
 if TYPE_CHECKING:
     from ..config import SinkConfig
@@ -89,6 +95,98 @@ _TIMEOUT_PHASE = {
 }
 
 
+class _Deadline(threading.local):
+    """The current attempt's deadline (``time.monotonic()``), per delivering thread."""
+
+    at: float | None = None
+
+    def left(self, timeout: float | None) -> float | None:
+        """What a read or write may still take: ``timeout`` cut to the time left."""
+        if self.at is None:
+            return timeout
+        left = self.at - time.monotonic()
+        return left if timeout is None else min(timeout, left)
+
+    def passed(self) -> bool:
+        return self.at is not None and time.monotonic() >= self.at
+
+
+_DEADLINE = _Deadline()
+
+
+class _DeadlineStream(httpcore.NetworkStream):
+    """A connection whose every read and write ends by the attempt's deadline."""
+
+    def __init__(self, stream: httpcore.NetworkStream) -> None:
+        self._stream = stream
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        left = _DEADLINE.left(timeout)
+        if left is not None and left <= 0:
+            raise httpcore.ReadTimeout("the attempt's deadline passed")
+        return self._stream.read(max_bytes, left)
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        left = _DEADLINE.left(timeout)
+        if left is not None and left <= 0:
+            raise httpcore.WriteTimeout("the attempt's deadline passed")
+        self._stream.write(buffer, left)
+
+    def close(self) -> None:
+        self._stream.close()
+
+    def start_tls(
+        self,
+        ssl_context: ssl.SSLContext,
+        server_hostname: str | None = None,
+        timeout: float | None = None,
+    ) -> httpcore.NetworkStream:
+        left = _DEADLINE.left(timeout)
+        if left is not None and left <= 0:
+            raise httpcore.ConnectTimeout("the attempt's deadline passed")
+        return _DeadlineStream(self._stream.start_tls(ssl_context, server_hostname, left))
+
+    def get_extra_info(self, info: str) -> object:
+        return self._stream.get_extra_info(info)
+
+
+class _DeadlineBackend(httpcore.SyncBackend):
+    """httpcore's own sockets, wrapped in :class:`_DeadlineStream`."""
+
+    def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
+    ) -> httpcore.NetworkStream:
+        left = _DEADLINE.left(timeout)
+        if left is not None and left <= 0:
+            raise httpcore.ConnectTimeout("the attempt's deadline passed")
+        stream = super().connect_tcp(host, port, left, local_address, socket_options)
+        return _DeadlineStream(stream)
+
+
+def _deadline_transport(verify: ssl.SSLContext | bool, limits: httpx.Limits) -> httpx.HTTPTransport:
+    transport = httpx.HTTPTransport(verify=verify, limits=limits, http1=True, http2=False)
+    # httpx has no public way to give its transport a network backend: replace
+    # the pool it built with the same one plus ours (httpcore's API is public).
+    transport._pool = httpcore.ConnectionPool(
+        ssl_context=verify if isinstance(verify, ssl.SSLContext) else httpx.create_ssl_context(),
+        max_connections=limits.max_connections,
+        max_keepalive_connections=limits.max_keepalive_connections,
+        keepalive_expiry=limits.keepalive_expiry,
+        http1=True,
+        http2=False,
+        network_backend=_DeadlineBackend(),
+    )
+    return transport
+
+
+_URL_IN_TEXT = re.compile(r"(?i)\bhttps?://[^\s'\"<>]+")
+
+
 class _ScrubSecrets(logging.Filter):
     """Keeps URLs and secrets out of httpx's and httpcore's own log lines.
 
@@ -110,12 +208,12 @@ class _ScrubSecrets(logging.Filter):
             record.args = tuple(
                 redact_url(str(a)) if isinstance(a, httpx.URL) else a for a in record.args
             )
-        secrets = self.secrets
-        if secrets:
-            message = record.getMessage()
-            scrubbed = _scrub(message, secrets)
-            if scrubbed != message:
-                record.msg, record.args = scrubbed, ()
+        message = record.getMessage()
+        # Any URL in the line (a Location header may carry a token we never saw).
+        scrubbed = _URL_IN_TEXT.sub(lambda m: redact_url(m.group()), message)
+        scrubbed = scrub(scrubbed, self.secrets)
+        if scrubbed != message:
+            record.msg, record.args = scrubbed, ()
         return True
 
 
@@ -159,15 +257,17 @@ class WebhookSink:
         self._success = success_body if success_body is not None else _default_success(format)
         self._secrets = _secret_strings(url, headers or {}, secret)
         _ScrubSecrets.register(self._secrets)
+        limits = httpx.Limits(max_connections=max_connections)
+        verify = _tls_context(ca_file) if ca_file is not None else True
         self._client = httpx.Client(
             headers={"User-Agent": f"inbound-mail/{__version__}", **(headers or {})},
             timeout=httpx.Timeout(timeout, connect=min(timeout, _CONNECT_TIMEOUT_CAP)),
-            limits=httpx.Limits(max_connections=max_connections),
+            limits=limits,
             follow_redirects=False,
-            verify=_tls_context(ca_file) if ca_file is not None else True,
+            verify=verify,
             http1=True,
             http2=False,
-            transport=transport,
+            transport=transport if transport is not None else _deadline_transport(verify, limits),
         )
 
     @classmethod
@@ -212,6 +312,7 @@ class WebhookSink:
         """POST the record; return ``HTTP <status>`` or raise a DeliveryError."""
         body, content_type = self._encode(record)
         headers = self._headers(record, body, content_type)
+        _DEADLINE.at = time.monotonic() + self.timeout
         try:
             with self._client.stream("POST", self.url, content=body, headers=headers) as response:
                 head = _read_head(response)
@@ -220,6 +321,8 @@ class WebhookSink:
             raise TemporaryDeliveryError(f"timed out {phase} (timeout {self.timeout:g}s)") from exc
         except httpx.HTTPError as exc:  # connection refused/reset, TLS, protocol errors
             raise TemporaryDeliveryError(self._scrub(_describe(exc))) from exc
+        finally:
+            _DEADLINE.at = None
         return self._judge(response, head)
 
     def flush(self) -> None:
@@ -269,11 +372,11 @@ class WebhookSink:
 
     def _excerpt(self, body: bytes) -> str:
         text = " ".join(body[: _EXCERPT * 4].decode("utf-8", "replace").split())
-        text = self._scrub(text)
+        text = _URL_IN_TEXT.sub(lambda m: redact_url(m.group()), self._scrub(text))
         return text[:_EXCERPT] + ("..." if len(text) > _EXCERPT else "") if text else "(empty body)"
 
     def _scrub(self, text: str) -> str:
-        return _scrub(text, self._secrets)
+        return scrub(text, self._secrets)
 
 
 def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
@@ -294,16 +397,13 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
     return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
-def _scrub(text: str, secrets: Sequence[str]) -> str:
-    for secret in secrets:
-        text = text.replace(secret, REDACTED)
-    return text
-
-
 def _read_head(response: httpx.Response) -> bytes:
     chunks: list[bytes] = []
     size = 0
     for chunk in response.iter_bytes():
+        if _DEADLINE.passed():
+            # Our network backend already ends reads there; an injected transport may not.
+            raise httpx.ReadTimeout("the attempt's deadline passed")
         chunks.append(chunk)
         size += len(chunk)
         if size >= _BODY_LIMIT:

@@ -10,7 +10,14 @@ The kind of a path is decided by content, never by extension:
 - a file that starts with an RFC 5322 header block naming at least one
   usual header (``From``, ``Subject``, ``Received``, ...) is one message;
 - anything else (a ``.json`` or ``README.md`` beside ``.eml`` files) is not
-  mail: it yields nothing and is reported through ``on_skip``.
+  mail: it yields nothing and is reported through ``on_skip``, and so is a
+  FIFO, socket or device found in a folder.
+
+A path that cannot be read (a folder that cannot be listed, a file that cannot
+be opened or fails mid-read, a symbolic link that loops or dangles, a FIFO
+named on the command line) is reported through ``on_error`` with the reason,
+and everything else is still read: one bad path never costs the rest of the
+export.  Without ``on_error`` it raises :class:`SourceError` instead.
 
 An mbox is split line by line on ``From `` lines that open the file or follow
 a blank line, one message in memory at a time, so a 100k-message export reads
@@ -21,9 +28,12 @@ that separates messages is not part of them.  CRLF files keep their CRLFs.
 
 from __future__ import annotations
 
+import errno
+import io
 import logging
 import os
 import re
+import stat
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO, Literal
@@ -31,12 +41,14 @@ from typing import BinaryIO, Literal
 from ..errors import SourceError
 from ..models import EmailOrigin
 
-__all__ = ["SkipCallback", "count_emails", "iter_emails"]
+__all__ = ["ErrorCallback", "SkipCallback", "count_emails", "first_of_mbox", "iter_emails"]
 
 _log = logging.getLogger(__name__)
 
 #: Called with a path that holds no mail and the reason, e.g. ``"not an email"``.
 SkipCallback = Callable[[Path, str], None]
+#: Called with a path that cannot be read and the reason, e.g. ``"Permission denied"``.
+ErrorCallback = Callable[[Path, str], None]
 
 _HEAD = 64 * 1024  # enough for any real header block
 _BUFFER = 256 * 1024
@@ -52,50 +64,63 @@ _Unit = tuple[Literal["maildir", "file"], Path]
 
 
 def iter_emails(
-    paths: Iterable[str | Path], *, on_skip: SkipCallback | None = None
+    paths: Iterable[str | Path],
+    *,
+    on_skip: SkipCallback | None = None,
+    on_error: ErrorCallback | None = None,
 ) -> Iterator[tuple[bytes, EmailOrigin]]:
     """Every email under ``paths`` with its origin, in a deterministic order.
 
     Origins carry the absolute path; ``key`` is the message's 0-based index for
     an mbox, the unique name (without ``:2,flags``) for a Maildir, None for a
-    single message.  Raises :class:`SourceError` naming a path that cannot be
-    read.  Files that are not mail go to ``on_skip`` (default: logged).
+    single message.  Files that are not mail go to ``on_skip`` (default:
+    logged).  A path that cannot be read goes to ``on_error`` and the rest is
+    read; without ``on_error``, :class:`SourceError` names it.  A given path
+    that does not exist always raises, before anything is read.
     """
     skip = on_skip or _log_skip
-    for kind, path in _units(paths):
+    error = on_error or _raise
+    for kind, path in _units(paths, error):
         if kind == "maildir":
-            yield from _read_maildir(path, skip)
+            yield from _read_maildir(path, skip, error)
         else:
-            yield from _read_file(path, skip)
+            yield from _read_file(path, skip, error)
 
 
 def count_emails(paths: Iterable[str | Path]) -> int | None:
     """How many emails :func:`iter_emails` will yield, for a progress bar.
 
-    Reads every mbox once at disk speed; returns None when a path cannot be
-    read (``iter_emails`` then raises the error with details).
+    Reads every mbox once at disk speed; what cannot be read counts for
+    nothing (``iter_emails`` reports it).  None when a given path does not exist.
     """
     total = 0
+
+    def ignore(path: Path, reason: str) -> None:
+        pass
+
     try:
-        for kind, path in _units(paths):
+        for kind, path in _units(paths, ignore):
             if kind == "maildir":
-                total += sum(1 for _ in _maildir_entries(path))
+                total += sum(1 for _ in _maildir_entries(path, ignore))
                 continue
-            with path.open("rb") as handle:
-                head = handle.read(_HEAD)
-                kind_of_file = _classify(head)
-                if kind_of_file == "mbox":
-                    handle.seek(0)
-                    total += _count_mbox(handle)
-                elif kind_of_file == "eml":
-                    total += 1
-    except (OSError, SourceError):
+            try:
+                with _open_regular(path) as handle:
+                    head = handle.read(_HEAD)
+                    kind_of_file = _classify(head)
+                    if kind_of_file == "mbox":
+                        handle.seek(0)
+                        total += _count_mbox(handle)
+                    elif kind_of_file == "eml":
+                        total += 1
+            except OSError:
+                continue
+    except SourceError:
         return None
     return total
 
 
 # -- walking ----------------------------------------------------------------------
-def _units(paths: Iterable[str | Path]) -> Iterator[_Unit]:
+def _units(paths: Iterable[str | Path], error: ErrorCallback) -> Iterator[_Unit]:
     """Maildirs and files to read, in order; every given path is checked first,
     so that a typo fails before anything is read."""
     given = [Path(os.path.abspath(path)) for path in paths]
@@ -103,54 +128,108 @@ def _units(paths: Iterable[str | Path]) -> Iterator[_Unit]:
         if not os.path.lexists(path):
             raise SourceError(f"{path}: no such file or directory")
     for path in given:
-        if path.is_dir():
-            yield from _walk(path)
+        if os.path.isdir(path):  # False, not an error, for a link that loops or dangles
+            yield from _walk(path, error)
         else:
-            yield "file", path
+            yield "file", path  # a link that loops or dangles is reported when opened
 
 
-def _walk(directory: Path) -> Iterator[_Unit]:
+def _walk(directory: Path, error: ErrorCallback) -> Iterator[_Unit]:
     if _is_maildir(directory):
         yield "maildir", directory
         return
-    for entry in _scandir(directory):
+    for entry in _scandir(directory, error):
         if entry.name.startswith("."):
             continue
         child = directory / entry.name
-        if entry.is_dir(follow_symlinks=False):
-            yield from _walk(child)
-        elif entry.is_file():
-            yield "file", child
+        try:
+            is_folder = entry.is_dir(follow_symlinks=False)
+            mode = os.stat(child).st_mode  # through a link: one that loops or dangles fails
+        except OSError as exc:
+            error(child, _reason(exc))
+            continue
+        if is_folder:
+            yield from _walk(child, error)
+        elif not stat.S_ISDIR(mode):  # a link to a folder is not followed: it could loop
+            yield "file", child  # a FIFO, socket or device is reported as not mail
 
 
-def _scandir(directory: Path) -> list[os.DirEntry[str]]:
+def _scandir(directory: Path, error: ErrorCallback) -> list[os.DirEntry[str]]:
+    """The folder's entries by name; [] (reported) when it cannot be listed."""
     try:
         with os.scandir(directory) as entries:
             return sorted(entries, key=lambda entry: entry.name)
     except OSError as exc:
-        raise SourceError(f"{directory}: cannot list the directory: {exc.strerror}") from exc
+        error(directory, f"cannot list the folder: {_reason(exc)}")
+        return []
+
+
+def _reason(exc: OSError) -> str:
+    return exc.strerror or str(exc) or type(exc).__name__
+
+
+def _raise(path: Path, reason: str) -> None:
+    raise SourceError(f"cannot read {path}: {reason}")
+
+
+def _open_regular(path: Path) -> BinaryIO:
+    """Open a regular file for reading; OSError for anything else: a FIFO would block
+    the import for ever, a device would never end."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file")
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb", buffering=_BUFFER)
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def _is_maildir(directory: Path) -> bool:
-    return (directory / "cur").is_dir() and (directory / "new").is_dir()
+    try:
+        return (directory / "cur").is_dir() and (directory / "new").is_dir()
+    except OSError:
+        return False  # a folder that cannot be searched: listing it reports why
 
 
 # -- single files and mboxes ----------------------------------------------------------
-def _read_file(path: Path, skip: SkipCallback) -> Iterator[tuple[bytes, EmailOrigin]]:
+def _read_file(
+    path: Path, skip: SkipCallback, error: ErrorCallback
+) -> Iterator[tuple[bytes, EmailOrigin]]:
     try:
-        with path.open("rb", buffering=_BUFFER) as handle:
+        handle = _open_regular(path)
+    except OSError as exc:
+        if exc.errno == errno.EINVAL and os.path.exists(path):
+            skip(path, "not a regular file")  # a FIFO, socket or device
+        else:
+            error(path, _reason(exc))
+        return
+    with handle:
+        # The emails before a read error are yielded (and stored); the rest is reported.
+        try:
             head = handle.read(_HEAD)
             kind = _classify(head)
             if kind == "eml":
-                yield head + handle.read(), EmailOrigin("eml", path=str(path))
+                raw = head + handle.read()
+                yield raw, EmailOrigin("eml", path=str(path))
             elif kind == "mbox":
                 handle.seek(0)
                 for index, raw in enumerate(_split_mbox(handle)):
                     yield raw, EmailOrigin("mbox", path=str(path), key=str(index))
             else:
                 skip(path, "empty file" if not head else "not an email")
-    except OSError as exc:
-        raise SourceError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+        except OSError as exc:
+            error(path, _reason(exc))
+
+
+def first_of_mbox(data: bytes) -> tuple[bytes, int] | None:
+    """``(first email, number of emails)`` when ``data`` is an mbox, else None."""
+    if _classify(data[:_HEAD]) != "mbox":
+        return None
+    messages = _split_mbox(io.BytesIO(data))
+    first = next(messages, b"")
+    return first, 1 + sum(1 for _ in messages)
 
 
 def _classify(head: bytes) -> Literal["mbox", "eml"] | None:
@@ -219,8 +298,10 @@ def _count_mbox(handle: BinaryIO) -> int:
 
 
 # -- Maildirs -------------------------------------------------------------------------
-def _read_maildir(path: Path, skip: SkipCallback) -> Iterator[tuple[bytes, EmailOrigin]]:
-    for folder, key, file in _maildir_entries(path):
+def _read_maildir(
+    path: Path, skip: SkipCallback, error: ErrorCallback
+) -> Iterator[tuple[bytes, EmailOrigin]]:
+    for folder, key, file in _maildir_entries(path, error):
         try:
             raw = file.read_bytes()
         except FileNotFoundError:
@@ -228,29 +309,30 @@ def _read_maildir(path: Path, skip: SkipCallback) -> Iterator[tuple[bytes, Email
             skip(file, "vanished while reading")
             continue
         except OSError as exc:
-            raise SourceError(f"{file}: cannot read: {exc.strerror}") from exc
+            error(file, _reason(exc))
+            continue
         yield raw, EmailOrigin("maildir", path=str(folder), key=key)
 
 
-def _maildir_entries(path: Path) -> Iterator[tuple[Path, str, Path]]:
+def _maildir_entries(path: Path, error: ErrorCallback) -> Iterator[tuple[Path, str, Path]]:
     """(folder, key, file) of the Maildir's messages by key, then of its Maildir++
     sub-folders' (``.Name/``)."""
     found: list[tuple[str, Path]] = []
     for sub in ("new", "cur"):
-        for entry in _scandir(path / sub):
+        for entry in _scandir(path / sub, error):
             if not entry.name.startswith(".") and entry.is_file():
                 # The part before ":2,FLAGS" is stable when a reader marks the message seen.
                 found.append((entry.name.split(":", 1)[0], path / sub / entry.name))
     for key, file in sorted(found):
         yield path, key, file
-    for entry in _scandir(path):
+    for entry in _scandir(path, error):
         child = path / entry.name
         if (
             entry.name.startswith(".")
             and entry.is_dir(follow_symlinks=False)
             and _is_maildir(child)
         ):
-            yield from _maildir_entries(child)
+            yield from _maildir_entries(child, error)
 
 
 def _log_skip(path: Path, reason: str) -> None:

@@ -1,22 +1,54 @@
-"""One user of a shared test Dovecot, so that tests share a server yet stay isolated."""
+"""One user of a shared test server (Dovecot or Cyrus), so that tests share a server yet
+stay isolated."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from ..config import AccountConfig, TlsMode
-    from .dovecot import DovecotServer
 
-__all__ = ["Mailbox"]
+__all__ = ["MailServer", "Mailbox"]
+
+
+class MailServer(Protocol):
+    """What the test servers (``DovecotServer``, ``CyrusServer``) share: a test written
+    against it runs on either.  Folder arguments are the server's own names
+    (see :meth:`folder`)."""
+
+    host: str
+
+    @property
+    def imap_port(self) -> int: ...
+    @property
+    def imaps_port(self) -> int: ...
+    def folder(self, name: str) -> str:
+        """The server's name of folder ``name``: ``Processed`` may be ``INBOX.Processed``."""
+        ...
+
+    def new_mailbox(self, prefix: str = "user") -> Mailbox: ...
+    def start(self) -> None: ...
+    def password(self, user: str) -> str: ...
+    def account(
+        self, user: str = "sms", *, tls: TlsMode = "implicit", **overrides: Any
+    ) -> AccountConfig: ...
+    def append(self, user: str, folder: str, raw: bytes, flags: Iterable[str] = ()) -> int: ...
+    def deliver_files(self, user: str, folder: str, raws: Iterable[bytes]) -> None: ...
+    def create_folder(self, user: str, folder: str) -> None: ...
+    def list_folders(self, user: str) -> list[str]: ...
+    def folder_uids(self, user: str, folder: str = "INBOX") -> list[int]: ...
+    def flags(self, user: str, folder: str = "INBOX") -> dict[int, frozenset[str]]: ...
+    def message_count(self, user: str, folder: str = "INBOX") -> int: ...
+    def set_uidvalidity(self, user: str, folder: str, value: int) -> int: ...
+    def kick(self, user: str) -> None: ...
 
 
 class Mailbox:
-    """The :class:`~inbound_mail.testing.dovecot.DovecotServer` helpers with the user filled
-    in; folders default to INBOX.  Made by ``DovecotServer.new_mailbox()``."""
+    """The :class:`MailServer` helpers with the user filled in; folders default to INBOX.
+    Made by ``DovecotServer.new_mailbox()`` or ``CyrusServer.new_mailbox()``."""
 
-    def __init__(self, server: DovecotServer, user: str) -> None:
+    def __init__(self, server: MailServer, user: str) -> None:
         self.server = server
         self.user = user
 
@@ -34,6 +66,14 @@ class Mailbox:
     def deliver_files(self, raws: Iterable[bytes], folder: str = "INBOX") -> None:
         self.server.deliver_files(self.user, folder, raws)
 
+    def folder(self, name: str) -> str:
+        """The server's name of folder ``name`` (``INBOX.Processed`` on Debian's Cyrus)."""
+        return self.server.folder(name)
+
+    def folders(self) -> list[str]:
+        """Every folder of this user, by the server's names."""
+        return self.server.list_folders(self.user)
+
     def create_folder(self, folder: str) -> None:
         self.server.create_folder(self.user, folder)
 
@@ -46,8 +86,10 @@ class Mailbox:
     def message_count(self, folder: str = "INBOX") -> int:
         return self.server.message_count(self.user, folder)
 
-    def set_uidvalidity(self, value: int, folder: str = "INBOX") -> None:
-        self.server.set_uidvalidity(self.user, folder, value)
+    def set_uidvalidity(self, value: int, folder: str = "INBOX") -> int:
+        """Give ``folder`` a new UIDVALIDITY and return it: ``value`` where the server can
+        be told one (Dovecot), another new one where it cannot (Cyrus)."""
+        return self.server.set_uidvalidity(self.user, folder, value)
 
     def kick(self) -> None:
         self.server.kick(self.user)

@@ -5,7 +5,8 @@ first (:meth:`WebhookReceiver.script`, :meth:`WebhookReceiver.fail`), then the
 default answer (``200 +OK``, the provider's contract).  An answer can be any
 status, body and headers (``Retry-After``, ``Location``), come after a delay,
 or not come at all (``action="close"``: the connection is dropped after the
-request was read).  :meth:`WebhookReceiver.down` closes the port and every open
+request was read), or trickle in one byte at a time (``action="trickle"``).
+:meth:`WebhookReceiver.down` closes the port and every open
 connection (a client then sees "connection refused"); :meth:`WebhookReceiver.up`
 listens on the same port again::
 
@@ -42,7 +43,8 @@ class Answer:
     body: bytes | str = b"+OK"
     headers: tuple[tuple[str, str], ...] = ()
     delay: float = 0.0  # seconds before answering (or closing)
-    action: Literal["respond", "close"] = "respond"
+    action: Literal["respond", "close", "trickle"] = "respond"
+    trickle: float = 1.0  # "trickle": the answer goes out one byte every this many seconds
 
     def encoded_body(self) -> bytes:
         return self.body.encode("utf-8") if isinstance(self.body, str) else self.body
@@ -124,6 +126,9 @@ class _Handler(BaseHTTPRequestHandler):
             self.connection.shutdown(socket.SHUT_RDWR)
             return
         payload = answer.encoded_body()
+        if answer.action == "trickle":
+            self._trickle(answer, payload)
+            return
         self.send_response(answer.status)
         for name, value in answer.headers:
             self.send_header(name, value)
@@ -131,6 +136,22 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(payload)))
         self.end_headers()
         self.wfile.write(payload)
+
+    def _trickle(self, answer: Answer, payload: bytes) -> None:
+        """The whole answer, status line first, one byte at a time, until the client leaves."""
+        head = [f"HTTP/1.1 {answer.status} OK"]
+        head += [f"{name}: {value}" for name, value in answer.headers]
+        head.append(f"Content-Length: {len(payload)}")
+        data = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + payload
+        self.close_connection = True
+        stop = self.server.receiver._stopped
+        for i in range(len(data)):
+            try:
+                self.connection.sendall(data[i : i + 1])
+            except OSError:
+                return  # the client gave up: what a deadline is for
+            if stop.wait(answer.trickle):
+                return
 
     def log_message(self, format: str, *args: Any) -> None:
         """Quiet: tests read ``requests`` instead."""
@@ -152,6 +173,7 @@ class WebhookReceiver:
         self._requests: list[ReceivedRequest] = []
         self._connections: dict[socket.socket, int] = {}
         self._count = 0
+        self._stopped = threading.Event()  # ends trickling answers at down()
         self._ssl = ssl_context
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
@@ -180,6 +202,7 @@ class WebhookReceiver:
         """Listen (again, on the same port once one was chosen)."""
         if self._server is not None:
             return
+        self._stopped.clear()
         server = _Server(("127.0.0.1", self.port), _Handler)
         if self._ssl is not None:
             server.socket = self._ssl.wrap_socket(server.socket, server_side=True)
@@ -196,6 +219,7 @@ class WebhookReceiver:
         server, self._server = self._server, None
         if server is None:
             return
+        self._stopped.set()
         server.shutdown()
         server.server_close()
         with self._lock:

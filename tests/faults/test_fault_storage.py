@@ -10,9 +10,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner, Result
 from harness import FaultRun
 
+from inbound_mail.cli import cli
 from inbound_mail.testing.emails import build_provider_email
+from inbound_mail.testing.wait import wait_until
 
 from helpers import count, rows
 
@@ -84,6 +87,32 @@ def test_database_disk_full_keeps_mail_unseen_and_recovers(
     filler.unlink()
     fault_run.finish()
     assert count(fault_run.db) == 7
+
+
+def test_status_is_critical_with_the_cause_as_soon_as_the_disk_is_full(
+    fault_run: FaultRun, small_disk: Path
+) -> None:
+    def status() -> Result:
+        return CliRunner().invoke(cli, ["--config", str(fault_run.config_path), "status"])
+
+    fault_run.configure(db=small_disk / "sms.db")
+    fault_run.send(2)
+    fault_run.start(wait_idle=True)
+    fault_run.settle()
+    wait_until(lambda: status().exit_code == 0, 30, message="status OK before the fault")
+    filler = small_disk / "filler"
+    fill(filler)
+    fault_run.send(3)
+    # Well before heartbeat_stale (2 minutes): the cause, not "stopped or hung".
+    wait_until(lambda: "disk is full" in status().output, 30, message="status names the cause")
+    result = status()
+    assert result.exit_code == 2, result.output
+    assert "CRITICAL database: the daemon cannot write to its database: " in result.output
+    assert "stopped or hung" not in result.output
+    filler.unlink()
+    wait_until(lambda: status().exit_code == 0, 60, message="status OK once space is back")
+    fault_run.finish()
+    assert count(fault_run.db) == 5
 
 
 def test_daemon_started_on_a_full_disk_says_so_and_exits(
