@@ -10,11 +10,13 @@ is rejected ("cannot parse the MIME structure: ...", "internal parser error:
 
 Bounded work
     Before mail-parser sees the bytes, :mod:`inbound_mail.parse_limits` reads
-    the top header block alone: the sender is checked there first (a From
-    header over :data:`~inbound_mail.parse_limits.MAX_FROM_BYTES` is skipped
-    unparsed), so mail from others costs almost nothing; a configured sender's
+    the top header block alone: the sender is checked there first, under the
+    same strict rule as below (a From header over
+    :data:`~inbound_mail.parse_limits.MAX_FROM_BYTES` is skipped unparsed), so
+    mail from others costs almost nothing; a configured sender's
     email over a limit (header block, header fields, encoded words, MIME parts
-    and parameters) is rejected with the limit in the reason.  Only WHATWG
+    and parameters) is rejected with the limit in the reason (code
+    ``over_limit``).  Only WHATWG
     charset labels are decoded (:mod:`inbound_mail.charsets`), in mail-parser
     too; any other codec name is an unknown charset.
 
