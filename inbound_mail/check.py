@@ -297,12 +297,7 @@ def _folder_lines(
     for folder in account.folders:
         resolved = names.resolve(folder)
         if not client.folder_exists(resolved):
-            named = (
-                ""
-                if resolved == folder
-                else f" (the server's name for it: {resolved!r}, its personal folders "
-                f"being under {names.prefix!r})"
-            )
+            named = "" if resolved == folder else f" (the server's name for it: {resolved!r})"
             yield line(
                 "FAIL",
                 "folders",

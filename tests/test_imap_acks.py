@@ -21,7 +21,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from inbound_mail.backfill import BackfillRequest, run_backfill
 from inbound_mail.cli import cli
 from inbound_mail.config import AccountConfig, load_config
-from inbound_mail.imap.acks import AckRetries, server_text
+from inbound_mail.imap.acks import AckRetries
+from inbound_mail.imap.connection import server_text
 from inbound_mail.imap.namespace import FolderNames
 from inbound_mail.status import collect_status
 from inbound_mail.testing.dovecot import DovecotFactory, DovecotServer
@@ -254,8 +255,8 @@ def test_check_names_a_missing_folder_as_the_server_would(
     result = check(config)
     assert result.exit_code == 1, result.stdout
     (fail,) = [line for line in result.stdout.splitlines() if line.startswith("FAIL")]
-    assert "'Nope' does not exist: create it, or fix accounts[0].folders" in fail
-    assert "the server's name for it: 'INBOX.Nope'" in fail and "under 'INBOX.'" in fail
+    assert "'Nope' does not exist (the server has 'INBOX'; its folders are named INBOX.NAME" in fail
+    assert "create it, or fix accounts[0].folders (the server's name for it: 'INBOX.Nope')" in fail
 
 
 @ON_EVERY_SERVER
