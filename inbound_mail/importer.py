@@ -126,6 +126,7 @@ def import_emails(
             # Drop this batch before the next one is read: otherwise two batches are
             # alive at once, and peak memory grows with the batch size twice over.
             del result
+            stopped = stopped or bool(should_stop and should_stop())
     return total
 
 
