@@ -23,6 +23,7 @@ from .config import (
     DatabaseConfig,
     LogConfig,
     MetricsConfig,
+    OAuth2Config,
     ParseConfig,
     RetryPolicy,
     SinkConfig,
@@ -240,6 +241,13 @@ def _account(t: _Table, index: int, parse: ParseConfig) -> AccountConfig:
     )
     ca_file = t.text("ca_file", None)
     password_file = t.text("password_file", None)
+    auth = t.get(
+        "auth", '"password" or "oauth2"', lambda v: _check_choice(v, ("password", "oauth2")),
+        "password",
+    )  # fmt: skip
+    oauth2 = _oauth2_section(t) if auth == "oauth2" else None
+    if auth != "oauth2" and "oauth2" in t.data:
+        raise t.error("oauth2", 'an [accounts.oauth2] table needs auth = "oauth2"')
     account = AccountConfig(
         name=t.get("name", "a name of letters, digits, '.', '_' or '-'", _check_name),
         host=t.get("host", "a host name or address (not empty, no spaces)", _check_host),
@@ -266,6 +274,8 @@ def _account(t: _Table, index: int, parse: ParseConfig) -> AccountConfig:
         authenticate=_authenticate(t, parse.authenticate),
         authserv_ids=_authserv_ids(t, list(parse.authserv_ids)),
         dkim_domains=_dkim_domains(t, list(parse.dkim_domains)),
+        auth=auth,
+        oauth2=oauth2,
         file=t.file,
         index=index,
     )
@@ -273,7 +283,10 @@ def _account(t: _Table, index: int, parse: ParseConfig) -> AccountConfig:
     secrets = [
         k for k in ("password_file", "password_env", "password_credential") if getattr(account, k)
     ]
-    if len(secrets) != 1:
+    if auth == "oauth2":
+        if secrets:
+            raise t.error(secrets[0], 'an account with auth = "oauth2" takes no password')
+    elif len(secrets) != 1:
         raise t.error(
             "password_file",
             "set exactly one of password_file, password_env, password_credential"
@@ -282,6 +295,164 @@ def _account(t: _Table, index: int, parse: ParseConfig) -> AccountConfig:
     if not account.folders:
         raise t.error("folders", "at least one folder")
     return account
+
+
+# Microsoft identity platform v2.0 and Google's OAuth 2.0 endpoints (see the README).
+_MICROSOFT = "https://login.microsoftonline.com/{tenant}/oauth2/v2.0/"
+_OAUTH_PRESETS: dict[str, dict[str, Any]] = {
+    "microsoft": {
+        "token_url": _MICROSOFT + "token",
+        "authorization_url": _MICROSOFT + "authorize",
+        "device_authorization_url": _MICROSOFT + "devicecode",
+        "scope": {
+            # Delegated: the signed-in user's mailbox; offline_access gives the refresh token.
+            "refresh_token": ["https://outlook.office.com/IMAP.AccessAsUser.All", "offline_access"],
+            # App-only: the permissions granted to the app (IMAP.AccessAsApp).
+            "client_credentials": ["https://outlook.office365.com/.default"],
+        },
+    },
+    "google": {
+        "token_url": "https://oauth2.googleapis.com/token",
+        "authorization_url": "https://accounts.google.com/o/oauth2/v2/auth",
+        # Google's device flow does not allow the mail scope: `auth` uses the loopback flow.
+        "device_authorization_url": None,
+        "scope": {"refresh_token": ["https://mail.google.com/"]},
+    },
+}
+_URL_EXPECTED = "an https:// URL (http:// only to a loopback address such as 127.0.0.1)"
+
+
+def _oauth2_section(account: _Table) -> OAuth2Config:
+    t = account.table("oauth2")
+    provider = t.get(
+        "provider",
+        '"microsoft", "google" or "custom"',
+        lambda v: _check_choice(v, ("microsoft", "google", "custom")),
+    )
+    flow = t.get(
+        "flow",
+        '"refresh_token" or "client_credentials"',
+        lambda v: _check_choice(v, ("refresh_token", "client_credentials")),
+        "refresh_token",
+    )
+    preset = _OAUTH_PRESETS.get(provider, {})
+    if provider == "google" and flow == "client_credentials":
+        raise t.error(
+            "flow", 'Google mailboxes take flow = "refresh_token" (a person signs in once)'
+        )
+    tenant = None
+    if provider == "microsoft":
+        default_tenant = _MISSING if flow == "client_credentials" else "organizations"
+        tenant = t.get(
+            "tenant",
+            "your directory (tenant) ID or domain"
+            + (" (app-only access needs your own tenant)" if default_tenant is _MISSING else ""),
+            _check_tenant,
+            default_tenant,
+        )
+        if flow == "client_credentials" and tenant in ("common", "organizations", "consumers"):
+            raise t.error("tenant", "app-only access needs your own tenant ID or domain, not "
+                          f"{tenant!r}")  # fmt: skip
+    elif "tenant" in t.data:
+        raise t.error("tenant", 'only provider = "microsoft" takes a tenant')
+
+    def url(name: str) -> str | None:
+        default = preset.get(name, _MISSING if name == "token_url" else None)
+        if isinstance(default, str) and tenant is not None:
+            default = default.format(tenant=tenant)
+        return t.get(name, _URL_EXPECTED, _check_oauth_url, default)
+
+    token_url = url("token_url")
+    assert token_url is not None  # required, or preset
+    default_scope = preset.get("scope", {}).get(flow, _MISSING)
+    scope = t.get("scope", "a non-empty list of scopes", _check_scopes, default_scope)
+    config = OAuth2Config(
+        provider=provider,
+        client_id=t.get(
+            "client_id", "the application (client) ID, a non-empty string", _check_nonempty
+        ),
+        token_url=token_url,
+        scope=tuple(scope),
+        flow=flow,
+        tenant=tenant,
+        authorization_url=url("authorization_url"),
+        device_authorization_url=url("device_authorization_url"),
+        client_secret_file=_optional_path(t, "client_secret_file"),
+        client_secret_env=t.text("client_secret_env", None),
+        client_secret_credential=t.text("client_secret_credential", None),
+        refresh_token_file=_optional_path(t, "refresh_token_file"),
+        refresh_token_env=t.text("refresh_token_env", None),
+        refresh_token_credential=t.text("refresh_token_credential", None),
+        sasl=t.get(
+            "sasl",
+            '"auto", "xoauth2" or "oauthbearer"',
+            lambda v: _check_choice(v, ("auto", "xoauth2", "oauthbearer")),
+            "auto",
+        ),
+        timeout=t.duration("timeout", 30.0, 1, 300),
+    )
+    t.finish()
+    for what in ("client_secret", "refresh_token"):
+        found = [f"{what}_{s}" for s in ("file", "env", "credential") if f"{what}_{s}" in t.data]
+        if len(found) > 1:
+            raise t.error(found[1], f"set at most one of {what}_file, {what}_env, "
+                          f"{what}_credential (found {', '.join(found)})")  # fmt: skip
+    if flow == "client_credentials":
+        if not config.has_client_secret:
+            raise t.error("client_secret_file", "app-only access (flow = \"client_credentials\") "
+                          "needs the app's secret: set client_secret_file, client_secret_env "
+                          "or client_secret_credential")  # fmt: skip
+        if config.has_refresh_token_secret:
+            raise t.error("refresh_token_file", "app-only access uses no refresh token")
+    return config
+
+
+def _optional_path(t: _Table, name: str) -> Path | None:
+    value = t.text(name, None)
+    return _relative_to(t, Path(value)) if value else None
+
+
+def _check_oauth_url(value: object) -> str:
+    from urllib.parse import urlsplit
+
+    text = _check_nonempty(value)
+    try:
+        parts = urlsplit(text)
+        host = parts.hostname or ""
+    except ValueError as exc:
+        raise ValueError("not a URL") from exc
+    if not host:
+        raise ValueError("no host")
+    if parts.scheme == "https":
+        return text
+    if parts.scheme == "http" and _is_loopback(host):
+        return text
+    raise ValueError("tokens must not cross the network in clear text")
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _check_tenant(value: object) -> str:
+    text = _check_nonempty(value)
+    if not re.fullmatch(r"[A-Za-z0-9.-]+", text):
+        raise ValueError("letters, digits, '.' and '-' only")
+    return text
+
+
+def _check_scopes(value: object) -> list[str]:
+    scopes = _check_str_list(value)
+    if not scopes or any(not s or any(c.isspace() for c in s) for s in scopes):
+        raise ValueError("each scope one word, at least one")
+    return scopes
 
 
 def _sink(t: _Table, index: int) -> SinkConfig:

@@ -189,7 +189,7 @@ class Generation:
 def account_stalled(worker: AccountWorker, now: float) -> bool:
     """True when an account worker has been silent for longer than it may block."""
     health = worker.health
-    if health.state in ("backoff", "stopped"):
+    if health.state in ("backoff", "stopped", "authorization_expired"):
         return False  # waiting on the stop event, or done: nothing there can hang
     return now - health.last_tick > max(MIN_STALL, 3 * worker.account.connect_timeout)
 

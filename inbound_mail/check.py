@@ -35,14 +35,17 @@ from .errors import ImapError, ImapTlsError, InboundMailError
 from .imap.connection import (
     capabilities,
     login,
+    oauth_login,
     open_session,
     server_text,
     tls_context,
     untrusted_certificate,
 )
 from .imap.namespace import FolderNames, folder_names
+from .imap.oauth import choose_mechanism
 from .imap.worker import imap_errors
 from .models import SmsRecord
+from .oauth import TokenInfo, TokenSource
 from .secrets import exposed_secrets_warning, read_password
 from .store import Store
 
@@ -133,12 +136,22 @@ def _check_account(account: AccountConfig, config: Config) -> Iterator[CheckLine
     def line(level: Level, step: str, detail: str) -> CheckLine:
         return CheckLine(level, subject, step, detail)
 
-    try:
-        password = read_password(account)
-    except InboundMailError as exc:
-        yield line("FAIL", "password", str(exc))
-        return
-    yield line("ok", "password", "read")
+    password = token = ""
+    if account.auth == "oauth2":
+        tokens = TokenSource(account, config.database.path)
+        try:
+            token = tokens.access_token()
+        except InboundMailError as exc:
+            yield line("FAIL", "token", str(exc))
+            return
+        yield line("ok", "token", _token_detail(tokens.info()))
+    else:
+        try:
+            password = read_password(account)
+        except InboundMailError as exc:
+            yield line("FAIL", "password", str(exc))
+            return
+        yield line("ok", "password", "read")
     if not (yield from _network(account, line)):
         return
     try:
@@ -150,7 +163,10 @@ def _check_account(account: AccountConfig, config: Config) -> Iterator[CheckLine
     if account.tls == "starttls":
         yield _certificate_line(client.socket(), account, line)
     try:
-        login(client, account, password)
+        if account.auth == "oauth2":
+            oauth_login(client, account, choose_mechanism(account, capabilities(client)), token)
+        else:
+            login(client, account, password)
     except InboundMailError as exc:
         yield line("FAIL", "TLS" if isinstance(exc, ImapTlsError) else "login", _reason(exc))
         return
@@ -164,6 +180,17 @@ def _check_account(account: AccountConfig, config: Config) -> Iterator[CheckLine
     finally:
         with suppress(Exception):  # the check is over; a dead connection has nothing to say
             client.logout()
+
+
+def _token_detail(info: TokenInfo) -> str:
+    """``valid until 2026-11-29 18:00:00 UTC; scope: ...; refresh token stored``."""
+    parts = []
+    if info.expires_at is not None:
+        until = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(info.expires_at))
+        parts.append(f"access token valid until {until}")
+    parts.append(f"scope granted: {info.scope}" if info.scope else "scope granted: not stated")
+    parts.append("refresh token stored" if info.refresh_token else "no refresh token (app-only)")
+    return "; ".join(parts)
 
 
 def _network(account: AccountConfig, line: LineMaker) -> Generator[CheckLine, None, bool]:

@@ -322,6 +322,53 @@ def run(state: _State, once: bool) -> None:
 
 
 @cli.command()
+@click.argument("account")
+@click.option(
+    "--flow",
+    type=click.Choice(["device", "loopback"]),
+    help="Device code (a URL and a code to type; Microsoft's default) or a browser "
+    "redirect to 127.0.0.1 (Google's default).",
+)
+@click.option("--no-browser", is_flag=True, help="Print the sign-in URL; do not open a browser.")
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=0,
+    help="The loopback flow's port on 127.0.0.1 [default: any free port].",
+)
+@pass_state
+def auth(state: _State, account: str, flow: str | None, no_browser: bool, port: int) -> None:
+    """Authorise an OAuth2 account once and store its refresh token (see the README)."""
+    import time
+
+    from .oauth import authorize, token_store_path
+
+    config = state.config()
+    target = config.account(account)
+    if target.auth != "oauth2":
+        raise click.UsageError(f'account {account!r} has auth = "password": nothing to authorise')
+    info = authorize(
+        target,
+        config.database.path,
+        flow=flow,  # type: ignore[arg-type]  # click.Choice guarantees the Literal
+        echo=lambda text: click.echo(text, err=False),
+        open_browser=not no_browser,
+        port=port,
+    )
+    until = (
+        time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(info.expires_at))
+        if info.expires_at
+        else "?"
+    )
+    click.echo(
+        f"authorised account {account!r} (scope: {info.scope or 'not stated'}; access token "
+        f"valid until {until}); tokens stored in "
+        f"{token_store_path(config.database.path, account)}.\n"
+        "A running daemon picks this up at its next reload: systemctl reload inbound-mail"
+    )
+
+
+@cli.command()
 @click.option("--account", required=True, help="The account's name in the config.")
 @click.option(
     "--folder",

@@ -33,6 +33,7 @@ __all__ = [
     "DatabaseConfig",
     "LogConfig",
     "MetricsConfig",
+    "OAuth2Config",
     "ParseConfig",
     "RetryPolicy",
     "SinkConfig",
@@ -172,6 +173,47 @@ class StatusConfig:
     expect_within: Mapping[str, float] = field(default_factory=dict)
 
 
+AccountAuth = Literal["password", "oauth2"]
+OAuthProvider = Literal["microsoft", "google", "custom"]
+OAuthFlow = Literal["refresh_token", "client_credentials"]
+SaslChoice = Literal["auto", "xoauth2", "oauthbearer"]
+
+
+@dataclass(frozen=True, slots=True)
+class OAuth2Config:
+    """An account's ``[accounts.oauth2]`` table, presets already applied
+    (see :mod:`inbound_mail.oauth`)."""
+
+    provider: OAuthProvider
+    client_id: str
+    token_url: str
+    scope: tuple[str, ...]
+    flow: OAuthFlow = "refresh_token"
+    tenant: str | None = None
+    authorization_url: str | None = None
+    device_authorization_url: str | None = None
+    client_secret_file: Path | None = None
+    client_secret_env: str | None = None
+    client_secret_credential: str | None = None
+    refresh_token_file: Path | None = None
+    refresh_token_env: str | None = None
+    refresh_token_credential: str | None = None
+    sasl: SaslChoice = "auto"
+    timeout: float = 30.0
+
+    @property
+    def has_client_secret(self) -> bool:
+        return bool(
+            self.client_secret_file or self.client_secret_env or self.client_secret_credential
+        )
+
+    @property
+    def has_refresh_token_secret(self) -> bool:
+        return bool(
+            self.refresh_token_file or self.refresh_token_env or self.refresh_token_credential
+        )
+
+
 @dataclass(frozen=True, slots=True)
 class AccountConfig:
     name: str
@@ -197,6 +239,8 @@ class AccountConfig:
     authenticate: AuthMode = "require"
     authserv_ids: tuple[str, ...] = ()
     dkim_domains: tuple[str, ...] = DEFAULT_DKIM_DOMAINS
+    auth: AccountAuth = "password"
+    oauth2: OAuth2Config | None = None
     file: str | None = None
     index: int = 0
 

@@ -14,6 +14,8 @@ The tree::
     │   └── StoreLockedError   another process holds the database's daemon lock
     ├── SourceError            a local mail export (mbox, Maildir, .eml) cannot be read
     ├── DnsTemporaryError      a DNS lookup timed out or failed (SERVFAIL): try the email later
+    ├── OAuthError             the OAuth2 token endpoint failed (HTML, 5xx, timeout): retry later
+    │   └── AuthorizationExpiredError  the grant is revoked or expired: run `inbound-mail auth`
     ├── ImapError              an IMAP account failed; ``account`` names it
     │   ├── ImapAuthError      the server refused the credentials (retrying will not help)
     │   ├── ImapTlsError       TLS failed: untrusted certificate, STARTTLS missing, ...
@@ -29,6 +31,7 @@ A malformed email is *not* an exception: the parser returns a
 from __future__ import annotations
 
 __all__ = [
+    "AuthorizationExpiredError",
     "ConfigError",
     "CredentialError",
     "DeliveryError",
@@ -38,6 +41,7 @@ __all__ = [
     "ImapError",
     "ImapTlsError",
     "InboundMailError",
+    "OAuthError",
     "PermanentDeliveryError",
     "SourceError",
     "StoreError",
@@ -83,6 +87,21 @@ class SourceError(InboundMailError):
 class DnsTemporaryError(InboundMailError):
     """A DNS lookup timed out or the servers failed (SERVFAIL): not an answer about the
     name, so an email whose DKIM key it was looking up waits for a later pass."""
+
+
+class OAuthError(InboundMailError):
+    """Getting an OAuth2 access token failed; ``account`` names the account.  Its
+    message never holds a token or a client secret."""
+
+    def __init__(self, message: str, *, account: str | None = None) -> None:
+        self.account = account
+        self.reason = message
+        super().__init__(f"account {account!r}: {message}" if account else message)
+
+
+class AuthorizationExpiredError(OAuthError):
+    """The provider refused the refresh token or the client (``invalid_grant``,
+    ``invalid_client``): only a new authorisation (``inbound-mail auth NAME``) helps."""
 
 
 class ImapError(InboundMailError):

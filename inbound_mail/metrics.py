@@ -264,18 +264,32 @@ class _AccountCollector:
             "Acknowledgements owed because the server refused the after action.",
             labels=["account"],
         )
+        expired = GaugeMetricFamily(
+            "inbound_mail_account_authorization_expired",
+            "1 while the account's OAuth2 grant is refused: run `inbound-mail auth NAME`.",
+            labels=["account"],
+        )
         with self._lock:
             retired = dict(self._retired)
         for name, health in self._accounts():
             old_reconnects, old_refreshes, old_ack_failures = retired.get(name, (0, 0, 0))
             ack_failures.add_metric([name], old_ack_failures + health.ack_failures)
             acks_owed.add_metric([name], health.acks_owed)
+            expired.add_metric([name], 1.0 if health.state == "authorization_expired" else 0.0)
             connected.add_metric([name], 1.0 if health.connected else 0.0)
             if health.last_sync_at is not None:
                 last_sync.add_metric([name], health.last_sync_at)
             reconnects.add_metric([name], old_reconnects + health.reconnects)
             refreshes.add_metric([name], old_refreshes + health.idle_refreshes)
-        yield from (connected, last_sync, reconnects, refreshes, ack_failures, acks_owed)
+        yield from (
+            connected,
+            last_sync,
+            reconnects,
+            refreshes,
+            ack_failures,
+            acks_owed,
+            expired,
+        )
 
 
 class _DatabaseCollector:

@@ -45,6 +45,7 @@ from .imap.worker import AccountHealth, AccountWorker
 from .logs import log_event
 from .metrics import Metrics, create_metrics
 from .notify import Health, Notifier, Supervisor, watchdog_interval
+from .oauth import read_client_secret
 from .secrets import exposed_secrets_warning, read_password
 from .sinks import Sink
 from .status import (
@@ -421,7 +422,11 @@ class Daemon:
                     key=key,
                 )
         for account in config.accounts:
-            read_password(account)  # a secret that cannot be read makes the config invalid
+            # A secret that cannot be read makes the config invalid.
+            if account.auth == "oauth2":
+                read_client_secret(account)
+            else:
+                read_password(account)
         gen = Generation.accounts_only(config, on_batch=self._batch_stored)
         gen.build_sinks(_log, self._attempted)
         return gen

@@ -372,6 +372,15 @@ def _judge_account(
             "its worker shows no sign of life; restart the service "
             f"(systemctl restart inbound-mail) and report the hang ({JOURNAL_HINT})",
         )
+    elif data.get("state") == "authorization_expired":
+        # The OAuth2 grant is gone: no retry can fix it, a person must sign in again.
+        report.problem(
+            "CRITICAL",
+            subject,
+            f"authorization expired: run `inbound-mail auth {account.name}`, then reload "
+            "the daemon (systemctl reload inbound-mail)",
+        )
+        return
     elif not data.get("connected") and data.get("state") == "backoff":
         report.problem("WARNING", subject, f"disconnected, retrying: {data.get('last_error')}")
     if data.get("ack_error"):

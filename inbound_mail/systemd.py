@@ -161,6 +161,16 @@ def default_exec() -> list[str]:
 def credential_names(config: Config) -> list[str]:
     """The systemd credentials ``config`` reads (``password_credential``, ``secret_credential``)."""
     names = [a.password_credential for a in config.accounts if a.password_credential]
+    for account in config.accounts:  # OAuth2: the client secret, a first refresh token
+        if account.oauth2 is not None:
+            names += [
+                name
+                for name in (
+                    account.oauth2.client_secret_credential,
+                    account.oauth2.refresh_token_credential,
+                )
+                if name
+            ]
     for sink in config.sinks:
         value = sink.options.get("secret_credential")
         if isinstance(value, str) and value:

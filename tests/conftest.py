@@ -29,6 +29,7 @@ from inbound_mail.testing.dns import DnsServer
 from inbound_mail.testing.dovecot import DovecotFactory, DovecotServer
 from inbound_mail.testing.mailbox import Mailbox, MailServer
 from inbound_mail.testing.nats_server import NatsServer
+from inbound_mail.testing.oauth_server import OAuthServer
 from inbound_mail.testing.redis_server import RedisServer
 
 # The ids of ``imap_server``'s parameters, and the session fixture of each.
@@ -125,3 +126,32 @@ def dkim_key(dns_server: DnsServer) -> DkimKey:
     key = DkimKey.generate()
     key.publish(dns_server)
     return key
+
+
+# -- OAuth2 sign-in (issue 13): a real authorisation server and a Dovecot that trusts it --------
+
+
+@pytest.fixture(scope="session")
+def _oauth_session(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[OAuthServer, DovecotServer]]:
+    with OAuthServer() as auth:
+        root = tmp_path_factory.mktemp("oauth-dovecot")
+        with DovecotServer(root, oauth2_introspection=auth.introspection_url) as server:
+            yield auth, server
+
+
+@pytest.fixture
+def oauth_server(_oauth_session: tuple[OAuthServer, DovecotServer]) -> Iterator[OAuthServer]:
+    """The session's OAuth2 server, its faults and token lifetime reset after each test."""
+    auth = _oauth_session[0]
+    yield auth
+    auth.token_fault = None
+    auth.access_ttl = 3600
+    auth.strict_rotation = False
+
+
+@pytest.fixture
+def oauth_dovecot(_oauth_session: tuple[OAuthServer, DovecotServer]) -> DovecotServer:
+    """A Dovecot whose oauth2 passdb introspects tokens at ``oauth_server``."""
+    return _oauth_session[1]

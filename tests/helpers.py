@@ -10,7 +10,7 @@ import sys
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import fields
+from dataclasses import asdict, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +77,8 @@ def _account_lines(account: AccountConfig) -> list[str]:
     lines = ["[[accounts]]"]
     for field in fields(account):
         value = getattr(account, field.name)
+        if is_dataclass(value) and not isinstance(value, type):  # [accounts.oauth2]
+            value = {k: v for k, v in asdict(value).items() if v is not None}
         if field.name not in _SKIP and value is not None:
             lines.append(f"{field.name} = {toml_value(value)}")
     return lines

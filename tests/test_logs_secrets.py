@@ -22,9 +22,11 @@ from inbound_mail.logs import log_event, setup_logging
 from inbound_mail.testing.dovecot import DovecotServer
 from inbound_mail.testing.emails import build_provider_email
 from inbound_mail.testing.mailbox import Mailbox
+from inbound_mail.testing.oauth_server import OAuthServer
 from inbound_mail.testing.webhook_receiver import Answer, WebhookReceiver
 
 from helpers import DaemonProcess, rows, wait_until, write_config
+from oauth_helpers import CLIENT_SECRET, Rig
 
 
 def _variants(secret: str) -> set[str]:
@@ -91,6 +93,46 @@ def test_no_secret_reaches_the_log_at_debug_level(
         for variant in _variants(secret):
             assert variant not in log, f"a secret ({variant[:4]}...) is in the log:\n{log}"
     assert "> b'" not in log, "imapclient's protocol trace must stay off"
+
+
+def test_no_oauth2_token_reaches_the_log_at_debug_level(
+    oauth_server: OAuthServer, oauth_dovecot: DovecotServer, tmp_path: Path
+) -> None:
+    """Issue 13: access tokens, refresh tokens (first and rotated), the client secret and
+    the SASL XOAUTH2 / OAUTHBEARER strings built from them never reach a log line, through
+    a sign-in, refreshes, a failing token endpoint (HTTP 500) and the backoff after it."""
+    rig = Rig(oauth_server, oauth_dovecot, tmp_path, "logs")
+    account = rig.account(flow="client_credentials")
+    config = rig.config(account)
+    oauth_server.access_ttl = 2  # several refreshes during the run
+    daemon = DaemonProcess(config, args=("--log-level", "DEBUG", "run"))
+    try:
+        daemon.wait_log("state=idle", timeout=30)
+        wait_until(lambda: oauth_server.tokens[-1].is_expired(), 10)
+        rig.mailbox.kick()  # a new login after the token expired: a refresh
+        daemon.wait_log("oauth.token_refreshed", occurrences=2, timeout=30)
+        oauth_server.token_fault = "500"
+        wait_until(lambda: oauth_server.tokens[-1].is_expired(), 10)
+        rig.mailbox.kick()
+        daemon.wait_log("answered HTTP 500", timeout=30)
+        daemon.wait_log("state=backoff", timeout=30)
+        oauth_server.token_fault = None
+        daemon.wait_log("state=idle", occurrences=2, timeout=60)
+    finally:
+        daemon.close()
+    log = daemon.log
+    secrets = [CLIENT_SECRET]
+    for issued in oauth_server.tokens:
+        if issued.user == rig.user:
+            secrets.append(issued.access_token)
+            secrets.append(f"user={rig.user}\1auth=Bearer {issued.access_token}\1\1")
+            secrets.append(f"n,a={rig.user},\1auth=Bearer {issued.access_token}\1\1")
+            if issued.refresh_token:
+                secrets.append(issued.refresh_token)
+    assert len(secrets) > 4
+    for secret in secrets:
+        for variant in _variants(secret):
+            assert variant not in log, f"a secret ({variant[:4]}...) is in the log:\n{log}"
 
 
 def delivered(db: Path) -> int:

@@ -45,6 +45,7 @@ __all__ = [
     "is_name_mismatch",
     "login",
     "names_in_certificate",
+    "oauth_login",
     "open_session",
     "server_text",
     "tls_context",
@@ -88,6 +89,30 @@ def login(client: IMAPClient, account: AccountConfig, password: str) -> None:
     try:
         with _translated_errors(account):
             client.login(account.username, password)
+    except BaseException:
+        _close(client)
+        raise
+
+
+def oauth_login(client: IMAPClient, account: AccountConfig, mechanism: str, token: str) -> None:
+    """SASL ``mechanism`` (``"OAUTHBEARER"`` or ``"XOAUTH2"``) with an access token; closes
+    ``client`` if the login fails.  A refusal says what to check for OAuth2, not the password."""
+    try:
+        with _translated_errors(account):
+            if mechanism == "OAUTHBEARER":
+                client.oauthbearer_login(account.username, token)
+            else:
+                client.oauth2_login(account.username, token, mech=mechanism)
+    except ImapAuthError as exc:
+        _close(client)
+        said = exc.reason.rpartition("(server said: ")[2].rstrip(")")
+        raise ImapAuthError(
+            f"{mechanism} login with an OAuth2 access token refused for user "
+            f"{account.username} at {account.host}:{account.port}: check that username is "
+            f"the mailbox the token is for, and its scope and mailbox permission (server "
+            f"said: {said})",
+            account=account.name,
+        ) from exc
     except BaseException:
         _close(client)
         raise

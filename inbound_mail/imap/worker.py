@@ -41,33 +41,52 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from imapclient import IMAPClient
 
 from ..authenticity import Verifier
 from ..config import AccountConfig
 from ..errors import (
+    AuthorizationExpiredError,
     ImapAuthError,
     ImapConnectionError,
     ImapError,
     InboundMailError,
+    OAuthError,
     StoreError,
 )
 from ..faults import fault_stall
 from ..logs import log_event
+from ..oauth import TokenSource
 from ..parse import ParseOptions
 from ..secrets import read_password
 from ..store import IngestResult, Router, Store
 from .acks import ACK_RETRY_BASE, AckRetries
 from .connection import connect, server_text
+from .oauth import connect_oauth
 from .sync import FetchFailures, FolderSync, SyncOptions, SyncResult
 
-__all__ = ["AccountHealth", "AccountWorker", "backoff_delay", "imap_errors"]
+__all__ = ["AccountHealth", "AccountState", "AccountWorker", "backoff_delay", "imap_errors"]
 
 _log = logging.getLogger("inbound_mail.imap")
 BACKOFF_CAP = 300.0
 CONFIRM_AFTER = 0.5
+AccountState = Literal[
+    "starting",
+    "connecting",
+    "connected",
+    "idle",
+    "polling",
+    "backoff",
+    "stopped",
+    "authorization_expired",
+]
+"""A worker's state; ``authorization_expired``: the OAuth2 grant was revoked or has
+expired, and only ``inbound-mail auth NAME`` (then a reload) brings the account back."""
+AUTH_EXPIRED_RETRY = 3600.0
+"""Seconds between tries while the OAuth2 grant is refused: a person must act, so no
+tight loop; a reload after ``inbound-mail auth`` retries at once."""
 
 
 def backoff_delay(attempt: int, *, base: float = 1.0, cap: float = BACKOFF_CAP) -> float:
@@ -79,7 +98,7 @@ def backoff_delay(attempt: int, *, base: float = 1.0, cap: float = BACKOFF_CAP) 
 class AccountHealth:
     """What the service, the watchdog and ``status`` know of one worker."""
 
-    state: str = "starting"
+    state: AccountState = "starting"
     connected: bool = False
     last_sync_at: float | None = None
     last_error: str | None = None
@@ -145,6 +164,7 @@ class AccountWorker:
         self.fetch_failures: FetchFailures = {}
         self.ack_retries = AckRetries(lambda attempt: backoff_delay(attempt, base=ACK_RETRY_BASE))
         self._attempt = 0
+        self._tokens: TokenSource | None = None
 
     def request_sync(self) -> None:
         """Ask for a full pass at the next opportunity (APScheduler's resync job)."""
@@ -178,12 +198,18 @@ class AccountWorker:
     def _failed(self, exc: Exception) -> None:
         if self.stop.is_set():
             return
-        delay = backoff_delay(self._attempt, base=5.0 if isinstance(exc, ImapAuthError) else 1.0)
+        if isinstance(exc, AuthorizationExpiredError):
+            self._authorization_expired(exc)
+            return
+        gentle = isinstance(exc, ImapAuthError | OAuthError)  # a server that said no, or failed
+        delay = backoff_delay(self._attempt, base=5.0 if gentle else 1.0)
         self._attempt += 1
         self.health.reconnects += 1
         # `status` and the log line name the account already: not twice.
-        named = isinstance(exc, ImapError) and exc.account == self.account.name
-        self.health.last_error = exc.reason if isinstance(exc, ImapError) and named else str(exc)
+        named = isinstance(exc, ImapError | OAuthError) and exc.account == self.account.name
+        self.health.last_error = (
+            exc.reason if isinstance(exc, ImapError | OAuthError) and named else str(exc)
+        )
         if isinstance(exc, StoreError):
             self.health.storage_error = str(exc)
         level = logging.ERROR if isinstance(exc, InboundMailError) else logging.CRITICAL
@@ -204,6 +230,28 @@ class AccountWorker:
         self._set_state("backoff")
         self.stop.wait(delay)
 
+    def _authorization_expired(self, exc: AuthorizationExpiredError) -> None:
+        self.health.reconnects += 1
+        self.health.last_error = exc.reason  # it says to run `inbound-mail auth NAME`
+        log_event(
+            _log,
+            logging.ERROR,
+            "imap.authorization_expired",
+            account=self.account.name,
+            error=exc.reason,
+            action=f"run `inbound-mail auth {self.account.name}`, then reload the daemon",
+            retry_in=f"{AUTH_EXPIRED_RETRY:.0f}s",
+        )
+        self._set_state("authorization_expired")
+        self.stop.wait(AUTH_EXPIRED_RETRY)
+
+    def _connect(self) -> IMAPClient:
+        if self.account.auth == "oauth2":
+            if self._tokens is None:
+                self._tokens = TokenSource(self.account, self.db_path)
+            return connect_oauth(self.account, self._tokens, log=_log)
+        return connect(self.account, read_password(self.account), log=_log)
+
     def _session(self) -> AbstractContextManager[tuple[IMAPClient, FolderSync]]:
         return self.connected_syncer(on_batch=self._batch_stored)
 
@@ -216,8 +264,7 @@ class AccountWorker:
     ) -> Iterator[tuple[IMAPClient, FolderSync]]:
         """A logged-in client and a FolderSync over it; logs out on exit."""
         self._set_state("connecting")
-        password = read_password(self.account)
-        client = connect(self.account, password, log=_log)
+        client = self._connect()
         try:
             with Store.open(self.db_path) as store:
                 syncer = FolderSync(
@@ -387,7 +434,7 @@ class AccountWorker:
         if self.on_batch:
             self.on_batch(self.account, folder, result)
 
-    def _set_state(self, state: str) -> None:
+    def _set_state(self, state: AccountState) -> None:
         if state != self.health.state:
             log_event(_log, logging.INFO, "imap.state", account=self.account.name, state=state)
         self.health.state = state

@@ -76,11 +76,16 @@ class DovecotServer:
         idle: bool = True,
         vsz_limit_mb: int = 1024,
         extra_conf: str = "",
+        oauth2_introspection: str | None = None,
     ) -> None:
         self.root = Path(root).absolute()
         self.idle = idle
         self.vsz_limit_mb = vsz_limit_mb
         self.extra_conf = extra_conf
+        # With an introspection URL (``OAuthServer.introspection_url``), logins also take
+        # SASL XOAUTH2 and OAUTHBEARER with a bearer token that Dovecot's oauth2 passdb
+        # checks at that RFC 7662 endpoint; passwords keep working.
+        self.oauth2_introspection = oauth2_introspection
         self.config_path = self.root / "dovecot.conf"
         self.log_path = self.root / "dovecot.log"
         self._users: dict[str, str] = {}
@@ -379,9 +384,34 @@ class DovecotServer:
             ports=self._ports,
             idle=self.idle,
             vsz_limit_mb=self.vsz_limit_mb,
-            extra_conf=self.extra_conf,
+            extra_conf=self._oauth2_conf() + self.extra_conf,
         )
         self.config_path.write_text(text, encoding="utf-8")
+
+    def _oauth2_conf(self) -> str:
+        if not self.oauth2_introspection:
+            return ""
+        # Dovecot 2.3's oauth2 passdb: POST token=... to the introspection URL (its
+        # userinfo carries the client's credentials, sent as Basic auth).
+        args = self.root / "dovecot-oauth2.conf.ext"
+        args.write_text(
+            "introspection_mode = post\n"
+            f"introspection_url = {self.oauth2_introspection}\n"
+            "force_introspection = yes\n"
+            "username_attribute = username\n"
+            "active_attribute = active\n"
+            "active_value = true\n",
+            encoding="utf-8",
+        )
+        args.chmod(0o644)
+        return (
+            "auth_mechanisms = plain login oauthbearer xoauth2\n"
+            "passdb {\n"
+            "  driver = oauth2\n"
+            "  mechanisms = xoauth2 oauthbearer\n"
+            f"  args = {args}\n"
+            "}\n"
+        )
 
     def _launch(self) -> None:
         log_start = self.log_path.stat().st_size if self.log_path.exists() else 0
