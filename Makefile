@@ -33,7 +33,7 @@ test: deps venv
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy inbound_mail
+	$(BIN)/mypy inbound_mail testsupport
 
 demo: deps venv
-	$(BIN)/inbound-mail demo
+	$(BIN)/python -m testsupport.demo

@@ -10,7 +10,7 @@ from typing import Any
 
 from _common import PYTHON, run_child
 
-from inbound_mail.testing.dovecot import DovecotServer
+from testsupport.dovecot import DovecotServer
 
 
 def run_getmail(server: DovecotServer, user: str, work: Path, timebox: float) -> dict[str, Any]:

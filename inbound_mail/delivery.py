@@ -54,13 +54,13 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from .config import FILTER_TIMEOUT, RetryPolicy, SinkConfig, SinkFilter
+from .config.model import FILTER_TIMEOUT, RetryPolicy, SinkConfig, SinkFilter
 from .errors import DeliveryError, PermanentDeliveryError, StoreError, TemporaryDeliveryError
 from .faults import fault_point
 from .logs import log_event
 from .models import SmsRecord
 from .sinks import BatchSink, Sink, create_sink
-from .store import AttemptOutcome, AttemptRecord, Delivery, Store
+from .store.db import AttemptOutcome, AttemptRecord, Delivery, Store
 
 __all__ = [
     "AttemptContext",
@@ -96,7 +96,7 @@ def make_router(
     """The ``route`` for :meth:`Store.ingest`: the names of the sinks whose filter matches.
 
     A ``text_regex`` that runs out of time on a text (see
-    :data:`~inbound_mail.config.FILTER_TIMEOUT`) counts as not matching, and is
+    :data:`~inbound_mail.config.model.FILTER_TIMEOUT`) counts as not matching, and is
     logged (``filter.timeout``, WARNING) with the sink and the SMS id.
     """
     pairs = [(sink.name, sink.filter) for sink in sinks]

@@ -51,7 +51,7 @@ class SmsRecord:
     the configured zone.  ``keyword`` is set only when keyword splitting is on
     and the text starts with a 4-8 character alphanumeric word.
 
-    ``authenticated`` is the verdict of :mod:`inbound_mail.authenticity`: True
+    ``authenticated`` is the verdict of :mod:`inbound_mail.parse.authenticity`: True
     (DKIM or a trusted Authentication-Results passed), False (it did not, and
     ``authenticate = "report"`` or an operator's release let it through), None
     (not checked: the parser's own output, or ``authenticate = "off"``);
@@ -94,8 +94,8 @@ class Skipped:
 #: over ``max_size`` (``oversized``), the server never returned it
 #: (``unfetchable``), it claims the provider's address without proof
 #: (``unauthenticated``, with the evidence), it exceeds a limit of
-#: :mod:`inbound_mail.parse_limits` (``over_limit``), or the process died twice
-#: while parsing it (``parser_crash``, :mod:`inbound_mail.inflight`).
+#: :mod:`inbound_mail.parse.limits` (``over_limit``), or the process died twice
+#: while parsing it (``parser_crash``, :mod:`inbound_mail.sources.inflight`).
 RejectCode = Literal[
     "malformed", "oversized", "unfetchable", "unauthenticated", "over_limit", "parser_crash"
 ]

@@ -16,8 +16,9 @@ from typing import Any
 
 import pytest
 
-from inbound_mail.config import AccountConfig, load_config
-from inbound_mail.service import Daemon
+from inbound_mail.config.model import AccountConfig
+from inbound_mail.config.reader import load_config
+from inbound_mail.service.daemon import Daemon
 from inbound_mail.testing.toml import toml_value
 from inbound_mail.testing.wait import wait_until
 

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 from inbound_mail.cli import cli
 from inbound_mail.testing.emails import build_provider_email
-from inbound_mail.testing.mailbox import Mailbox
+from testsupport.mailbox import Mailbox
 
 from helpers import ON_EVERY_SERVER, count, rows, write_config
 
@@ -105,7 +105,7 @@ def test_messages_after_backfill_are_json(mailbox: Mailbox, tmp_path: Path) -> N
 def test_search_in_windows_finds_every_email(
     mailbox: Mailbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import inbound_mail.imap.sync as sync
+    import inbound_mail.sources.imap.sync as sync
 
     monkeypatch.setattr(sync, "SEARCH_WINDOW", 7)
     mailbox.deliver_files([sms(n, "Mon, 01 Jan 2024 10:00:00 +0000") for n in range(30)])

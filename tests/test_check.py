@@ -14,11 +14,11 @@ from typing import Any
 from click.testing import CliRunner, Result
 
 from inbound_mail.cli import cli
-from inbound_mail.testing._process import free_ports
-from inbound_mail.testing.certs import make_certificates
 from inbound_mail.testing.emails import build_provider_email
-from inbound_mail.testing.mailbox import Mailbox, MailServer
 from inbound_mail.testing.webhook_receiver import WebhookReceiver
+from testsupport.certs import make_certificates
+from testsupport.mailbox import Mailbox, MailServer
+from testsupport.process import free_ports
 
 from helpers import ON_EVERY_SERVER, write_config
 
@@ -171,8 +171,8 @@ def test_a_config_open_to_others_with_inline_secrets_is_warned_about(
 ) -> None:
     import logging
 
-    from inbound_mail.config import load_config
-    from inbound_mail.service import Daemon
+    from inbound_mail.config.reader import load_config
+    from inbound_mail.service.daemon import Daemon
 
     sinks: list[dict[str, Any]] = [
         {"name": "hook", "type": "webhook", "url": "http://127.0.0.1:9/x?code=AzUrEkEy123"},

@@ -18,12 +18,12 @@ import pytest
 from click.testing import CliRunner, Result
 
 from inbound_mail.cli import cli
-from inbound_mail.config import load_config
+from inbound_mail.config.reader import load_config
 from inbound_mail.errors import ConfigError
-from inbound_mail.testing.certs import make_certificates
-from inbound_mail.testing.mailbox import Mailbox
-from inbound_mail.testing.proxy import FaultProxy
 from inbound_mail.testing.webhook_receiver import WebhookReceiver
+from testsupport.certs import make_certificates
+from testsupport.mailbox import Mailbox
+from testsupport.proxy import FaultProxy
 
 from helpers import in_process_daemon, wait_until, write_config
 

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from inbound_mail.config import default_config_path, default_db_path, load_config, parse_duration
+from inbound_mail.config.model import default_db_path, parse_duration
+from inbound_mail.config.reader import default_config_path, load_config
 from inbound_mail.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -16,9 +16,9 @@ import imapclient
 import pytest
 from imapclient.exceptions import IMAPClientAbortError, LoginError
 
-from inbound_mail.testing.cyrus import CyrusError, CyrusFactory, CyrusServer
-from inbound_mail.testing.mailbox import Mailbox
 from inbound_mail.testing.wait import wait_until
+from testsupport.cyrus import CyrusError, CyrusFactory, CyrusServer
+from testsupport.mailbox import Mailbox
 
 LAYOUTS = pytest.mark.parametrize("imap_server", ["cyrus-debian", "cyrus-upstream"], indirect=True)
 
@@ -211,7 +211,7 @@ def test_bad_layout_is_refused(tmp_path: Path) -> None:
 _UNPRIVILEGED_SCRIPT = """
 import sys
 from pathlib import Path
-from inbound_mail.testing.cyrus import CyrusServer
+from testsupport.cyrus import CyrusServer
 
 with CyrusServer(Path(sys.argv[1]), layout="upstream") as server:
     uid = server.append("sms", "INBOX", b"Subject: one\\r\\n\\r\\nbody\\r\\n")

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from inbound_mail.config import AccountConfig
-from inbound_mail.testing.dovecot import DovecotServer
+from inbound_mail.config.model import AccountConfig
 from inbound_mail.testing.emails import build_provider_email
-from inbound_mail.testing.mailbox import Mailbox
+from testsupport.dovecot import DovecotServer
+from testsupport.mailbox import Mailbox
 
 from helpers import (
     ON_EVERY_SERVER,
@@ -342,7 +342,7 @@ def test_one_failing_account_never_stalls_another(
 
 
 def test_search_windows_cover_every_uid() -> None:
-    from inbound_mail.imap.sync import SEARCH_WINDOW, _windows
+    from inbound_mail.sources.imap.sync import SEARCH_WINDOW, _windows
 
     assert list(_windows(1, 0)) == [(1, None)], "no UIDNEXT: one open-ended search"
     assert list(_windows(5, 100)) == [(5, None)]

@@ -13,13 +13,13 @@ from typing import Any
 
 import pytest
 
-from inbound_mail.config import RetryPolicy, SinkConfig, SinkFilter
+from inbound_mail.config.model import RetryPolicy, SinkConfig, SinkFilter
 from inbound_mail.delivery import DeliveryWorker, backoff_delay, deliver_due, make_router
 from inbound_mail.errors import PermanentDeliveryError, TemporaryDeliveryError
 from inbound_mail.logs import KeyValueFormatter
 from inbound_mail.models import EmailOrigin, SmsRecord
 from inbound_mail.sinks import DeliveryContext
-from inbound_mail.store import IngestItem, Store
+from inbound_mail.store.db import IngestItem, Store
 from inbound_mail.testing.wait import wait_until
 from inbound_mail.testing.webhook_receiver import Answer, WebhookReceiver
 

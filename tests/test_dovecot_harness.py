@@ -15,9 +15,9 @@ import imapclient
 import pytest
 from imapclient.exceptions import IMAPClientAbortError
 
-from inbound_mail.testing.dovecot import DovecotError, DovecotFactory, DovecotServer
-from inbound_mail.testing.mailbox import Mailbox
 from inbound_mail.testing.wait import wait_until
+from testsupport.dovecot import DovecotError, DovecotFactory, DovecotServer
+from testsupport.mailbox import Mailbox
 
 
 def _raw(n: int) -> bytes:
@@ -266,7 +266,7 @@ def test_account_points_at_the_server_with_a_private_password_file(mailbox: Mail
 _UNPRIVILEGED_SCRIPT = """
 import sys
 from pathlib import Path
-from inbound_mail.testing.dovecot import DovecotServer
+from testsupport.dovecot import DovecotServer
 
 with DovecotServer(Path(sys.argv[1])) as server:
     uid = server.append("sms", "INBOX", b"Subject: one\\r\\n\\r\\nbody\\r\\n")

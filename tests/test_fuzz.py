@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from inbound_mail.models import ParseOutcome, Rejected, Skipped, SmsRecord
-from inbound_mail.parse import normalise_text, parse_email
+from inbound_mail.parse.message import normalise_text, parse_email
 from inbound_mail.testing.emails import build_provider_email
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"

@@ -18,16 +18,17 @@ import pytest
 from click.testing import CliRunner, Result
 from prometheus_client.parser import text_string_to_metric_families
 
-from inbound_mail.backfill import BackfillRequest, run_backfill
 from inbound_mail.cli import cli
-from inbound_mail.config import AccountConfig, load_config
-from inbound_mail.imap.acks import AckRetries
-from inbound_mail.imap.connection import server_text
-from inbound_mail.imap.namespace import FolderNames
-from inbound_mail.status import collect_status
-from inbound_mail.testing.dovecot import DovecotFactory, DovecotServer
+from inbound_mail.config.model import AccountConfig
+from inbound_mail.config.reader import load_config
+from inbound_mail.service.status import collect_status
+from inbound_mail.sources.imap.acks import AckRetries
+from inbound_mail.sources.imap.backfill import BackfillRequest, run_backfill
+from inbound_mail.sources.imap.connection import server_text
+from inbound_mail.sources.imap.namespace import FolderNames
 from inbound_mail.testing.emails import build_provider_email
-from inbound_mail.testing.mailbox import Mailbox
+from testsupport.dovecot import DovecotFactory, DovecotServer
+from testsupport.mailbox import Mailbox
 
 from helpers import ON_EVERY_SERVER, count, in_process_daemon, rows, wait_until, write_config
 

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from inbound_mail.config import AccountConfig
-from inbound_mail.store import IngestResult
+from inbound_mail.config.model import AccountConfig
+from inbound_mail.store.db import IngestResult
 from inbound_mail.testing.emails import build_provider_email
-from inbound_mail.testing.mailbox import Mailbox
+from testsupport.mailbox import Mailbox
 
 from helpers import ON_EVERY_SERVER, count, in_process_daemon, wait_until, write_config
 

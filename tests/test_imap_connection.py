@@ -14,10 +14,10 @@ import pytest
 from imapclient import IMAPClient
 
 from inbound_mail.errors import ImapAuthError, ImapConnectionError, ImapTlsError
-from inbound_mail.imap.connection import capabilities, connect, has_idle, has_move
 from inbound_mail.logs import KeyValueFormatter
-from inbound_mail.testing.dovecot import DovecotFactory
-from inbound_mail.testing.mailbox import Mailbox
+from inbound_mail.sources.imap.connection import capabilities, connect, has_idle, has_move
+from testsupport.dovecot import DovecotFactory
+from testsupport.mailbox import Mailbox
 
 
 @pytest.fixture

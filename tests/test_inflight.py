@@ -16,14 +16,14 @@ from pathlib import Path
 
 from test_notify import NotifyListener
 
-from inbound_mail.imap.connection import connect
-from inbound_mail.imap.sync import FolderSync
-from inbound_mail.inflight import CRASH_REASON, MAX_PARSE_CRASHES, split_runs
 from inbound_mail.models import EmailOrigin, Skipped
-from inbound_mail.parse import DEFAULT_OPTIONS
-from inbound_mail.store import IngestItem, Store
+from inbound_mail.parse.message import DEFAULT_OPTIONS
+from inbound_mail.sources.imap.connection import connect
+from inbound_mail.sources.imap.sync import FolderSync
+from inbound_mail.sources.inflight import CRASH_REASON, MAX_PARSE_CRASHES, split_runs
+from inbound_mail.store.db import IngestItem, Store
 from inbound_mail.testing.emails import build_provider_email
-from inbound_mail.testing.mailbox import Mailbox
+from testsupport.mailbox import Mailbox
 
 from helpers import UNCHECKED_PARSE, DaemonProcess, count, rows, write_config
 
@@ -122,7 +122,7 @@ def test_import_email_that_kills_the_parser_twice_becomes_a_reject(tmp_path: Pat
 def test_an_import_stopped_mid_batch_leaves_nothing_in_flight(tmp_path: Path) -> None:
     # Ctrl-C: the emails recorded in flight but never parsed are no crash; a
     # rerun stores them as new mail, however often the import is stopped.
-    from inbound_mail.importer import import_emails
+    from inbound_mail.sources.importer import import_emails
 
     emails = [(sms(n), EmailOrigin("eml", path=f"/x/{n}.eml")) for n in range(6)]
     with Store.open(tmp_path / "sms.db") as store:
@@ -146,7 +146,7 @@ def test_an_import_stopped_mid_batch_leaves_nothing_in_flight(tmp_path: Path) ->
 
 
 MARK = (
-    "import sys; from inbound_mail.store import Store; from inbound_mail.models import "
+    "import sys; from inbound_mail.store.db import Store; from inbound_mail.models import "
     "EmailOrigin; Store.open(sys.argv[1]).mark_parsing([EmailOrigin('eml', path='/x.eml')]); "
     "print('marked', flush=True); sys.stdin.read()"
 )

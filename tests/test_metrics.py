@@ -12,14 +12,14 @@ import pytest
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
-from inbound_mail.config import load_config
+from inbound_mail.config.reader import load_config
 from inbound_mail.errors import ConfigError
-from inbound_mail.metrics import create_metrics, reject_category
 from inbound_mail.models import Rejected
-from inbound_mail.parse import ParseOptions, parse_email
+from inbound_mail.parse.message import ParseOptions, parse_email
+from inbound_mail.service.metrics import create_metrics, reject_category
 from inbound_mail.testing.emails import build_provider_email
-from inbound_mail.testing.mailbox import Mailbox
 from inbound_mail.testing.webhook_receiver import WebhookReceiver
+from testsupport.mailbox import Mailbox
 
 from helpers import in_process_daemon, rows, wait_until, write_config
 
@@ -146,7 +146,7 @@ def test_a_taken_port_is_a_clear_config_error(tmp_path: Path) -> None:
 
 def test_rejects_are_classified_by_their_code_where_it_says_why(tmp_path: Path) -> None:
     from inbound_mail.models import EmailOrigin
-    from inbound_mail.store import IngestItem, Store
+    from inbound_mail.store.db import IngestItem, Store
 
     db = tmp_path / "s.db"
     config = load_config(

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from inbound_mail.notify import Notifier, watchdog_interval
+from inbound_mail.service.notify import Notifier, watchdog_interval
 from inbound_mail.testing.emails import build_provider_email
-from inbound_mail.testing.mailbox import Mailbox
+from testsupport.mailbox import Mailbox
 
 from helpers import DaemonProcess, count, write_config
 

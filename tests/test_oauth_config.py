@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from inbound_mail.config import load_config
+from inbound_mail.config.reader import load_config
 from inbound_mail.errors import ConfigError
 from inbound_mail.oauth import default_auth_flow
 

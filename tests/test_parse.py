@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
-from inbound_mail.config import ParseConfig
+from inbound_mail.config.model import ParseConfig
 from inbound_mail.errors import ConfigError
 from inbound_mail.models import Rejected, Skipped, SmsRecord
-from inbound_mail.parse import (
+from inbound_mail.parse.message import (
     DEFAULT_OPTIONS,
     ParseOptions,
     normalise_text,
@@ -56,7 +56,7 @@ def test_fixture(eml: Path) -> None:
     assert time.perf_counter() - started < 1.0
     assert isinstance(result, OUTCOMES[expected["outcome"]]), result
     if isinstance(result, SmsRecord):
-        # The parser never judges authenticity (inbound_mail.authenticity does, after it).
+        # The parser never judges authenticity (inbound_mail.parse.authenticity does, after it).
         unchecked = {"authenticated": None, "auth_reason": None}
         assert dataclasses.asdict(result) == {**expected["record"], **unchecked}
     else:
@@ -313,7 +313,7 @@ def test_absurd_nesting_is_rejected_or_skipped_not_raised() -> None:
 
 
 def test_internal_errors_become_rejections(monkeypatch: pytest.MonkeyPatch) -> None:
-    import inbound_mail.parse as parse_module
+    import inbound_mail.parse.message as parse_module
 
     def broken(*_: object) -> None:
         raise KeyError("boom")

@@ -10,13 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from inbound_mail.charsets import UNKNOWN, codec_for, neutralise
-from inbound_mail.imap.worker import AccountWorker
-from inbound_mail.inflight import CRASH_REASON
-from inbound_mail.metrics import reject_category
 from inbound_mail.models import Rejected, Skipped, SmsRecord
-from inbound_mail.parse import DEFAULT_OPTIONS, parse_email
-from inbound_mail.parse_limits import (
+from inbound_mail.parse.charsets import UNKNOWN, codec_for, neutralise
+from inbound_mail.parse.limits import (
     MAX_ENCODED_WORDS,
     MAX_HEADER_FIELDS,
     MAX_MIME_PARAMS,
@@ -24,10 +20,14 @@ from inbound_mail.parse_limits import (
     check_structure,
     scan_headers,
 )
-from inbound_mail.store import Store
-from inbound_mail.testing.bombs import BUDGET, bombs
+from inbound_mail.parse.message import DEFAULT_OPTIONS, parse_email
+from inbound_mail.service.metrics import reject_category
+from inbound_mail.sources.imap.worker import AccountWorker
+from inbound_mail.sources.inflight import CRASH_REASON
+from inbound_mail.store.db import Store
 from inbound_mail.testing.emails import build_provider_email
-from inbound_mail.testing.mailbox import Mailbox
+from testsupport.bombs import BUDGET, bombs
+from testsupport.mailbox import Mailbox
 
 CORPUS = bombs()
 

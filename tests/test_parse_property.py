@@ -8,7 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from inbound_mail.models import SmsRecord
-from inbound_mail.parse import DEFAULT_OPTIONS, normalise_text, parse_email, to_utc_iso
+from inbound_mail.parse.message import DEFAULT_OPTIONS, normalise_text, parse_email, to_utc_iso
 from inbound_mail.testing.emails import LABEL_STYLES, build_provider_email
 
 NUMBERS = st.from_regex(r"\+?[0-9]{6,15}", fullmatch=True)

@@ -9,9 +9,9 @@ from typing import Any
 
 from test_notify import NotifyListener
 
-from inbound_mail.testing.dovecot import DovecotServer
 from inbound_mail.testing.emails import build_provider_email
-from inbound_mail.testing.mailbox import Mailbox
+from testsupport.dovecot import DovecotServer
+from testsupport.mailbox import Mailbox
 
 from helpers import DaemonProcess, count, wait_until, write_config
 

@@ -17,11 +17,11 @@ from stream_daemons import (
     unique_stream,
 )
 
-from inbound_mail.testing.dovecot import DovecotServer
-from inbound_mail.testing.mailbox import Mailbox
-from inbound_mail.testing.nats_server import NatsServer
-from inbound_mail.testing.redis_server import RedisServer
 from inbound_mail.testing.wait import wait_until
+from testsupport.dovecot import DovecotServer
+from testsupport.mailbox import Mailbox
+from testsupport.nats_server import NatsServer
+from testsupport.redis_server import RedisServer
 
 from helpers import DaemonProcess, write_config
 

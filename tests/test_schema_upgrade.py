@@ -6,8 +6,8 @@ import shutil
 import sqlite3
 from pathlib import Path
 
-from inbound_mail import _schema
-from inbound_mail.store import Store
+from inbound_mail.store import schema as _schema
+from inbound_mail.store.db import Store
 
 V1 = Path(__file__).resolve().parent / "data" / "schema_v1.sqlite"
 

@@ -13,13 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from inbound_mail.config import SinkConfig
+from inbound_mail.config.model import SinkConfig
 from inbound_mail.delivery import AttemptContext, DeliveryWorker
 from inbound_mail.errors import ConfigError, TemporaryDeliveryError
 from inbound_mail.models import EmailOrigin, SmsRecord
 from inbound_mail.sinks import create_sink
 from inbound_mail.sinks.jsonl import JsonlSink
-from inbound_mail.store import IngestItem, Store
+from inbound_mail.store.db import IngestItem, Store
 from inbound_mail.testing.wait import wait_until
 
 CONTEXT = AttemptContext(delivery_id=1, attempt=1)

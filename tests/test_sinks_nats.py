@@ -12,16 +12,16 @@ from typing import Any
 
 import pytest
 
-from inbound_mail._check_sinks import check_sink
-from inbound_mail.config import RetryPolicy, SinkConfig
+from inbound_mail.check.sinks import check_sink
+from inbound_mail.config.model import RetryPolicy, SinkConfig
 from inbound_mail.delivery import AttemptContext, DeliveryWorker
 from inbound_mail.errors import ConfigError, PermanentDeliveryError, TemporaryDeliveryError
 from inbound_mail.models import EmailOrigin, SmsRecord
 from inbound_mail.sinks import BatchSink, Sink, create_sink, record_json
 from inbound_mail.sinks.nats import subject_matches
-from inbound_mail.store import IngestItem, Store
-from inbound_mail.testing.nats_server import NatsServer
+from inbound_mail.store.db import IngestItem, Store
 from inbound_mail.testing.wait import wait_until
+from testsupport.nats_server import NatsServer
 
 CONTEXT = AttemptContext(delivery_id=1, attempt=1)
 FAST = RetryPolicy(retry_base=0.05, retry_cap=0.5, max_attempts=1000, max_age=3600)

@@ -16,17 +16,17 @@ from typing import Any
 import pytest
 from standardwebhooks import Webhook
 
-from inbound_mail.config import RetryPolicy, SinkConfig
+from inbound_mail.config.model import RetryPolicy, SinkConfig
 from inbound_mail.delivery import AttemptContext, DeliveryWorker
 from inbound_mail.errors import ConfigError, PermanentDeliveryError, TemporaryDeliveryError
 from inbound_mail.logs import KeyValueFormatter
 from inbound_mail.models import EmailOrigin, SmsRecord
 from inbound_mail.sinks import create_sink, redact_url
 from inbound_mail.sinks.webhook import WebhookSink, parse_retry_after
-from inbound_mail.store import IngestItem, Store
-from inbound_mail.testing.certs import make_certificates
+from inbound_mail.store.db import IngestItem, Store
 from inbound_mail.testing.wait import wait_until
 from inbound_mail.testing.webhook_receiver import Answer, WebhookReceiver
+from testsupport.certs import make_certificates
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 CONTEXT = AttemptContext(delivery_id=1, attempt=1)

@@ -10,12 +10,12 @@ from pathlib import Path
 from click.testing import CliRunner, Result
 
 from inbound_mail.cli import cli
-from inbound_mail.config import load_config
+from inbound_mail.config.reader import load_config
 from inbound_mail.models import EmailOrigin, SmsRecord
-from inbound_mail.status import HEARTBEAT_KEY, collect_status
-from inbound_mail.store import AttemptRecord, IngestItem, Store
+from inbound_mail.service.status import HEARTBEAT_KEY, collect_status
+from inbound_mail.store.db import AttemptRecord, IngestItem, Store
 from inbound_mail.testing.emails import build_provider_email
-from inbound_mail.testing.mailbox import Mailbox
+from testsupport.mailbox import Mailbox
 
 from helpers import in_process_daemon, wait_until, write_config
 
@@ -116,7 +116,7 @@ def test_thresholds_name_what_to_fix(tmp_path: Path) -> None:
 
 
 def test_fast_reliable_recent_traffic_is_ok(tmp_path: Path) -> None:
-    from inbound_mail.store import iso
+    from inbound_mail.store.db import iso
 
     config = _database(
         tmp_path, durations=[0.2] * 20, failures=0, received_at=iso(time.time() - 60)

@@ -15,12 +15,12 @@ from pathlib import Path
 import pytest
 from sqlite_utils import Database
 
-from inbound_mail import _schema
-from inbound_mail.config import SinkConfig, SinkFilter
+from inbound_mail.config.model import SinkConfig, SinkFilter
 from inbound_mail.delivery import make_router
 from inbound_mail.errors import StoreError, StoreLockedError
 from inbound_mail.models import EmailOrigin, Rejected, Skipped, SmsRecord
-from inbound_mail.store import (
+from inbound_mail.store import schema as _schema
+from inbound_mail.store.db import (
     AttemptRecord,
     Checkpoint,
     IngestItem,
@@ -578,7 +578,7 @@ def test_state(store: Store) -> None:
 # -- the daemon lock -----------------------------------------------------------------------
 _HOLD_LOCK = """
 import sys
-from inbound_mail.store import Store
+from inbound_mail.store.db import Store
 store = Store.open(sys.argv[1])
 store.acquire_daemon_lock()
 print("locked", flush=True)

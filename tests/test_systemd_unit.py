@@ -16,7 +16,7 @@ import pytest
 from click.testing import CliRunner
 
 from inbound_mail.cli import cli
-from inbound_mail.systemd import render_unit
+from inbound_mail.service.systemd import render_unit
 
 from helpers import write_config
 

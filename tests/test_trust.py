@@ -10,16 +10,16 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 
-from inbound_mail.authenticity import Deferred, KeyResolver, TrustPolicy, Verifier
 from inbound_mail.cli import cli
-from inbound_mail.config import load_config
+from inbound_mail.config.reader import load_config
 from inbound_mail.models import Rejected, SmsRecord
-from inbound_mail.parse import parse_email
-from inbound_mail.service import Daemon
-from inbound_mail.testing.dkim import DkimKey, authentication_results, prepend_headers
-from inbound_mail.testing.dns import DnsServer
+from inbound_mail.parse.authenticity import Deferred, KeyResolver, TrustPolicy, Verifier
+from inbound_mail.parse.message import parse_email
+from inbound_mail.service.daemon import Daemon
 from inbound_mail.testing.emails import build_provider_email
-from inbound_mail.testing.mailbox import Mailbox
+from testsupport.dkim import DkimKey, authentication_results, prepend_headers
+from testsupport.dns import DnsServer
+from testsupport.mailbox import Mailbox
 
 from helpers import rows, toml_value, write_config
 
@@ -257,7 +257,7 @@ def test_import_defers_on_servfail_then_stores_once(tmp_path: Path, dns_server: 
     assert rows(db, "SELECT count(*) FROM messages") == [(0,)]
     assert rows(db, "SELECT count(*) FROM rejects") == [(0,)], "never rejected for a DNS failure"
     # Parsed fine, then held back: no in-flight row that a later start would take
-    # for a parser crash (inbound_mail.inflight).
+    # for a parser crash (inbound_mail.sources.inflight).
     assert rows(db, "SELECT count(*) FROM parsing") == [(0,)]
     for _ in range(2):
         assert invoke(config, "import", str(eml)).exit_code == 0
@@ -391,7 +391,7 @@ def test_check_judges_the_latest_provider_mail(
 
 
 def test_unauthenticated_rejects_have_a_metric_category() -> None:
-    from inbound_mail.metrics import reject_category
+    from inbound_mail.service.metrics import reject_category
 
     assert reject_category("unauthenticated: no valid DKIM signature") == "unauthenticated"
 
@@ -478,7 +478,7 @@ def test_hostile_headers_are_a_failed_check_never_a_crash(
 ) -> None:
     raw = header + sms("hostile")
     # The SMS parsed from the email without the header: a header over a limit of
-    # the pre-parse gate (inbound_mail.parse_limits) makes parse_email itself a
+    # the pre-parse gate (inbound_mail.parse.limits) makes parse_email itself a
     # reject, and the verifier must still cope with it on its own.
     outcome = verifier(dns_server).check(raw, parse_email(sms("hostile")))
     assert isinstance(outcome, Rejected) and outcome.code == "unauthenticated", outcome

@@ -41,16 +41,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
-from ..errors import (
-    ConfigError,
-    DeliveryError,
-    PermanentDeliveryError,
-    TemporaryDeliveryError,
-)
+from ..errors import ConfigError, DeliveryError, PermanentDeliveryError, TemporaryDeliveryError
 from . import REDACTED, SinkOptions, record_json, redact_url, url_secrets
 
 if TYPE_CHECKING:
-    from ..config import SinkConfig
+    from ..config.model import SinkConfig
     from ..models import SmsRecord
     from . import DeliveryContext, DeliveryOutcome
 

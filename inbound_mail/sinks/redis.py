@@ -38,12 +38,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
-from ..config import format_duration
+from ..config.model import format_duration
 from ..errors import ConfigError, DeliveryError, PermanentDeliveryError, TemporaryDeliveryError
 from . import REDACTED, SinkOptions, record_json, redact_url, url_secrets
 
 if TYPE_CHECKING:
-    from ..config import SinkConfig
+    from ..config.model import SinkConfig
     from ..models import SmsRecord
     from . import DeliveryContext, DeliveryOutcome
 

@@ -57,7 +57,7 @@ from ..secrets import read_secret, redact_url, scrub, url_secrets
 from . import SinkOptions, record_json
 
 if TYPE_CHECKING:
-    from ..config import SinkConfig
+    from ..config.model import SinkConfig
     from ..models import SmsRecord
     from . import DeliveryContext
 
