@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import regex
 
@@ -34,11 +35,13 @@ __all__ = [
     "MetricsConfig",
     "OAuth2Config",
     "ParseConfig",
+    "ParseOptions",
     "RetryPolicy",
     "SinkConfig",
     "SinkFilter",
     "StatusConfig",
     "default_db_path",
+    "default_port",
     "format_duration",
     "parse_dns_server",
     "parse_duration",
@@ -120,10 +123,37 @@ DNS_TIMEOUT_RANGE = (0.1, 60.0)
 
 
 @dataclass(frozen=True, slots=True)
-class ParseConfig:
+class ParseOptions:
+    """What the parser accepts: the sender addresses, the provider's zone, keyword
+    splitting.  ``[parse]`` (:class:`ParseConfig`) is these plus the trust keys."""
+
     senders: tuple[str, ...] = DEFAULT_SENDERS
     timezone: str = "Europe/Rome"
     keyword: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "senders", tuple(s.strip().lower() for s in self.senders))
+        try:
+            ZoneInfo(self.timezone)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ConfigError(f"unknown time zone {self.timezone!r}", key="parse.timezone") from exc
+
+    @classmethod
+    def from_config(
+        cls, parse: ParseOptions, senders: tuple[str, ...] | None = None
+    ) -> ParseOptions:
+        """The parser's options of ``[parse]``; ``senders`` (an account's list) overrides its."""
+        return ParseOptions(
+            senders=parse.senders if senders is None else senders,
+            timezone=parse.timezone,
+            keyword=parse.keyword,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ParseConfig(ParseOptions):
+    """``[parse]``: the parser's options and the trust defaults of every account."""
+
     # Trust (see inbound_mail.parse.authenticity); an account may override the first three.
     authenticate: AuthMode = "require"
     authserv_ids: tuple[str, ...] = ()
@@ -196,6 +226,11 @@ class OAuth2Config:
         return bool(
             self.refresh_token_file or self.refresh_token_env or self.refresh_token_credential
         )
+
+
+def default_port(tls: TlsMode) -> int:
+    """An account's port when the file gives none: 993 for implicit TLS, else 143."""
+    return 993 if tls == "implicit" else 143
 
 
 @dataclass(frozen=True, slots=True)

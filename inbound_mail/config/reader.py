@@ -1,5 +1,11 @@
 """Validation of the parsed TOML tree into :mod:`inbound_mail.config.model` objects.
 
+The reader holds no default values: a key missing from the file is left out of
+the keyword arguments, so the dataclass default in :mod:`.model` applies -- the
+same value as with no config file at all.  The only fallbacks written here are
+inheritances (an account's ``senders`` and trust keys default to ``[parse]``'s,
+its ``port`` to :func:`~inbound_mail.config.model.default_port` of its ``tls``).
+
 Kept apart from :mod:`.model` so the dataclasses read as documentation; every
 check here raises :class:`ConfigError` with the file and the key path.
 """
@@ -19,8 +25,6 @@ import regex
 
 from ..errors import ConfigError
 from .model import (
-    DEFAULT_DKIM_DOMAINS,
-    DEFAULT_SENDERS,
     DNS_TIMEOUT_RANGE,
     AccountConfig,
     Config,
@@ -33,7 +37,7 @@ from .model import (
     SinkConfig,
     SinkFilter,
     StatusConfig,
-    default_db_path,
+    default_port,
     format_duration,
     parse_dns_server,
     parse_duration,
@@ -41,6 +45,15 @@ from .model import (
 
 T = TypeVar("T")
 _MISSING: Any = object()
+#: A key absent from the file: left out of the dataclass's arguments (see :func:`present`).
+ABSENT: Any = object()
+
+
+def present(**values: Any) -> dict[str, Any]:
+    """The keyword arguments whose key was in the file: the model's defaults fill the rest."""
+    return {name: value for name, value in values.items() if value is not ABSENT}
+
+
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _DAY = 86400.0
 _YEAR = 365 * _DAY
@@ -136,49 +149,57 @@ def build_config(data: dict[str, Any], path: Path) -> Config:
 
 
 def _database_section(t: _Table) -> DatabaseConfig:
-    path = t.text("path", None)
+    path = t.text("path", ABSENT)
     result = DatabaseConfig(
-        path=_relative_to(t, Path(path)) if path else default_db_path(),
-        raw_retention=t.duration(
-            "raw_retention", 90 * 86400.0, 0, 100 * _YEAR, why="0 keeps raw emails forever"
-        ),
+        **present(
+            path=_relative_to(t, Path(path)) if path and path is not ABSENT else ABSENT,
+            raw_retention=t.duration(
+                "raw_retention", ABSENT, 0, 100 * _YEAR, why="0 keeps raw emails forever"
+            ),
+        )
     )
     t.finish()
     return result
 
 
 def _parse_section(t: _Table) -> ParseConfig:
-    timezone = t.get(
-        "timezone", "an IANA time zone such as Europe/Rome", _check_zone, "Europe/Rome"
-    )
     low, high = DNS_TIMEOUT_RANGE
     result = ParseConfig(
-        senders=tuple(s.lower() for s in t.str_list("senders", list(DEFAULT_SENDERS))),
-        timezone=timezone,
-        keyword=t.boolean("keyword", False),
-        authenticate=_authenticate(t, "require"),
-        authserv_ids=_authserv_ids(t, []),
-        dkim_domains=_dkim_domains(t, list(DEFAULT_DKIM_DOMAINS)),
-        dns_servers=tuple(
-            t.get(
+        **present(
+            senders=_senders(t, ABSENT),
+            timezone=t.get(
+                "timezone", "an IANA time zone such as Europe/Rome", _check_zone, ABSENT
+            ),
+            keyword=t.boolean("keyword", ABSENT),
+            authenticate=_authenticate(t, ABSENT),
+            authserv_ids=_authserv_ids(t, ABSENT),
+            dkim_domains=_dkim_domains(t, ABSENT),
+            dns_servers=t.get(
                 "dns_servers",
                 'a list of DNS server addresses such as ["127.0.0.1", "[::1]:5353"]',
-                _check_dns_servers,
-                [],
-            )
-        ),
-        dns_timeout=t.get(
-            "dns_timeout",
-            f"a duration from {low:g} to {high:g} seconds",
-            lambda v: _check_range(parse_duration(v), low, high),
-            5.0,
-        ),
+                lambda v: tuple(_check_dns_servers(v)),
+                ABSENT,
+            ),
+            dns_timeout=t.get(
+                "dns_timeout",
+                f"a duration from {low:g} to {high:g} seconds",
+                lambda v: _check_range(parse_duration(v), low, high),
+                ABSENT,
+            ),
+        )
     )
     t.finish()
     return result
 
 
-def _authenticate(t: _Table, default: str) -> Any:
+def _senders(t: _Table, default: Any) -> Any:
+    return t.get(
+        "senders", "a list of strings", lambda v: tuple(s.lower() for s in _check_str_list(v)),
+        default,
+    )  # fmt: skip
+
+
+def _authenticate(t: _Table, default: Any) -> Any:
     return t.get(
         "authenticate",
         '"require", "report" or "off"',
@@ -187,37 +208,35 @@ def _authenticate(t: _Table, default: str) -> Any:
     )
 
 
-def _authserv_ids(t: _Table, default: list[str]) -> tuple[str, ...]:
-    return tuple(
-        a.strip().lower()
-        for a in t.get(
-            "authserv_ids",
-            "a list of authserv-ids (the first word of your server's "
-            "Authentication-Results headers)",
-            _check_names_list,
-            default,
-        )
+def _authserv_ids(t: _Table, default: Any) -> Any:
+    return t.get(
+        "authserv_ids",
+        "a list of authserv-ids (the first word of your server's Authentication-Results headers)",
+        lambda v: tuple(a.strip().lower() for a in _check_names_list(v)),
+        default,
     )
 
 
-def _dkim_domains(t: _Table, default: list[str]) -> tuple[str, ...]:
-    return tuple(
-        d.strip().lower()
-        for d in t.get("dkim_domains", "a non-empty list of domain names", _check_domains, default)
+def _dkim_domains(t: _Table, default: Any) -> Any:
+    return t.get(
+        "dkim_domains",
+        "a non-empty list of domain names",
+        lambda v: tuple(d.strip().lower() for d in _check_domains(v)),
+        default,
     )
 
 
 def _log_section(t: _Table) -> LogConfig:
-    level = t.get("level", "DEBUG, INFO, WARNING or ERROR", _check_level, "INFO")
-    fmt = t.get("format", '"text" or "json"', lambda v: _check_choice(v, ("text", "json")), "text")
+    level = t.get("level", "DEBUG, INFO, WARNING or ERROR", _check_level, ABSENT)
+    fmt = t.get("format", '"text" or "json"', lambda v: _check_choice(v, ("text", "json")), ABSENT)
     t.finish()
-    return LogConfig(level=level, format=fmt)
+    return LogConfig(**present(level=level, format=fmt))
 
 
 def _metrics_section(t: _Table) -> MetricsConfig:
-    listen = t.get("listen", 'an address "HOST:PORT" (port 0 to 65535)', _check_listen, None)
+    listen = t.get("listen", 'an address "HOST:PORT" (port 0 to 65535)', _check_listen, ABSENT)
     t.finish()
-    return MetricsConfig(listen=listen)
+    return MetricsConfig(**present(listen=listen))
 
 
 def _status_section(t: _Table) -> StatusConfig:
@@ -227,10 +246,12 @@ def _status_section(t: _Table) -> StatusConfig:
     }
     expect.finish()
     result = StatusConfig(
-        heartbeat_stale=t.duration("heartbeat_stale", 120.0, 1, _DAY),
-        slow_delivery=t.duration("slow_delivery", 5.0, 0.001, 3600),
-        error_rate=t.get("error_rate", "a fraction between 0 and 1", _check_fraction, 0.01),
-        expect_within=expect_within,
+        **present(
+            heartbeat_stale=t.duration("heartbeat_stale", ABSENT, 1, _DAY),
+            slow_delivery=t.duration("slow_delivery", ABSENT, 0.001, 3600),
+            error_rate=t.get("error_rate", "a fraction between 0 and 1", _check_fraction, ABSENT),
+            expect_within=expect_within,
+        )
     )
     t.finish()
     return result
@@ -241,13 +262,13 @@ def _account(t: _Table, index: int, parse: ParseConfig) -> AccountConfig:
         "tls",
         '"implicit", "starttls" or "none"',
         lambda v: _check_choice(v, ("implicit", "starttls", "none")),
-        "implicit",
+        ABSENT,
     )
-    ca_file = t.text("ca_file", None)
-    password_file = t.text("password_file", None)
+    ca_file = t.text("ca_file", ABSENT)
+    password_file = t.text("password_file", ABSENT)
     auth = t.get(
         "auth", '"password" or "oauth2"', lambda v: _check_choice(v, ("password", "oauth2")),
-        "password",
+        ABSENT,
     )  # fmt: skip
     oauth2 = _oauth2_section(t) if auth == "oauth2" else None
     if auth != "oauth2" and "oauth2" in t.data:
@@ -256,32 +277,46 @@ def _account(t: _Table, index: int, parse: ParseConfig) -> AccountConfig:
         name=t.get("name", "a name of letters, digits, '.', '_' or '-'", _check_name),
         host=t.get("host", "a host name or address (not empty, no spaces)", _check_host),
         username=t.get("username", "a non-empty string", _check_nonempty),
-        port=t.integer("port", 993 if tls == "implicit" else 143, 1, 65535),
-        tls=tls,
-        ca_file=_relative_to(t, Path(ca_file)) if ca_file else None,
-        password_file=_relative_to(t, Path(password_file)) if password_file else None,
-        password_env=t.text("password_env", None),
-        password_credential=t.text("password_credential", None),
-        folders=tuple(t.str_list("folders", ["INBOX"])),
-        senders=tuple(s.lower() for s in t.str_list("senders", list(parse.senders))),
-        after=t.get("after", '"seen", "none", "delete" or "move:FOLDER"', _check_after, "seen"),
-        max_size=t.integer("max_size", 1024 * 1024, 1024, 100 * 1024 * 1024),
-        idle=t.boolean("idle", True),
-        idle_refresh=t.duration(
-            "idle_refresh", 600.0, 10, 29 * 60, why="RFC 2177: servers may drop an IDLE after 30m"
-        ),
-        idle_deadline=t.duration("idle_deadline", 60.0, 1, 29 * 60),
-        poll_interval=t.duration("poll_interval", 60.0, 1, _DAY),
-        resync_interval=t.duration("resync_interval", 900.0, 1, _DAY),
-        connect_timeout=t.duration("connect_timeout", 30.0, 0.1, 600),
-        fetch_batch=t.integer("fetch_batch", 2000, 1, 100_000),
+        # Inherited from [parse], not defaulted here: the senders and the trust keys.
+        senders=_senders(t, parse.senders),
         authenticate=_authenticate(t, parse.authenticate),
-        authserv_ids=_authserv_ids(t, list(parse.authserv_ids)),
-        dkim_domains=_dkim_domains(t, list(parse.dkim_domains)),
-        auth=auth,
-        oauth2=oauth2,
+        authserv_ids=_authserv_ids(t, parse.authserv_ids),
+        dkim_domains=_dkim_domains(t, parse.dkim_domains),
         file=t.file,
         index=index,
+        **present(
+            tls=tls,
+            # The TLS mode's port (default_port) when the file sets tls but no port.
+            port=t.integer("port", default_port(tls) if tls is not ABSENT else ABSENT, 1, 65535),
+            ca_file=_relative_to(t, Path(ca_file)) if ca_file and ca_file is not ABSENT else ABSENT,
+            password_file=(
+                _relative_to(t, Path(password_file))
+                if password_file and password_file is not ABSENT
+                else ABSENT
+            ),
+            password_env=t.text("password_env", ABSENT),
+            password_credential=t.text("password_credential", ABSENT),
+            folders=t.get(
+                "folders", "a list of strings", lambda v: tuple(_check_str_list(v)), ABSENT
+            ),
+            after=t.get("after", '"seen", "none", "delete" or "move:FOLDER"', _check_after, ABSENT),
+            max_size=t.integer("max_size", ABSENT, 1024, 100 * 1024 * 1024),
+            idle=t.boolean("idle", ABSENT),
+            idle_refresh=t.duration(
+                "idle_refresh",
+                ABSENT,
+                10,
+                29 * 60,
+                why="RFC 2177: servers may drop an IDLE after 30m",
+            ),
+            idle_deadline=t.duration("idle_deadline", ABSENT, 1, 29 * 60),
+            poll_interval=t.duration("poll_interval", ABSENT, 1, _DAY),
+            resync_interval=t.duration("resync_interval", ABSENT, 1, _DAY),
+            connect_timeout=t.duration("connect_timeout", ABSENT, 0.1, 600),
+            fetch_batch=t.integer("fetch_batch", ABSENT, 1, 100_000),
+            auth=auth,
+            oauth2=oauth2 if oauth2 is not None else ABSENT,
+        ),
     )
     t.finish()
     secrets = [
@@ -337,8 +372,11 @@ def _oauth2_section(account: _Table) -> OAuth2Config:
         "flow",
         '"refresh_token" or "client_credentials"',
         lambda v: _check_choice(v, ("refresh_token", "client_credentials")),
-        "refresh_token",
+        ABSENT,
     )
+    flow_absent = flow is ABSENT
+    if flow_absent:
+        flow = OAuth2Config.__dataclass_fields__["flow"].default
     preset = _OAUTH_PRESETS.get(provider, {})
     if provider == "google" and flow == "client_credentials":
         raise t.error(
@@ -377,23 +415,25 @@ def _oauth2_section(account: _Table) -> OAuth2Config:
         ),
         token_url=token_url,
         scope=tuple(scope),
-        flow=flow,
         tenant=tenant,
         authorization_url=url("authorization_url"),
         device_authorization_url=url("device_authorization_url"),
-        client_secret_file=_optional_path(t, "client_secret_file"),
-        client_secret_env=t.text("client_secret_env", None),
-        client_secret_credential=t.text("client_secret_credential", None),
-        refresh_token_file=_optional_path(t, "refresh_token_file"),
-        refresh_token_env=t.text("refresh_token_env", None),
-        refresh_token_credential=t.text("refresh_token_credential", None),
-        sasl=t.get(
-            "sasl",
-            '"auto", "xoauth2" or "oauthbearer"',
-            lambda v: _check_choice(v, ("auto", "xoauth2", "oauthbearer")),
-            "auto",
+        **present(
+            flow=ABSENT if flow_absent else flow,
+            client_secret_file=_optional_path(t, "client_secret_file"),
+            client_secret_env=t.text("client_secret_env", ABSENT),
+            client_secret_credential=t.text("client_secret_credential", ABSENT),
+            refresh_token_file=_optional_path(t, "refresh_token_file"),
+            refresh_token_env=t.text("refresh_token_env", ABSENT),
+            refresh_token_credential=t.text("refresh_token_credential", ABSENT),
+            sasl=t.get(
+                "sasl",
+                '"auto", "xoauth2" or "oauthbearer"',
+                lambda v: _check_choice(v, ("auto", "xoauth2", "oauthbearer")),
+                ABSENT,
+            ),
+            timeout=t.duration("timeout", ABSENT, 1, 300),
         ),
-        timeout=t.duration("timeout", 30.0, 1, 300),
     )
     t.finish()
     for what in ("client_secret", "refresh_token"):
@@ -411,9 +451,9 @@ def _oauth2_section(account: _Table) -> OAuth2Config:
     return config
 
 
-def _optional_path(t: _Table, name: str) -> Path | None:
-    value = t.text(name, None)
-    return _relative_to(t, Path(value)) if value else None
+def _optional_path(t: _Table, name: str) -> Any:
+    value = t.text(name, ABSENT)
+    return _relative_to(t, Path(value)) if value and value is not ABSENT else ABSENT
 
 
 def _check_oauth_url(value: object) -> str:
@@ -463,19 +503,29 @@ def _sink(t: _Table, index: int) -> SinkConfig:
     name = t.get("name", "a name of letters, digits, '.', '_' or '-'", _check_name)
     kind = t.text("type")
     flt = t.table("filter")
-    text_regex = flt.get("text_regex", "a regular expression", _check_regex, None)
+    strings = "a list of strings"
     sink_filter = SinkFilter(
-        destinations=tuple(flt.str_list("destinations", [])),
-        originators=tuple(flt.str_list("originators", [])),
-        keywords=tuple(k.upper() for k in flt.str_list("keywords", [])),
-        text_regex=text_regex,
+        **present(
+            destinations=flt.get(
+                "destinations", strings, lambda v: tuple(_check_str_list(v)), ABSENT
+            ),
+            originators=flt.get(
+                "originators", strings, lambda v: tuple(_check_str_list(v)), ABSENT
+            ),
+            keywords=flt.get(
+                "keywords", strings, lambda v: tuple(k.upper() for k in _check_str_list(v)), ABSENT
+            ),
+            text_regex=flt.get("text_regex", "a regular expression", _check_regex, ABSENT),
+        )
     )
     flt.finish()
     retry = RetryPolicy(
-        retry_base=t.duration("retry_base", 5.0, 0.001, 3600),
-        retry_cap=t.duration("retry_cap", 3600.0, 0.001, 7 * _DAY),
-        max_attempts=t.integer("max_attempts", 100, 1, 100_000),
-        max_age=t.duration("max_age", 7 * _DAY, 1, 366 * _DAY),
+        **present(
+            retry_base=t.duration("retry_base", ABSENT, 0.001, 3600),
+            retry_cap=t.duration("retry_cap", ABSENT, 0.001, 7 * _DAY),
+            max_attempts=t.integer("max_attempts", ABSENT, 1, 100_000),
+            max_age=t.duration("max_age", ABSENT, 1, 366 * _DAY),
+        )
     )
     if retry.retry_cap < retry.retry_base:
         raise t.error(
@@ -483,7 +533,7 @@ def _sink(t: _Table, index: int) -> SinkConfig:
             f"expected a duration at least retry_base ({format_duration(retry.retry_base)}), "
             f"got {format_duration(retry.retry_cap)}",
         )
-    parallel = t.integer("parallel", 1, 1, 64)
+    parallel = t.integer("parallel", ABSENT, 1, 64)
     options = {k: v for k, v in t.data.items() if k not in t.used}
     return SinkConfig(
         name=name,
@@ -491,9 +541,9 @@ def _sink(t: _Table, index: int) -> SinkConfig:
         options=options,
         filter=sink_filter,
         retry=retry,
-        parallel=parallel,
         file=t.file,
         index=index,
+        **present(parallel=parallel),
     )
 
 

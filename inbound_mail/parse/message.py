@@ -112,7 +112,7 @@ import email.message
 import email.policy
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, fields, replace
+from dataclasses import fields, replace
 from datetime import UTC, datetime
 from email.header import decode_header, make_header
 from email.parser import BytesHeaderParser
@@ -122,8 +122,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import mailparser
 
-from ..config.model import DEFAULT_SENDERS, ParseConfig
-from ..errors import ConfigError
+from ..config.model import ParseOptions
 from ..models import ParseOutcome, Rejected, Skipped, SmsRecord
 from .charsets import codec_for, neutralise, neutralise_value
 from .html import html_to_text
@@ -148,33 +147,6 @@ _LABEL = re.compile(r"[ \t]*(from|to|date[ \t]*/[ \t]*time|body|text)[ \t]*[:=]"
 _FIELD_NAMES = {"from": "From", "to": "To", "date/time": "Date/Time"}
 _DATE_TIME = re.compile(r"[0-9]{14}")
 _KEYWORD = re.compile(r"([A-Za-z0-9]{4,8})(?:\s|$)")
-
-
-@dataclass(frozen=True, slots=True)
-class ParseOptions:
-    """What the parser accepts: the sender addresses, the provider's zone, keyword splitting."""
-
-    senders: tuple[str, ...] = DEFAULT_SENDERS
-    timezone: str = "Europe/Rome"
-    keyword: bool = False
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "senders", tuple(s.strip().lower() for s in self.senders))
-        try:
-            ZoneInfo(self.timezone)
-        except (ZoneInfoNotFoundError, ValueError) as exc:
-            raise ConfigError(f"unknown time zone {self.timezone!r}", key="parse.timezone") from exc
-
-    @classmethod
-    def from_config(
-        cls, parse: ParseConfig, senders: tuple[str, ...] | None = None
-    ) -> ParseOptions:
-        """Options from ``[parse]``; ``senders`` (an account's own list) overrides its senders."""
-        return cls(
-            senders=parse.senders if senders is None else senders,
-            timezone=parse.timezone,
-            keyword=parse.keyword,
-        )
 
 
 DEFAULT_OPTIONS = ParseOptions()
