@@ -26,7 +26,7 @@ $(STAMP): pyproject.toml | $(BIN)/python
 deps:
 	bash scripts/ensure-deps.sh
 
-# All tests, every marker included (faults, slow): nothing is deselected.
+# All tests, the fault suite included: nothing is deselected.
 test: deps venv
 	$(BIN)/pytest tests
 

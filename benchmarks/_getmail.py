@@ -1,5 +1,5 @@
 """getmail6 as the benchmark's peer: SimpleIMAPSSLRetriever, ``read_all``, ``delete =
-false``, into a Maildir (see ``/work/shared/dovecot/NOTES.md``), time-boxed."""
+false``, into a Maildir (the private Dovecot of :mod:`testsupport.dovecot`), time-boxed."""
 
 from __future__ import annotations
 

@@ -10,11 +10,10 @@ import json
 import signal
 import sys
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 
@@ -26,7 +25,6 @@ from .logs import setup_logging
 from .output import FORMATS, escape_control, is_terminal, write_rows
 from .sources.importer import DEFAULT_BATCH
 
-F = TypeVar("F", bound=Callable[..., Any])
 MESSAGE_COLUMNS = ("received_at", "originator", "destination", "text", "id")
 REJECT_COLUMNS = ("id", "rejected_at", "code", "origin", "reason")
 DELIVERY_COLUMNS = (

@@ -86,7 +86,11 @@ RECORD_BATCH = 100  # parallel: completions recorded in one transaction, at most
 RECORD_SECONDS = 0.05  # parallel: how long a completion waits for others to share its commit
 STORE_RETRY_CAP = 60.0
 ERROR_LIMIT = 4000
-_LEVELS = {"delivered": logging.INFO, "failed": logging.WARNING, "dead": logging.ERROR}
+_LEVELS: dict[AttemptOutcome, int] = {
+    "delivered": logging.INFO,
+    "failed": logging.WARNING,
+    "dead": logging.ERROR,
+}
 _log = logging.getLogger(__name__)
 
 

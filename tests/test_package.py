@@ -45,3 +45,24 @@ def test_the_wheel_holds_only_the_package() -> None:
 
     build = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
     assert build["tool"]["hatch"]["build"]["targets"]["wheel"]["packages"] == ["inbound_mail"]
+
+
+def test_a_misspelt_account_state_is_a_type_error(tmp_path: Path) -> None:
+    """Readiness and stall detection compare typed states: a typo fails mypy."""
+    snippet = tmp_path / "typo.py"
+    snippet.write_text(
+        "from inbound_mail.sources.imap.worker import AccountHealth\n"
+        "def resting(health: AccountHealth) -> bool:\n"
+        '    return health.state == "backof"\n',
+        encoding="utf-8",
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "mypy", "--strict", "--no-incremental", str(snippet)],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=ROOT,
+    )
+    assert result.returncode == 1 and "Non-overlapping equality check" in result.stdout, (
+        result.stdout
+    )

@@ -578,11 +578,10 @@ def test_state(store: Store) -> None:
 # -- the daemon lock -----------------------------------------------------------------------
 _HOLD_LOCK = """
 import sys
-from inbound_mail.store.db import Store
-store = Store.open(sys.argv[1])
-store.acquire_daemon_lock()
-print("locked", flush=True)
-sys.stdin.read()
+from inbound_mail.store.lock import daemon_lock
+with daemon_lock(sys.argv[1]):
+    print("locked", flush=True)
+    sys.stdin.read()
 """
 
 
@@ -597,19 +596,23 @@ def test_daemon_lock_excludes_other_processes(tmp_path: Path) -> None:
         assert holder.stdout.readline().strip() == "locked"
         assert stat.S_IMODE(Path(f"{db}.lock").stat().st_mode) == 0o600
         with Store.open(db) as store:
-            with pytest.raises(StoreLockedError, match=rf"daemon \(pid {holder.pid}\) is running"):
-                store.acquire_daemon_lock()
+            with (
+                pytest.raises(StoreLockedError, match=rf"daemon \(pid {holder.pid}\) is running"),
+                daemon_lock(db),
+            ):
+                pass
             store.ingest([item(sms(1), imap(1))])  # the lock does not block the database
     finally:
         holder.kill()  # process death releases the lock
         holder.wait(timeout=30)
-    with Store.open(db) as store:
-        store.acquire_daemon_lock()
-        store.acquire_daemon_lock()  # idempotent within one Store
-        with Store.open(db) as other, pytest.raises(StoreLockedError, match=f"pid {os.getpid()}"):
-            other.acquire_daemon_lock()
-    with Store.open(db) as store:
-        store.acquire_daemon_lock()  # close() released it
+    with (
+        daemon_lock(db),
+        pytest.raises(StoreLockedError, match=f"pid {os.getpid()}"),
+        daemon_lock(db),
+    ):
+        pass
+    with daemon_lock(db):
+        pass  # leaving the block released it
 
 
 def test_daemon_lock_context_manager(tmp_path: Path) -> None:
@@ -618,8 +621,6 @@ def test_daemon_lock_context_manager(tmp_path: Path) -> None:
         assert Path(f"{db}.lock").read_text().strip() == str(os.getpid())
         with pytest.raises(StoreLockedError, match="stop it first"), daemon_lock(db):
             pass
-        with Store.open(db) as store, pytest.raises(StoreLockedError):
-            store.acquire_daemon_lock()
     with daemon_lock(db):
         pass
     with pytest.raises(StoreError, match="lock file"), daemon_lock(tmp_path / "nope" / "im.db"):
@@ -647,8 +648,8 @@ def test_a_symlink_at_the_lock_file_is_refused_and_its_target_kept(tmp_path: Pat
     precious.write_text("keep me\n", encoding="utf-8")
     db = tmp_path / "im.db"
     Path(f"{db}.lock").symlink_to(precious)
-    with Store.open(db) as store, pytest.raises(StoreError, match=r"lock file .* symbolic link"):
-        store.acquire_daemon_lock()
+    with pytest.raises(StoreError, match=r"lock file .* symbolic link"), daemon_lock(db):
+        pass
     assert precious.read_text(encoding="utf-8") == "keep me\n"
 
 
@@ -662,13 +663,13 @@ def test_a_database_or_lock_open_to_others_is_refused(tmp_path: Path) -> None:
     lock = Path(f"{db}.lock")
     lock.touch(mode=0o666)
     lock.chmod(0o666)
-    with Store.open(db) as store, pytest.raises(StoreError, match=r"lock file .*mode 0666"):
-        store.acquire_daemon_lock()
+    with pytest.raises(StoreError, match=r"lock file .*mode 0666"), daemon_lock(db):
+        pass
     lock.unlink()
     precious = tmp_path / "precious"
     precious.write_text("keep me\n", encoding="utf-8")
     precious.chmod(0o600)
     os.link(precious, lock)  # a hard link: the lock's truncation would hit that file
-    with Store.open(db) as store, pytest.raises(StoreError, match="hard links"):
-        store.acquire_daemon_lock()
+    with pytest.raises(StoreError, match="hard links"), daemon_lock(db):
+        pass
     assert precious.read_text(encoding="utf-8") == "keep me\n"

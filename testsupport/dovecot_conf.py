@@ -1,4 +1,4 @@
-"""The whole ``dovecot.conf`` of a test instance (see ``/work/shared/dovecot/NOTES.md``)."""
+"""The whole ``dovecot.conf`` of a test instance (run by :mod:`testsupport.dovecot`)."""
 
 from __future__ import annotations
 

@@ -123,7 +123,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import mailparser
 
 from ..config.model import ParseOptions
-from ..models import ParseOutcome, Rejected, Skipped, SmsRecord
+from ..models import ParseOutcome, Rejected, Skipped, SmsRecord, reject_code_for
 from .charsets import codec_for, neutralise, neutralise_value
 from .html import html_to_text
 from .limits import MAX_FROM_BYTES, MAX_HEADER_BYTES, check_structure, scan_headers, scan_message
@@ -292,15 +292,14 @@ def _parse_mail(mail: Any, options: ParseOptions) -> ParseOutcome:
     subject = _clean(mail.subject)
     fields = _extract(message)
     if isinstance(fields, str):
-        return Rejected(reason=fields, sender=address, message_id=message_id, subject=subject)
+        return _rejected(fields, address, message_id, subject)
     originator, destination, date_time, text = fields
     if problem := _invalid_numbers(originator, destination):
-        return Rejected(reason=problem, sender=address, message_id=message_id, subject=subject)
+        return _rejected(problem, address, message_id, subject)
     try:
         received_at = to_utc_iso(date_time, options.timezone)
     except ValueError as exc:
-        reason = f"invalid Date/Time {date_time!r}: {exc}"
-        return Rejected(reason=reason, sender=address, message_id=message_id, subject=subject)
+        return _rejected(f"invalid Date/Time {date_time!r}: {exc}", address, message_id, subject)
     return SmsRecord(
         originator=originator,
         destination=destination,
@@ -315,6 +314,12 @@ def _parse_mail(mail: Any, options: ParseOptions) -> ParseOutcome:
     )
 
 
+def _rejected(reason: str, sender: str, message_id: str | None, subject: str | None) -> Rejected:
+    """A reject coded by its reason (``missing_field``, ``invalid_date_time``, ...)."""
+    code = reject_code_for(reason)
+    return Rejected(reason=reason, sender=sender, message_id=message_id, subject=subject, code=code)
+
+
 def _failed(raw: bytes, options: ParseOptions, reason: str) -> ParseOutcome:
     """The outcome when parsing broke: Rejected if the sender is ours, else Skipped."""
     try:
@@ -326,7 +331,7 @@ def _failed(raw: bytes, options: ParseOptions, reason: str) -> ParseOutcome:
         address, problem, message_id, subject = None, "the headers cannot be read", None, None
         names = []
     if address is not None and address in options.senders:
-        return Rejected(reason=reason, sender=address, message_id=message_id, subject=subject)
+        return _rejected(reason, address, message_id, subject)
     why = problem or _not_ours(address or "", names, options)
     return Skipped(reason=why, sender=address, message_id=message_id)
 

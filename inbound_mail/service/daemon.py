@@ -47,6 +47,7 @@ from ..secrets import exposed_secrets_warning, read_password
 from ..sinks import Sink
 from ..sources.imap.worker import AccountHealth, AccountWorker
 from ..store.db import IngestResult, Store, daemon_lock
+from ..store.rows import AttemptOutcome
 from .generation import Generation, account_stalled
 from .metrics import Metrics, create_metrics
 from .notify import Health, Notifier, Supervisor, watchdog_interval
@@ -114,7 +115,7 @@ class Daemon:
         self._stopped = False
         self._lock = threading.Lock()
         self._stored = 0
-        self._outcomes = {"delivered": 0, "failed": 0, "dead": 0}
+        self._outcomes: dict[AttemptOutcome, int] = {"delivered": 0, "failed": 0, "dead": 0}
 
     # -- the running generation ------------------------------------------------------
     @property
@@ -225,7 +226,7 @@ class Daemon:
             for worker in self.delivery_workers:
                 worker.wake()
 
-    def _attempted(self, sink: str, outcome: str, duration: float) -> None:
+    def _attempted(self, sink: str, outcome: AttemptOutcome, duration: float) -> None:
         with self._lock:
             self._outcomes[outcome] = self._outcomes.get(outcome, 0) + 1
         if self.metrics is not None:

@@ -26,7 +26,12 @@ from ..logs import log_event
 from ..parse.authenticity import KeyResolver, Verifier
 from ..parse.message import ParseOptions
 from ..sinks import Sink, create_sink
-from ..sources.imap.worker import AccountWorker
+from ..sources.imap.worker import (
+    RESTING_STATES,
+    SETTLING_STATES,
+    AccountState,
+    AccountWorker,
+)
 from ..store.db import IngestResult
 
 __all__ = ["Generation", "account_stalled"]
@@ -40,8 +45,7 @@ MIN_STALL = 5.0
 # A delivery worker's loop comes round after each batch: sends within a 1 s budget,
 # the last of which may take the sink's whole timeout.
 DELIVERY_STALL_SLACK = 60.0
-_SETTLING = ("starting", "connecting")
-_STATE_WORDS = {"backoff": "retrying", "connected": "syncing"}
+_STATE_WORDS: dict[AccountState, str] = {"backoff": "retrying", "connected": "syncing"}
 
 
 @dataclass(slots=True)
@@ -166,7 +170,8 @@ class Generation:
     def ready(self) -> bool:
         """Every account has connected, or failed and is retrying."""
         return all(
-            w.health.state not in _SETTLING or w.health.reconnects for w in self.account_workers
+            w.health.state not in SETTLING_STATES or w.health.reconnects
+            for w in self.account_workers
         )
 
     def stalled(self, now: float) -> list[str]:
@@ -189,8 +194,8 @@ class Generation:
 def account_stalled(worker: AccountWorker, now: float) -> bool:
     """True when an account worker has been silent for longer than it may block."""
     health = worker.health
-    if health.state in ("backoff", "stopped", "authorization_expired"):
-        return False  # waiting on the stop event, or done: nothing there can hang
+    if health.state in RESTING_STATES:
+        return False
     return now - health.last_tick > max(MIN_STALL, 3 * worker.account.connect_timeout)
 
 
@@ -199,7 +204,8 @@ def _delivery_stalled(worker: DeliveryWorker, now: float) -> bool:
 
 
 def _sink_timeout(config: SinkConfig) -> float:
-    """The sink's ``timeout`` option when it has one (every built-in does), else 30 s."""
+    """The sink's ``timeout`` option when it has one (webhook, command, redis and nats
+    do; jsonl and plug-ins may not), else 30 s."""
     try:
         return parse_duration(config.options.get("timeout", 30.0))
     except ValueError:

@@ -30,7 +30,6 @@ Read from the database at each scrape (so they hold across restarts):
 from __future__ import annotations
 
 import logging
-import re
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
@@ -40,7 +39,9 @@ from typing import TYPE_CHECKING, Any
 from ..config.model import Config
 from ..errors import ConfigError, InboundMailError
 from ..logs import log_event
+from ..models import REJECT_CODES
 from ..store.db import IngestResult, Store
+from ..store.rows import ATTEMPT_OUTCOMES
 
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
@@ -51,55 +52,22 @@ __all__ = ["Metrics", "create_metrics", "reject_category"]
 
 _log = logging.getLogger("inbound_mail.metrics")  # a log field: kept across the move
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
-OUTCOMES = ("delivered", "failed", "dead")
+OUTCOMES = ATTEMPT_OUTCOMES
 
-# The parser's reject reasons are free text; these patterns map them onto a
-# small fixed set, so that a label never takes unbounded values.
-_CATEGORIES: tuple[tuple[re.Pattern[str], str], ...] = tuple(
-    (re.compile(pattern), category)
-    for pattern, category in (
-        (r"^email is \d+ bytes, over", "too_large"),
-        (r"^no text/plain or text/html body", "no_body"),
-        (r"^body is \d+ characters", "body_too_long"),
-        (r"NUL characters", "corrupt_body"),
-        (r"^no field labels found", "no_fields"),
-        (r"^missing field", "missing_field"),
-        (r"^field \S+ appears twice", "duplicate_field"),
-        (r"^field \S+ is empty", "empty_field"),
-        (r"^field (To|From) .* (phone number|sender ID)", "invalid_number"),
-        (r"^invalid Date/Time", "invalid_date_time"),
-        (r"^cannot parse the MIME structure", "bad_mime"),
-        (r"^internal parser error", "parser_error"),
-        (r"; at most \d+$|^the MIME structure has over", "over_limit"),  # parse_limits
-        (r"^parser crash", "parser_crash"),  # inbound_mail.sources.inflight
-        (r"^unauthenticated: ", "unauthenticated"),
-    )
-)
 AccountsView = Callable[[], Iterable[tuple[str, "AccountHealth"]]]
 
 
-# Rejects whose ``code`` column says why on its own (every code but ``malformed``,
-# the parser's own, whose free-text reason the patterns above refine).
-_CODE_CATEGORIES: dict[str, str] = {
-    "oversized": "too_large",
-    "unfetchable": "unfetchable",
-    "unauthenticated": "unauthenticated",
-    "over_limit": "over_limit",
-    "parser_crash": "parser_crash",
-}
+# The metric's names for two codes (kept from before the codes existed); every
+# other code is its own category.
+_CODE_CATEGORIES: dict[str, str] = {"oversized": "too_large", "malformed": "other"}
 
 
-def reject_category(reason: str, code: str | None = None) -> str:
-    """A reject's category: one of a fixed set of names, ``other`` for the rest.
-
-    The ``code`` column decides where it is more than ``malformed``; otherwise
-    (and for reasons without a code) the reason's text does."""
-    if code is not None and code in _CODE_CATEGORIES:
+def reject_category(code: str) -> str:
+    """A reject's metric category, from its ``code`` column only: a fixed set of names
+    (a label never takes unbounded values), ``other`` for the rest."""
+    if code in _CODE_CATEGORIES:
         return _CODE_CATEGORIES[code]
-    for pattern, category in _CATEGORIES:
-        if pattern.search(reason):
-            return category
-    return "other"
+    return code if code in REJECT_CODES else "other"
 
 
 def create_metrics(config: Config, accounts: AccountsView) -> Metrics | None:
@@ -307,9 +275,7 @@ class _DatabaseCollector:
                 backlog = store.backlog()
                 last_sms = store.last_message_by_destination()
                 reasons = list(
-                    store.database.query(
-                        "SELECT code, reason, count(*) AS n FROM rejects GROUP BY code, reason"
-                    )
+                    store.database.query("SELECT code, count(*) AS n FROM rejects GROUP BY code")
                 )
                 unauthenticated = store.trust_counts(0.0)["unauthenticated_sms"]
         except InboundMailError as exc:
@@ -353,7 +319,7 @@ def _database_families(
     )
     by_category: dict[str, int] = {}
     for row in reasons:
-        category = reject_category(str(row["reason"]), str(row["code"]))
+        category = reject_category(str(row["code"]))
         by_category[category] = by_category.get(category, 0) + int(row["n"])
     for category, count in sorted(by_category.items()):
         rejects.add_metric([category], count)

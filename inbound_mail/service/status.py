@@ -34,15 +34,16 @@ from contextlib import suppress
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 from .. import __version__
 from ..config.model import AccountConfig, Config
 from ..errors import StoreError
+from ..sources.imap.worker import SETTLING_STATES
 from ..store.db import Store
 
 if TYPE_CHECKING:
-    from ..sources.imap.worker import AccountHealth
+    from ..sources.imap.worker import AccountHealth, AccountState
 
 __all__ = [
     "ACCOUNT_PREFIX",
@@ -365,6 +366,9 @@ def _judge_account(
             "the account was added: reload it (systemctl reload inbound-mail)",
         )
         return
+    # The heartbeat's JSON holds the worker's AccountState: typed, a misspelt state
+    # below is a mypy error rather than a check that never matches.
+    worker_state = cast("AccountState | None", data.get("state"))
     if data.get("stalled"):
         report.problem(
             "CRITICAL",
@@ -372,7 +376,7 @@ def _judge_account(
             "its worker shows no sign of life; restart the service "
             f"(systemctl restart inbound-mail) and report the hang ({JOURNAL_HINT})",
         )
-    elif data.get("state") == "authorization_expired":
+    elif worker_state == "authorization_expired":
         # The OAuth2 grant is gone: no retry can fix it, a person must sign in again.
         report.problem(
             "CRITICAL",
@@ -381,7 +385,7 @@ def _judge_account(
             "the daemon (systemctl reload inbound-mail)",
         )
         return
-    elif not data.get("connected") and data.get("state") == "backoff":
+    elif not data.get("connected") and worker_state == "backoff":
         report.problem("WARNING", subject, f"disconnected, retrying: {data.get('last_error')}")
     if data.get("ack_error"):
         # New mail still flows; the mailbox keeps what `after` should have moved/marked.
@@ -393,7 +397,7 @@ def _judge_account(
         )
     limit = _sync_limit(account)
     last_sync = _float(data.get("last_sync_at"))
-    if last_sync is None and data.get("state") not in ("starting", "connecting", "connected"):
+    if last_sync is None and worker_state not in (*SETTLING_STATES, "connected"):
         report.problem(
             "CRITICAL",
             subject,

@@ -19,7 +19,7 @@ SIGTERM, then SIGKILL a second later, and the attempt is retried.
 
 ``argv`` is executed as given: ``;``, ``|`` or ``$x`` are literal arguments.
 The environment is not the daemon's: only ``PATH``, ``HOME``, ``LANG``,
-``LC_*``, ``TZ``, ``TMPDIR``, ``USER`` and ``LOGNAME`` pass through, plus the
+``LANGUAGE``, ``LC_*``, ``TZ``, ``TMPDIR``, ``USER`` and ``LOGNAME`` pass through, plus the
 ``env`` table.  This keeps a password variable out of the program's
 *environment*, but it is no isolation: the program runs as the daemon's user,
 which can read ``/proc/<daemon pid>/environ``.  Under systemd, give the IMAP

@@ -35,20 +35,21 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from sqlite_utils import Database
 
 from ..errors import StoreError
 from ..models import EmailOrigin, Rejected, SmsRecord
 from . import schema as q
-from .lock import daemon_lock, take_lock
+from .lock import daemon_lock
 from .rows import (
     BACKLOG_KEYS,
     HEX_DIGITS,
     STATUS_FILTERS,
     AttemptOutcome,
     AttemptRecord,
+    BacklogStatus,
     Checkpoint,
     Delivery,
     DeliveryStatus,
@@ -143,7 +144,6 @@ class Store:
         self._db = Database(conn, recursive_triggers=False, execute_plugins=False)
         self._retention_days = raw_retention_days
         self._clock = clock
-        self._lock_fd: int | None = None
 
     @classmethod
     def open(
@@ -179,11 +179,8 @@ class Store:
         return self._db
 
     def close(self) -> None:
-        """Close the connection and release the daemon lock, if held.  Idempotent."""
+        """Close the connection.  Idempotent."""
         self._conn.close()
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)
-            self._lock_fd = None
 
     def __enter__(self) -> Store:
         return self
@@ -555,7 +552,8 @@ class Store:
                         f"unknown delivery status {name!r}: {', '.join(STATUS_FILTERS)}"
                     )
             if wanted:
-                where += " AND (" + " OR ".join(f"({STATUS_FILTERS[n]})" for n in wanted) + ")"
+                known = cast("list[BacklogStatus]", wanted)  # each checked just above
+                where += " AND (" + " OR ".join(f"({STATUS_FILTERS[n]})" for n in known) + ")"
         if sink is not None:
             where += " AND d.sink = ?"
             params.append(sink)
@@ -637,10 +635,3 @@ class Store:
         query = "SELECT key, value FROM state WHERE substr(key, 1, ?) = ? ORDER BY key"
         rows = self._rows("cannot read state", query, (len(prefix), prefix))
         return {row["key"]: row["value"] for row in rows}
-
-    # -- the daemon lock -------------------------------------------------------
-    def acquire_daemon_lock(self) -> None:
-        """Take this database's daemon lock (see :func:`daemon_lock`) until
-        :meth:`close` or process exit; raise :class:`StoreLockedError` if taken."""
-        if self._lock_fd is None:
-            self._lock_fd = take_lock(self.path)

@@ -17,6 +17,9 @@ from . import schema as q
 
 DeliveryStatus = Literal["pending", "delivered", "dead"]
 AttemptOutcome = Literal["delivered", "failed", "dead"]
+ATTEMPT_OUTCOMES: tuple[AttemptOutcome, ...] = ("delivered", "failed", "dead")
+BacklogStatus = Literal["pending", "failed", "dead", "delivered"]
+"""What ``deliveries`` and the backlog call a row: a pending row that failed before is "failed"."""
 Router = Callable[[SmsRecord], Iterable[str]]
 
 
@@ -141,13 +144,13 @@ def message_filter(
 
 # One vocabulary: ``deliveries`` shows a pending row that failed before as "failed",
 # and each filter selects exactly the rows whose status column reads its name.
-STATUS_FILTERS = {
+STATUS_FILTERS: dict[BacklogStatus, str] = {
     "pending": "d.status = 'pending' AND d.attempts = 0",
     "failed": "d.status = 'pending' AND d.attempts > 0",
     "dead": "d.status = 'dead'",
     "delivered": "d.status = 'delivered'",
 }
-BACKLOG_KEYS = ("pending", "failed", "dead", "delivered")
+BACKLOG_KEYS: tuple[BacklogStatus, ...] = ("pending", "failed", "dead", "delivered")
 HEX_DIGITS = frozenset("0123456789abcdef")
 _RECORD_FIELDS = (
     "originator", "destination", "date_time", "received_at", "text",

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import StoreError
+from ..models import reject_code_for
 
 __all__ = [
     "APPLICATION_ID",
@@ -209,12 +210,24 @@ def _migrate_parsing(conn: sqlite3.Connection) -> None:
     )
 
 
+def _migrate_reject_codes(conn: sqlite3.Connection) -> None:
+    """Finer reject codes (issue 12): a ``malformed`` reject stored before gets the
+    code its reason implies (``missing_field``, ``invalid_date_time``, ...), as the
+    parser now writes it; a reason none of the patterns knows stays ``malformed``."""
+    rows = conn.execute("SELECT id, reason FROM rejects WHERE code = 'malformed'").fetchall()
+    coded = [(reject_code_for(str(reason)), rowid) for rowid, reason in rows]
+    conn.executemany(
+        "UPDATE rejects SET code = ? WHERE id = ?", [c for c in coded if c[0] != "malformed"]
+    )
+
+
 #: Forward migrations; ``MIGRATIONS[n]`` takes the schema from version n to n + 1.
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     _migrate_v1,
     _migrate_stored_index,
     _migrate_trust,
     _migrate_parsing,
+    _migrate_reject_codes,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -40,8 +40,6 @@ __all__ = [
     "capabilities",
     "certificate_names",
     "connect",
-    "has_idle",
-    "has_move",
     "is_name_mismatch",
     "login",
     "names_in_certificate",
@@ -218,16 +216,6 @@ def names_in_certificate(cert: Mapping[str, Any]) -> list[str]:
 def is_name_mismatch(exc: ssl.SSLCertVerificationError) -> bool:
     """The chain is trusted but the certificate is for other names (no CA fixes that)."""
     return exc.verify_code in _NAME_MISMATCH
-
-
-def has_idle(client: IMAPClient) -> bool:
-    """True when the server announces IDLE (RFC 2177)."""
-    return "IDLE" in capabilities(client)
-
-
-def has_move(client: IMAPClient) -> bool:
-    """True when the server announces MOVE (RFC 6851)."""
-    return "MOVE" in capabilities(client)
 
 
 def _open(

@@ -96,10 +96,7 @@ class SyncResult:
 
     folder: str
     uidvalidity: int = 0
-    found: int = 0
     tally: Tally = field(default_factory=Tally)
-    acked: int = 0
-    uidvalidity_changed: bool = False
     arrived: bool = False
     """The server announced new mail during the pass: pass again before waiting."""
 
@@ -182,7 +179,7 @@ class FolderSync:
         readonly: bool,
     ) -> None:
         if not readonly:
-            result.acked += self._apply_owed_acks(folder, result.uidvalidity)
+            self._apply_owed_acks(folder, result.uidvalidity)
         last_uid = self._last_uid(folder, result, options)
         uid_next = int(selected.get(b"UIDNEXT", 0))
         if last_uid and 0 < uid_next <= last_uid + 1:
@@ -191,7 +188,6 @@ class FolderSync:
             if self.should_stop():  # a warm stop: the committed batches stand, the rest waits
                 break
             uids = self._new_uids(folder, result.uidvalidity, low, high, options)
-            result.found += len(uids)
             if self.on_found and uids:
                 self.on_found(folder, len(uids))
             for chunk in self._chunks(uids):
@@ -276,7 +272,6 @@ class FolderSync:
         if checkpoint is None or not options.move_checkpoint:
             return 0
         if checkpoint.uidvalidity != result.uidvalidity:
-            result.uidvalidity_changed = True
             log_event(
                 _log,
                 logging.WARNING,

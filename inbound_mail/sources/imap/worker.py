@@ -67,7 +67,16 @@ from .connection import connect, server_text
 from .oauth import connect_oauth
 from .sync import FetchFailures, FolderSync, SyncOptions, SyncResult
 
-__all__ = ["AccountHealth", "AccountState", "AccountWorker", "backoff_delay", "imap_errors"]
+__all__ = [
+    "RESTING_STATES",
+    "SETTLING_STATES",
+    "AccountHealth",
+    "AccountState",
+    "AccountWorker",
+    "IdleOutcome",
+    "backoff_delay",
+    "imap_errors",
+]
 
 _log = logging.getLogger("inbound_mail.imap")
 BACKOFF_CAP = 300.0
@@ -84,6 +93,16 @@ AccountState = Literal[
 ]
 """A worker's state; ``authorization_expired``: the OAuth2 grant was revoked or has
 expired, and only ``inbound-mail auth NAME`` (then a reload) brings the account back."""
+SETTLING_STATES: frozenset[AccountState] = frozenset({"starting", "connecting"})
+"""Not yet connected, nor failed: readiness waits for an account to leave these."""
+RESTING_STATES: frozenset[AccountState] = frozenset({"backoff", "stopped", "authorization_expired"})
+"""Waiting on the stop event, or done: nothing there can hang (no stall detection)."""
+IdleOutcome = Literal["news", "confirm", "resync", "acks", "refresh", "probe", "stop"]
+"""Why one IDLE ended: mail arrived (``news``), the confirmation window passed, a
+resync or a refused acknowledgement is due, the refresh interval passed, the server
+was silent past the deadline (``probe``), or the worker is stopping."""
+IdleWait = Literal["news", "heard", "quiet", "probe"]
+"""One wait inside IDLE: mail, another untagged response, nothing, or EOF."""
 AUTH_EXPIRED_RETRY = 3600.0
 """Seconds between tries while the OAuth2 grant is refused: a person must act, so no
 tight loop; a reload after ``inbound-mail auth`` retries at once."""
@@ -352,7 +371,7 @@ class AccountWorker:
             or None
         )
 
-    def _idle(self, client: IMAPClient, *, confirm: bool = False) -> str:
+    def _idle(self, client: IMAPClient, *, confirm: bool = False) -> IdleOutcome:
         """IDLE until news, a refresh, a resync request, silence past the deadline, or stop;
         with ``confirm``, end it :data:`CONFIRM_AFTER` seconds in, to hear of mail that
         came just before IDLE started."""
@@ -362,7 +381,7 @@ class AccountWorker:
         client.idle()
         started = heard = time.monotonic()
         confirm_at = started + CONFIRM_AFTER if confirm else None
-        reason = "stop"
+        reason: IdleOutcome = "stop"
         while not self.stop.is_set():
             now = time.monotonic()
             if confirm_at is not None and now >= confirm_at:
@@ -378,18 +397,20 @@ class AccountWorker:
                 reason = "probe"  # DONE below must be answered, or the connection is dead
             else:
                 wait = 1.0 if confirm_at is None else max(0.01, min(1.0, confirm_at - now))
-                reason = self._idle_wait(client, wait)
-                if reason == "heard":
+                waited = self._idle_wait(client, wait)
+                if waited == "heard":
                     heard = time.monotonic()
-                if reason in ("heard", "quiet"):
                     continue
+                if waited == "quiet":
+                    continue
+                reason = waited
             break
         _text, responses = client.idle_done()
         if reason != "stop" and _news(responses):
             return "news"  # DONE is answered with what changed, IDLE's blind spot included
         return reason
 
-    def _idle_wait(self, client: IMAPClient, timeout: float) -> str:
+    def _idle_wait(self, client: IMAPClient, timeout: float) -> IdleWait:
         fault_stall("stall-idle")
         waited_from = time.monotonic()
         responses = client.idle_check(timeout=timeout)
