@@ -204,7 +204,7 @@ def import_(
         with (
             Store.open(
                 config.database.path,
-                raw_retention_days=config.database.raw_retention / 86400 or None,
+                raw_retention_days=config.database.raw_retention_days,
             ) as store,
             click.progressbar(
                 length=total or 0,

@@ -67,9 +67,9 @@ __all__ = [
     "DeliveryPassResult",
     "DeliveryWorker",
     "OnAttempt",
-    "backoff_delay",
     "deliver_due",
     "make_router",
+    "retry_delay",
     "run_once_concurrently",
 ]
 
@@ -127,7 +127,7 @@ def make_router(
     return route
 
 
-def backoff_delay(
+def retry_delay(
     policy: RetryPolicy,
     attempt: int,
     *,
@@ -264,7 +264,7 @@ class DeliveryWorker:
                 except Exception as exc:  # the store, or a bug: log, back off, go on
                     trace = None if isinstance(exc, StoreError) else _trace(exc)
                     log_event(self._log, logging.ERROR, "delivery.worker_error", sink=self.name,
-                              error=_describe(exc), traceback=trace, retry_in=delay)  # fmt: skip
+                              error=_error_text(exc), traceback=trace, retry_in=delay)  # fmt: skip
                     if stop.is_set():
                         return  # what was in flight is sent again after the restart
                     self._wakeup.wait(delay)
@@ -491,7 +491,7 @@ class DeliveryWorker:
         # A bug in the sink, or an error it did not translate: retry, and say what it was.
         log_event(self._log, logging.WARNING, "delivery.sink_raised", sink=self.name,
                   error_type=type(exc).__name__, error=str(exc), traceback=_trace(exc))  # fmt: skip
-        return replace(sent, error=_describe(exc))
+        return replace(sent, error=_error_text(exc))
 
     def _flushed(self, sent: list[_Sent]) -> list[_Sent]:
         """Flush the sink; if that fails, the batch's successes become failures."""
@@ -530,7 +530,7 @@ class DeliveryWorker:
             give_up = f"gave up after {(now - row.created_at) / 3600:.1f}h; last error: "
         if give_up is not None:
             return AttemptRecord(row.id, "dead", sent.started_at, sent.duration, give_up + error)
-        delay = backoff_delay(policy, attempt, retry_after=sent.retry_after)
+        delay = retry_delay(policy, attempt, retry_after=sent.retry_after)
         return AttemptRecord(row.id, "failed", sent.started_at, sent.duration, error, now + delay)
 
     def _report(self, sent: _Sent, record: AttemptRecord) -> None:
@@ -560,10 +560,10 @@ class DeliveryWorker:
                 self._on_attempt(self.name, record.outcome, sent.duration)
             except Exception as exc:  # an observer must never stop delivery
                 log_event(self._log, logging.WARNING, "delivery.observer_failed", sink=self.name,
-                          error=_describe(exc))  # fmt: skip
+                          error=_error_text(exc))  # fmt: skip
 
 
-def _describe(exc: BaseException) -> str:
+def _error_text(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 

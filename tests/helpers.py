@@ -24,6 +24,7 @@ from inbound_mail.testing.wait import wait_until
 
 __all__ = [
     "ON_EVERY_SERVER",
+    "REPO",
     "SERVERS",
     "UNCHECKED_PARSE",
     "DaemonProcess",
@@ -37,6 +38,8 @@ __all__ = [
     "write_config",
 ]
 
+REPO = Path(__file__).resolve().parent.parent
+"""The repository's root: fixtures/, config.example.toml, contrib/, tests/data/."""
 _SKIP = {"file", "index"}
 
 # ``[parse]`` for tests that import or parse unsigned provider emails (the golden

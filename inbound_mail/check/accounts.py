@@ -36,6 +36,7 @@ from ..oauth import TokenInfo, TokenSource
 from ..secrets import exposed_secrets_warning, read_password
 from ..sources.imap.connection import (
     capabilities,
+    imap_errors,
     login,
     oauth_login,
     open_session,
@@ -45,9 +46,9 @@ from ..sources.imap.connection import (
 )
 from ..sources.imap.namespace import FolderNames, folder_names
 from ..sources.imap.oauth import choose_mechanism
-from ..sources.imap.worker import imap_errors
+from ..sources.imap.search import senders_criteria
 from ..store.db import Store
-from .lines import CheckLine, CheckReport, Level, LineMaker, reason
+from .lines import CheckLevel, CheckLine, CheckReport, LineMaker, reason
 from .sinks import check_sink, sink_config_error
 
 __all__ = ["run_checks"]
@@ -100,7 +101,7 @@ def _all_lines(config: Config, send_test: bool) -> Iterator[CheckLine]:
 def _check_account(account: AccountConfig, config: Config) -> Iterator[CheckLine]:
     subject = f"account {account.name}"
 
-    def line(level: Level, step: str, detail: str) -> CheckLine:
+    def line(level: CheckLevel, step: str, detail: str) -> CheckLine:
         return CheckLine(level, subject, step, detail)
 
     password = token = ""
@@ -339,11 +340,9 @@ def _waiting(client: IMAPClient, account: AccountConfig, config: Config, folder:
             checkpoint = store.get_checkpoint(account.name, folder)
         if checkpoint is not None and checkpoint.uidvalidity == uidvalidity:
             last = checkpoint.last_uid
-    criteria: list[Any] = ["FROM", account.senders[0]]
-    for sender in account.senders[1:]:
-        criteria = ["OR", criteria, ["FROM", sender]]
+    criteria = senders_criteria(account.senders)
     if last:
-        criteria = [criteria, "UID", f"{last + 1}:*"]
+        criteria = [*criteria, "UID", f"{last + 1}:*"]
     return len([uid for uid in client.search(criteria) if int(uid) > last])
 
 
@@ -393,10 +392,8 @@ def _trust_lines(
             "email that is stored and delivered as an SMS from the provider",
         )
         return
-    criteria: list[Any] = ["FROM", account.senders[0]]
-    for sender in account.senders[1:]:
-        criteria = ["OR", criteria, ["FROM", sender]]
-    uids = sorted(int(uid) for uid in client.search(criteria))[-TRUST_SAMPLE:]
+    uids = sorted(int(uid) for uid in client.search(senders_criteria(account.senders)))
+    uids = uids[-TRUST_SAMPLE:]
     if not uids:
         yield line(
             "warn",
@@ -426,7 +423,7 @@ def _trust_lines(
         elif verdict.authentic:
             yield line("ok", "trust", f"{folder!r} UID {uid}: require would accept it: {said}")
         else:
-            level: Level = "FAIL" if account.authenticate == "require" else "warn"
+            level: CheckLevel = "FAIL" if account.authenticate == "require" else "warn"
             yield line(
                 level,
                 "trust",

@@ -7,16 +7,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
-__all__ = ["CheckLine", "CheckReport", "Level", "LineMaker", "reason"]
+__all__ = ["CheckLevel", "CheckLine", "CheckReport", "LineMaker", "reason"]
 
-Level = Literal["ok", "warn", "FAIL"]
+CheckLevel = Literal["ok", "warn", "FAIL"]
 
 
 @dataclass(frozen=True, slots=True)
 class CheckLine:
     """One step's outcome."""
 
-    level: Level
+    level: CheckLevel
     subject: str
     step: str
     detail: str
@@ -40,7 +40,7 @@ class CheckReport:
         return 1 if self.failures else 0
 
 
-LineMaker = Callable[[Level, str, str], CheckLine]
+LineMaker = Callable[[CheckLevel, str, str], CheckLine]
 
 
 def reason(exc: BaseException) -> str:

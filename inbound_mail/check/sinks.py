@@ -26,7 +26,8 @@ from ..errors import ConfigError, InboundMailError
 from ..models import SmsRecord
 from ..sinks import Sink, SinkOptions, create_sink, redact_url
 from ..sources.imap.connection import is_name_mismatch, names_in_certificate
-from .lines import CheckLine, Level, reason
+from ..tls import client_context
+from .lines import CheckLevel, CheckLine, reason
 
 __all__ = ["check_sink", "sink_config_error"]
 
@@ -66,7 +67,7 @@ def check_sink(config: SinkConfig, send_test: bool) -> Iterator[CheckLine]:
         sink.close()
 
 
-def _webhook_reachable(config: SinkConfig, sink: Sink) -> tuple[Level, str]:
+def _webhook_reachable(config: SinkConfig, sink: Sink) -> tuple[CheckLevel, str]:
     url = str(config.options["url"])
     parts = urlsplit(url)
     host = parts.hostname or ""
@@ -77,7 +78,7 @@ def _webhook_reachable(config: SinkConfig, sink: Sink) -> tuple[Level, str]:
             if parts.scheme == "https":
                 opts = SinkOptions(config)
                 ca_file = opts.path("ca_file") if config.options.get("ca_file") else None
-                context = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
+                context = client_context(ca_file or None)
                 with context.wrap_socket(sock, server_hostname=host) as tls_sock:
                     return "ok", f"{shown}: TCP and {tls_sock.version()} to {host}:{port}"
     except ssl.SSLCertVerificationError as exc:
@@ -114,7 +115,7 @@ def _names_on(host: str, port: int, context: ssl.SSLContext) -> list[str]:
         return []
 
 
-def _jsonl_reachable(config: SinkConfig, sink: Sink) -> tuple[Level, str]:
+def _jsonl_reachable(config: SinkConfig, sink: Sink) -> tuple[CheckLevel, str]:
     path = str(getattr(sink, "path", "-"))
     if path == "-":
         return "ok", "writes to standard output"
@@ -134,7 +135,7 @@ def _jsonl_reachable(config: SinkConfig, sink: Sink) -> tuple[Level, str]:
     return "ok", f"{target} can be created"
 
 
-def _command_reachable(config: SinkConfig, sink: Sink) -> tuple[Level, str]:
+def _command_reachable(config: SinkConfig, sink: Sink) -> tuple[CheckLevel, str]:
     argv: list[str] = list(getattr(sink, "argv", []))
     program = argv[0]
     if "/" in program:
@@ -153,7 +154,7 @@ def _command_reachable(config: SinkConfig, sink: Sink) -> tuple[Level, str]:
     return "ok", f"{program} is {found}"
 
 
-def _probe_reachable(config: SinkConfig, sink: Sink) -> tuple[Level, str]:
+def _probe_reachable(config: SinkConfig, sink: Sink) -> tuple[CheckLevel, str]:
     """Event-stream sinks (redis, nats) probe the server themselves: connect,
     authenticate, and prove the stream exists or can be written."""
     probe: Callable[[], str] | None = getattr(sink, "probe", None)
@@ -165,7 +166,7 @@ def _probe_reachable(config: SinkConfig, sink: Sink) -> tuple[Level, str]:
         return "FAIL", str(exc)
 
 
-_REACHABILITY: dict[str, Callable[[SinkConfig, Sink], tuple[Level, str]]] = {
+_REACHABILITY: dict[str, Callable[[SinkConfig, Sink], tuple[CheckLevel, str]]] = {
     "webhook": _webhook_reachable,
     "jsonl": _jsonl_reachable,
     "command": _command_reachable,

@@ -167,6 +167,11 @@ class DatabaseConfig:
     path: Path = field(default_factory=default_db_path)
     raw_retention: float = 90 * 86400.0  # seconds; 0 keeps raw emails forever
 
+    @property
+    def raw_retention_days(self) -> float | None:
+        """``raw_retention`` in days, as the store takes it; None keeps raw emails forever."""
+        return self.raw_retention / 86400.0 or None
+
 
 @dataclass(frozen=True, slots=True)
 class LogConfig:

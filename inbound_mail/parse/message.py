@@ -158,7 +158,7 @@ def parse_email(raw: bytes, options: ParseOptions = DEFAULT_OPTIONS) -> ParseOut
     try:
         early, message = _gate(raw, options)
     except Exception as exc:  # a bug here must cost one email, never the daemon
-        return _failed(raw, options, f"internal parser error: {_describe(exc)}")
+        return _failed(raw, options, f"internal parser error: {_exception_text(exc)}")
     if early is not None:
         return early
     try:
@@ -166,11 +166,11 @@ def parse_email(raw: bytes, options: ParseOptions = DEFAULT_OPTIONS) -> ParseOut
         neutralise(message)  # only real charsets are decoded, by mail-parser too
         mail = mailparser.MailParser(message)
     except Exception as exc:  # mail-parser gave up (e.g. absurd MIME nesting)
-        return _failed(raw, options, f"cannot parse the MIME structure: {_describe(exc)}")
+        return _failed(raw, options, f"cannot parse the MIME structure: {_exception_text(exc)}")
     try:
         return _storable(_parse_mail(mail, options))
     except Exception as exc:  # a bug here must cost one email, never the daemon
-        return _failed(raw, options, f"internal parser error: {_describe(exc)}")
+        return _failed(raw, options, f"internal parser error: {_exception_text(exc)}")
 
 
 def _gate(
@@ -537,5 +537,5 @@ def _decoded_header(value: object) -> str | None:
         return _clean(value)
 
 
-def _describe(exc: BaseException) -> str:
+def _exception_text(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"[:300]

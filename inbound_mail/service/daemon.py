@@ -215,7 +215,7 @@ class Daemon:
                     self.metrics.close()
 
     def _retention_days(self) -> float | None:
-        return self.config.database.raw_retention / 86400 or None
+        return self.config.database.raw_retention_days
 
     def _batch_stored(self, account: AccountConfig, folder: str, result: IngestResult) -> None:
         with self._lock:

@@ -32,7 +32,6 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -41,7 +40,7 @@ from ..errors import ConfigError, InboundMailError
 from ..logs import log_event
 from ..models import REJECT_CODES
 from ..store.db import IngestResult, Store
-from ..store.rows import ATTEMPT_OUTCOMES
+from ..store.rows import ATTEMPT_OUTCOMES, epoch_of
 
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
@@ -313,7 +312,7 @@ def _database_families(
         labels=["destination"],
     )
     for destination, received_at in sorted(last_sms.items()):
-        last.add_metric([destination], _epoch(received_at))
+        last.add_metric([destination], epoch_of(received_at))
     rejects = CounterMetricFamily(
         "inbound_mail_rejects", "Rejected emails in the database, by reason.", labels=["reason"]
     )
@@ -324,7 +323,3 @@ def _database_families(
     for category, count in sorted(by_category.items()):
         rejects.add_metric([category], count)
     yield from (pending, dead, last, rejects)
-
-
-def _epoch(iso_text: str) -> float:
-    return datetime.fromisoformat(iso_text.replace("Z", "+00:00")).timestamp()

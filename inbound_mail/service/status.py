@@ -41,6 +41,7 @@ from ..config.model import AccountConfig, Config
 from ..errors import StoreError
 from ..sources.imap.worker import SETTLING_STATES
 from ..store.db import Store
+from ..store.rows import epoch_of
 
 if TYPE_CHECKING:
     from ..sources.imap.worker import AccountHealth, AccountState
@@ -60,7 +61,7 @@ __all__ = [
     "unknown_status",
 ]
 
-Level = Literal["OK", "WARNING", "CRITICAL", "UNKNOWN"]
+Severity = Literal["OK", "WARNING", "CRITICAL", "UNKNOWN"]
 EXIT_CODES: dict[str, int] = {"OK": 0, "WARNING": 1, "CRITICAL": 2, "UNKNOWN": 3}
 HEARTBEAT_KEY = "heartbeat"
 DAEMON_KEY = "daemon"
@@ -169,7 +170,7 @@ def daemon_state(
 class Problem:
     """One thing to fix."""
 
-    level: Level
+    level: Severity
     subject: str
     message: str
 
@@ -190,7 +191,7 @@ class StatusReport:
     problems: list[Problem] = field(default_factory=list)
 
     @property
-    def level(self) -> Level:
+    def level(self) -> Severity:
         levels = {p.level for p in self.problems}
         for level in ("UNKNOWN", "CRITICAL", "WARNING"):
             if level in levels:
@@ -201,7 +202,7 @@ class StatusReport:
     def exit_code(self) -> int:
         return EXIT_CODES[self.level]
 
-    def problem(self, level: Level, subject: str, message: str) -> None:
+    def problem(self, level: Severity, subject: str, message: str) -> None:
         self.problems.append(Problem(level, subject, message))
 
     def to_dict(self) -> dict[str, Any]:
@@ -418,7 +419,7 @@ def _judge_numbers(report: StatusReport, config: Config, last: dict[str, str], n
     expected = config.status.expect_within
     for number in sorted(set(last) | set(expected)):
         stored = last.get(number)
-        age = now - _epoch(stored) if stored else None
+        age = now - epoch_of(stored) if stored else None
         report.numbers.append(
             {"destination": number, "last_stored_at": stored, "expect_within": expected.get(number)}
         )
@@ -514,7 +515,7 @@ def _account_line(account: dict[str, Any], now: float) -> str:
 def _number_line(number: dict[str, Any], now: float) -> str:
     stored = number["last_stored_at"]
     last = (
-        f"last SMS stored {stored} ({_ago(now - _epoch(stored))} ago)" if stored else "no SMS yet"
+        f"last SMS stored {stored} ({_ago(now - epoch_of(stored))} ago)" if stored else "no SMS yet"
     )
     return f"number {number['destination']}: {last}"
 
@@ -557,7 +558,3 @@ def _float(value: object) -> float | None:
 
 def _iso(epoch: float) -> str:
     return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _epoch(iso_text: str) -> float:
-    return datetime.fromisoformat(iso_text.replace("Z", "+00:00")).timestamp()

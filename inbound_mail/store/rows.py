@@ -99,6 +99,11 @@ class AttemptRecord:
     next_attempt_at: float | None = None  # for "failed"; None = retry at once
 
 
+def epoch_of(iso_text: str) -> float:
+    """Seconds since the epoch of an ISO-8601 text of the store (``...Z`` or an offset)."""
+    return datetime.fromisoformat(iso_text.replace("Z", "+00:00")).timestamp()
+
+
 def iso(epoch: float) -> str:
     """``epoch`` as UTC ISO-8601 with milliseconds and ``Z``: the store's text time format."""
     return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds")[:-6] + "Z"

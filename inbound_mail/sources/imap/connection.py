@@ -33,13 +33,21 @@ from imapclient import IMAPClient
 from imapclient.exceptions import LoginError
 
 from ...config.model import AccountConfig
-from ...errors import ImapAuthError, ImapConnectionError, ImapError, ImapTlsError
+from ...errors import (
+    ImapAuthError,
+    ImapConnectionError,
+    ImapError,
+    ImapTlsError,
+    InboundMailError,
+)
 from ...logs import log_event
+from ...tls import client_context
 
 __all__ = [
     "capabilities",
     "certificate_names",
     "connect",
+    "imap_errors",
     "is_name_mismatch",
     "login",
     "names_in_certificate",
@@ -118,9 +126,8 @@ def oauth_login(client: IMAPClient, account: AccountConfig, mechanism: str, toke
 
 def tls_context(account: AccountConfig) -> ssl.SSLContext:
     """A verifying client context: ``ca_file`` if set, else the system's trusted CAs."""
-    cafile = str(account.ca_file) if account.ca_file is not None else None
     try:
-        return ssl.create_default_context(cafile=cafile)
+        return client_context(account.ca_file)
     except (OSError, ssl.SSLError) as exc:
         raise ImapTlsError(
             f"cannot load ca_file {account.ca_file}: {exc}", account=account.name
@@ -302,6 +309,28 @@ def _translated_errors(account: AccountConfig) -> Iterator[None]:
     except imaplib.IMAP4.error as exc:
         raise ImapError(
             f"unexpected answer from {where}: {server_text(exc)}", account=name
+        ) from exc
+
+
+@contextmanager
+def imap_errors(account: str) -> Iterator[None]:
+    """Translate the errors of an open session (imaplib, socket, TLS) into ImapError.
+
+    The one translation of IMAP errors after login, as :func:`_translated_errors`
+    is while connecting and logging in: both live here, at the boundary."""
+    try:
+        yield
+    except InboundMailError:
+        raise
+    except imaplib.IMAP4.abort as exc:
+        raise ImapConnectionError(f"connection lost: {server_text(exc)}", account=account) from exc
+    except imaplib.IMAP4.error as exc:
+        raise ImapError(
+            f"the server refused a command: {server_text(exc)}", account=account
+        ) from exc
+    except (TimeoutError, OSError, ssl.SSLError) as exc:
+        raise ImapConnectionError(
+            f"connection lost: {exc or type(exc).__name__}", account=account
         ) from exc
 
 

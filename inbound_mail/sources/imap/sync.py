@@ -69,6 +69,7 @@ from ..inflight import parse_recorded, split_runs
 from .acks import AckRetries, apply_acks
 from .connection import server_text
 from .namespace import FolderNames, folder_names
+from .search import senders_criteria
 
 __all__ = ["FolderSync", "SyncOptions", "SyncResult"]
 
@@ -295,7 +296,7 @@ class FolderSync:
 
     def _search(self, low: int, high: int | None, options: SyncOptions) -> list[int]:
         # "low:*" always matches the last message, even below low: the caller filters.
-        criteria: list[Any] = [*_senders_criteria(self.account.senders)]
+        criteria: list[Any] = [*senders_criteria(self.account.senders)]
         criteria += ["UID", f"{low}:{high if high is not None else '*'}"]
         if options.since:
             criteria += ["SENTSINCE", options.since]
@@ -552,14 +553,6 @@ def _windows(low: int, uid_next: int) -> Iterator[tuple[int, int | None]]:
         yield low, low + SEARCH_WINDOW - 1
         low += SEARCH_WINDOW
     yield low, None
-
-
-def _senders_criteria(senders: Sequence[str]) -> list[Any]:
-    """``FROM a`` or ``OR FROM a FROM b ...``: the server narrows, the parser decides."""
-    criteria: list[Any] = ["FROM", senders[0]]
-    for sender in senders[1:]:
-        criteria = ["OR", criteria, ["FROM", sender]]
-    return criteria if len(senders) == 1 else [criteria]
 
 
 def _by_bytes(uids: list[int], sizes: dict[int, Any]) -> list[list[int]]:

@@ -31,10 +31,8 @@ wakes from IDLE for it.
 from __future__ import annotations
 
 import contextlib
-import imaplib
 import logging
 import random
-import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -63,7 +61,7 @@ from ...parse.message import ParseOptions
 from ...secrets import read_password
 from ...store.db import IngestResult, Router, Store
 from .acks import ACK_RETRY_BASE, AckRetries
-from .connection import connect, server_text
+from .connection import connect, imap_errors
 from .oauth import connect_oauth
 from .sync import FetchFailures, FolderSync, SyncOptions, SyncResult
 
@@ -74,8 +72,8 @@ __all__ = [
     "AccountState",
     "AccountWorker",
     "IdleOutcome",
-    "backoff_delay",
     "imap_errors",
+    "reconnect_delay",
 ]
 
 _log = logging.getLogger("inbound_mail.imap")
@@ -108,7 +106,7 @@ AUTH_EXPIRED_RETRY = 3600.0
 tight loop; a reload after ``inbound-mail auth`` retries at once."""
 
 
-def backoff_delay(attempt: int, *, base: float = 1.0, cap: float = BACKOFF_CAP) -> float:
+def reconnect_delay(attempt: int, *, base: float = 1.0, cap: float = BACKOFF_CAP) -> float:
     """Exponential backoff with jitter: ``base * 2**attempt`` capped, times 0.5-1."""
     return float(min(cap, base * 2.0 ** min(attempt, 30)) * random.uniform(0.5, 1.0))  # noqa: S311
 
@@ -138,25 +136,6 @@ class AccountHealth:
         self.last_tick = time.monotonic()
 
 
-@contextmanager
-def imap_errors(account: str) -> Iterator[None]:
-    """Translate imaplib/socket/TLS errors raised inside the block into ImapError."""
-    try:
-        yield
-    except InboundMailError:
-        raise
-    except imaplib.IMAP4.abort as exc:
-        raise ImapConnectionError(f"connection lost: {server_text(exc)}", account=account) from exc
-    except imaplib.IMAP4.error as exc:
-        raise ImapError(
-            f"the server refused a command: {server_text(exc)}", account=account
-        ) from exc
-    except (TimeoutError, OSError, ssl.SSLError) as exc:
-        raise ImapConnectionError(
-            f"connection lost: {exc or type(exc).__name__}", account=account
-        ) from exc
-
-
 class AccountWorker:
     """Keeps one account's folders flowing into the store."""
 
@@ -181,7 +160,7 @@ class AccountWorker:
         self.health = AccountHealth()
         self.sync_requested = threading.Event()
         self.fetch_failures: FetchFailures = {}
-        self.ack_retries = AckRetries(lambda attempt: backoff_delay(attempt, base=ACK_RETRY_BASE))
+        self.ack_retries = AckRetries(lambda attempt: reconnect_delay(attempt, base=ACK_RETRY_BASE))
         self._attempt = 0
         self._tokens: TokenSource | None = None
 
@@ -221,7 +200,7 @@ class AccountWorker:
             self._authorization_expired(exc)
             return
         gentle = isinstance(exc, ImapAuthError | OAuthError)  # a server that said no, or failed
-        delay = backoff_delay(self._attempt, base=5.0 if gentle else 1.0)
+        delay = reconnect_delay(self._attempt, base=5.0 if gentle else 1.0)
         self._attempt += 1
         self.health.reconnects += 1
         # `status` and the log line name the account already: not twice.

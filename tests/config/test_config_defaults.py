@@ -25,7 +25,9 @@ from inbound_mail.config.model import (
 )
 from inbound_mail.config.reader import load_config
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "config.example.toml"
+from helpers import REPO
+
+EXAMPLE = REPO / "config.example.toml"
 # Keys of the example that are not defaults: required values, or a choice to show.
 EXAMPLE_VALUES = {"name", "host", "username", "password_file"}
 SECTIONS: dict[str, Any] = {

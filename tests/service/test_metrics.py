@@ -21,9 +21,9 @@ from inbound_mail.testing.emails import build_provider_email
 from inbound_mail.testing.webhook_receiver import WebhookReceiver
 from testsupport.mailbox import Mailbox
 
-from helpers import in_process_daemon, rows, wait_until, write_config
+from helpers import REPO, in_process_daemon, rows, wait_until, write_config
 
-FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
+FIXTURES = REPO / "fixtures"
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 

@@ -10,7 +10,9 @@ from inbound_mail.config.model import default_db_path, parse_duration
 from inbound_mail.config.reader import default_config_path, load_config
 from inbound_mail.errors import ConfigError
 
-ROOT = Path(__file__).resolve().parent.parent
+from helpers import REPO
+
+ROOT = REPO
 ACCOUNT = '[[accounts]]\nname = "main"\nhost = "h"\nusername = "u"\npassword_env = "PW"\n'
 
 

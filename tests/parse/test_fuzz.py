@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import re
 import time
-from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -19,7 +18,9 @@ from inbound_mail.models import ParseOutcome, Rejected, Skipped, SmsRecord
 from inbound_mail.parse.message import normalise_text, parse_email
 from inbound_mail.testing.emails import build_provider_email
 
-FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
+from helpers import REPO
+
+FIXTURES = REPO / "fixtures"
 # The 10 MB fixture is left out: copying it per example would be the whole budget.
 SEEDS = [p.read_bytes() for p in sorted(FIXTURES.glob("*.eml")) if p.stat().st_size < 100_000]
 EXAMPLES = int(os.environ.get("INBOUND_MAIL_FUZZ_EXAMPLES", "0")) or None

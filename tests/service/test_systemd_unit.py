@@ -18,9 +18,9 @@ from click.testing import CliRunner
 from inbound_mail.cli import cli
 from inbound_mail.service.systemd import render_unit
 
-from helpers import write_config
+from helpers import REPO, write_config
 
-CONTRIB = Path(__file__).resolve().parent.parent / "contrib" / "systemd"
+CONTRIB = REPO / "contrib" / "systemd"
 REQUIRED = (
     "Type=notify",
     "WatchdogSec=",

@@ -9,7 +9,9 @@ from pathlib import Path
 from inbound_mail.store import schema as _schema
 from inbound_mail.store.db import Store
 
-V1 = Path(__file__).resolve().parent / "data" / "schema_v1.sqlite"
+from helpers import REPO
+
+V1 = REPO / "tests" / "data" / "schema_v1.sqlite"
 
 # What tests/data/schema_v1.sqlite holds (written by the v1 code, see the commit that
 # added it): two SMS, one reject, one owed delivery, one delivered, two pending acks.
