@@ -391,9 +391,11 @@ def test_check_judges_the_latest_provider_mail(
 
 
 def test_unauthenticated_rejects_have_a_metric_category() -> None:
+    from inbound_mail.models import reject_code_for
     from inbound_mail.service.metrics import reject_category
 
-    assert reject_category("unauthenticated: no valid DKIM signature") == "unauthenticated"
+    assert reject_code_for("unauthenticated: no valid DKIM signature") == "unauthenticated"
+    assert reject_category("unauthenticated") == "unauthenticated"
 
 
 # -- the scenario, every sink ------------------------------------------------------------
