@@ -34,7 +34,7 @@ __all__ = ["Generation", "account_stalled"]
 _log = logging.getLogger("inbound_mail.service")
 OnBatch = Callable[[AccountConfig, str, IngestResult], None]
 # An account worker ticks at least every second while it IDLEs or polls, and after
-# every stored batch; each blocking call it makes is bounded by the socket timeout
+# every parsed email and stored batch; each blocking call it makes is bounded by the socket timeout
 # (connect_timeout).  Silence for three timeouts means it is stuck.
 MIN_STALL = 5.0
 # A delivery worker's loop comes round after each batch: sends within a 1 s budget,

@@ -190,11 +190,31 @@ def _migrate_trust(conn: sqlite3.Connection) -> None:
         conn.execute(statement)
 
 
+def _migrate_parsing(conn: sqlite3.Connection) -> None:
+    """``parsing``: emails whose parse has started and whose batch is not committed yet.
+
+    A row is written (committed) before its email is parsed and deleted by the
+    ingest transaction that stores the outcome; a row left by another process
+    means that process died while parsing (a crash, or the watchdog ending a
+    stall).  ``origin`` is the JSON of the email's origin; ``attempts`` counts
+    the processes that started parsing it; ``run`` names the last of them.
+    """
+    conn.execute(
+        """CREATE TABLE parsing (
+            origin TEXT PRIMARY KEY,
+            attempts INTEGER NOT NULL,
+            run TEXT NOT NULL,
+            started_at TEXT NOT NULL
+        ) WITHOUT ROWID"""
+    )
+
+
 #: Forward migrations; ``MIGRATIONS[n]`` takes the schema from version n to n + 1.
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     _migrate_v1,
     _migrate_stored_index,
     _migrate_trust,
+    _migrate_parsing,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -549,3 +569,16 @@ SET_STATE = """INSERT INTO state (key, value, updated_at) VALUES (?, ?, ?)
 UNAUTHENTICATED_SMS = "SELECT count(*) FROM messages WHERE authenticated = 0 AND stored_at >= ?"
 UNAUTHENTICATED_REJECTS = """SELECT count(*) FROM rejects
     WHERE code = 'unauthenticated' AND released_at IS NULL AND rejected_at >= ?"""
+# ``crashed`` is 1 when the row was left by a process that died mid-parse (the
+# store decides): a new attempt.  A retry by the same run (after an ordinary
+# error, e.g. a failed commit) or a live process's row counts nothing.
+MARK_PARSING = """INSERT INTO parsing (origin, attempts, run, started_at)
+    VALUES (:origin, 1, :run, :stamp)
+    ON CONFLICT (origin) DO UPDATE SET
+        attempts = attempts + :crashed,
+        run = excluded.run,
+        started_at = excluded.started_at"""
+PARSING_ROWS = """SELECT origin, attempts, run FROM parsing
+    WHERE origin IN (SELECT value FROM json_each(?))"""
+DELETE_PARSING = "DELETE FROM parsing WHERE origin = ?"
+ANY_PARSING = "SELECT EXISTS (SELECT 1 FROM parsing)"

@@ -9,6 +9,13 @@ separated by commas.  The points where :func:`fault_point` kills:
 ``after-sink-2xx``  a sink accepted a batch, the outbox rows not yet marked delivered
 ``backfill-batch``  a backfill batch committed
 
+and, through :func:`fault_email`, two that act only on an email that carries
+the header ``X-Inbound-Mail-Fault: NAME`` (any other email passes, so a test can
+crash or stall the parser on one chosen email, run after run):
+
+``crash-parse``     kills: about to parse such an email, its in-flight row committed
+``stall-parse``     hangs there instead, as a parse that never ends would
+
 and the one where :func:`fault_stall` hangs the calling thread for good, the
 way a wedged socket read would (the systemd watchdog test needs it):
 
@@ -24,7 +31,7 @@ import os
 import signal
 import threading
 
-__all__ = ["fault_point", "fault_stall"]
+__all__ = ["fault_email", "fault_point", "fault_stall"]
 
 
 def _parse(spec: str) -> dict[str, int]:
@@ -57,3 +64,10 @@ def fault_stall(name: str) -> None:
     """Block the calling thread forever when ``name`` is armed and its count is reached."""
     if _reached(name):
         threading.Event().wait()
+
+
+def fault_email(name: str, raw: bytes) -> None:
+    """For emails carrying ``X-Inbound-Mail-Fault: <name>`` only: :func:`fault_stall`
+    when ``name`` starts with ``stall``, else :func:`fault_point`."""
+    if name in _ARMED and f"X-Inbound-Mail-Fault: {name}".encode() in raw:
+        (fault_stall if name.startswith("stall") else fault_point)(name)

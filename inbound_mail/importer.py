@@ -15,17 +15,17 @@ import logging
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
-from email.parser import BytesHeaderParser
-from email.policy import compat32
 from itertools import islice
 
 from .authenticity import Deferred, Verifier
 from .config import Config
 from .delivery import make_router
 from .errors import StoreError
+from .inflight import iter_recorded, split_crashed
 from .logs import log_event
 from .models import EmailOrigin, ParseOutcome, Rejected, Skipped, SmsRecord, Tally
 from .parse import ParseOptions, parse_email, sender_matches
+from .parse_limits import scan_headers
 from .store import IngestItem, IngestResult, Router, Store
 
 __all__ = [
@@ -62,53 +62,71 @@ def import_emails(
     verifier: Verifier | None = None,
 ) -> Tally:
     """Parse, authenticate (with ``verifier``) and store every email; one transaction
-    per batch.  Bad emails become rejects, never exceptions; only a store failure
-    raises (StoreError).  An email over ``max_size`` bytes is not parsed (see the
-    module docstring).  An email whose verdict must wait (DNS failure) is not stored
-    and counts as ``deferred``: importing the same files again picks it up.
+    per batch (plus the one that records the batch in flight before its parse,
+    :mod:`inbound_mail.inflight`).  Bad emails become rejects, never exceptions;
+    only a store failure raises (StoreError).  An email over ``max_size`` bytes is
+    not parsed (see the module docstring).  An email whose verdict must wait (DNS
+    failure) is not stored and counts as ``deferred``: importing the same files
+    again picks it up.
 
     ``on_parsed`` is called after each email is parsed (a progress bar that
     moves per email, not per transaction); once ``should_stop`` returns True, the
-    emails parsed so far are committed and no more are read: a rerun of the same
+    emails parsed so far are committed and no more are parsed: a rerun of the same
     import stores the rest, and recognises what is stored already."""
     total = Tally()
     iterator = iter(emails)
-    while True:
-        items: list[IngestItem] = []
-        deferred = 0
-        for raw, origin in islice(iterator, batch_size):
-            item = _item(raw, origin, options, max_size)
-            checked = verifier.check(raw, item.outcome) if verifier is not None else item.outcome
-            if on_parsed:
-                on_parsed()
-            if isinstance(checked, Deferred):
-                deferred += 1
-                log_event(
-                    _log,
-                    logging.WARNING,
-                    "auth.deferred",
-                    origin=origin.describe(),
-                    reason=checked.reason,
-                    action="not stored; import it again later",
+    stopped = False
+
+    def parse(raw: bytes, origin: EmailOrigin) -> IngestItem:
+        return _item(raw, origin, options, max_size)
+
+    while not stopped and (batch := list(islice(iterator, batch_size))):
+        # Emails a killed import was parsing go one at a time (inbound_mail.inflight).
+        groups = split_crashed(store, batch)
+        del batch
+        while groups and not stopped:
+            group = groups.pop(0)
+            items: list[IngestItem] = []
+            held: list[EmailOrigin] = []  # recorded in flight, not stored
+            parsed = 0
+            for item in iter_recorded(store, group, options, parse=parse):
+                parsed += 1
+                checked = (
+                    item.outcome if verifier is None else verifier.check(item.raw, item.outcome)
                 )
-            else:
-                items.append(IngestItem(item.raw, checked, origin))
-            if should_stop and should_stop():
-                break
-        if not items and not deferred:
-            break
-        result = store.ingest(items, route=route)
-        del items
-        if on_batch:
-            on_batch(result)
-        total.add(
-            len(result.new), len(result.duplicates), result.skipped, result.rejected, deferred
-        )
-        # Drop this batch before the next one is read: otherwise two batches are
-        # alive at once, and peak memory grows with the batch size twice over.
-        del result
-        if should_stop and should_stop():
-            break
+                if on_parsed:
+                    on_parsed()
+                if isinstance(checked, Deferred):
+                    held.append(item.origin)
+                    log_event(
+                        _log,
+                        logging.WARNING,
+                        "auth.deferred",
+                        origin=item.origin.describe(),
+                        reason=checked.reason,
+                        action="not stored; import it again later",
+                    )
+                else:
+                    items.append(
+                        item if checked is item.outcome else replace(item, outcome=checked)
+                    )
+                if should_stop and should_stop():
+                    stopped = True
+                    break
+            deferred = len(held)
+            held += [origin for _, origin in group[parsed:]]  # stopped before their parse
+            del group
+            result = store.ingest(items, route=route, not_stored=held)
+            del items
+            if on_batch:
+                on_batch(result)
+            total.add(
+                len(result.new), len(result.duplicates), result.skipped, result.rejected, deferred
+            )
+            # Drop this batch before the next one is read: otherwise two batches are
+            # alive at once, and peak memory grows with the batch size twice over.
+            del result
+            stopped = stopped or bool(should_stop and should_stop())
     return total
 
 
@@ -125,9 +143,9 @@ def oversized_outcome(
 ) -> ParseOutcome:
     """The outcome of an email over ``max_size``, from its header block alone: a
     reject naming ``setting`` when it is from a configured sender, else skipped."""
-    message = BytesHeaderParser(policy=compat32).parsebytes(header)
-    sender = sender_matches(message.get_all("From", []), options.senders)
-    message_id = (message.get("Message-ID") or "").strip() or None
+    scan = scan_headers(header)  # bounded work, whatever the size of the header block
+    sender = None if scan.from_oversized else sender_matches(scan.from_values, options.senders)
+    message_id = (scan.message_id or "").strip() or None
     if sender is None:
         return Skipped(reason="not from a configured sender", message_id=message_id)
     return Rejected(
@@ -137,6 +155,7 @@ def oversized_outcome(
         ),
         sender=sender,
         message_id=message_id,
+        code="oversized",
     )
 
 

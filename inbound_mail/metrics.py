@@ -70,14 +70,32 @@ _CATEGORIES: tuple[tuple[re.Pattern[str], str], ...] = tuple(
         (r"^invalid Date/Time", "invalid_date_time"),
         (r"^cannot parse the MIME structure", "bad_mime"),
         (r"^internal parser error", "parser_error"),
+        (r"; at most \d+$|^the MIME structure has over", "over_limit"),  # parse_limits
+        (r"^parser crash", "parser_crash"),  # inbound_mail.inflight
         (r"^unauthenticated: ", "unauthenticated"),
     )
 )
 AccountsView = Callable[[], Iterable[tuple[str, "AccountHealth"]]]
 
 
-def reject_category(reason: str) -> str:
-    """A reject reason's category: one of a fixed set of names, ``other`` for the rest."""
+# Rejects whose ``code`` column says why on its own (every code but ``malformed``,
+# the parser's own, whose free-text reason the patterns above refine).
+_CODE_CATEGORIES: dict[str, str] = {
+    "oversized": "too_large",
+    "unfetchable": "unfetchable",
+    "unauthenticated": "unauthenticated",
+    "over_limit": "over_limit",
+    "parser_crash": "parser_crash",
+}
+
+
+def reject_category(reason: str, code: str | None = None) -> str:
+    """A reject's category: one of a fixed set of names, ``other`` for the rest.
+
+    The ``code`` column decides where it is more than ``malformed``; otherwise
+    (and for reasons without a code) the reason's text does."""
+    if code is not None and code in _CODE_CATEGORIES:
+        return _CODE_CATEGORIES[code]
     for pattern, category in _CATEGORIES:
         if pattern.search(reason):
             return category
@@ -276,7 +294,7 @@ class _DatabaseCollector:
                 last_sms = store.last_message_by_destination()
                 reasons = list(
                     store.database.query(
-                        "SELECT reason, count(*) AS n FROM rejects GROUP BY reason"
+                        "SELECT code, reason, count(*) AS n FROM rejects GROUP BY code, reason"
                     )
                 )
                 unauthenticated = store.trust_counts(0.0)["unauthenticated_sms"]
@@ -321,7 +339,7 @@ def _database_families(
     )
     by_category: dict[str, int] = {}
     for row in reasons:
-        category = reject_category(str(row["reason"]))
+        category = reject_category(str(row["reason"]), str(row["code"]))
         by_category[category] = by_category.get(category, 0) + int(row["n"])
     for category, count in sorted(by_category.items()):
         rejects.add_metric([category], count)

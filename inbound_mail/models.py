@@ -92,10 +92,21 @@ class Skipped:
 
 #: Why an email is a reject: the parser could not read it (``malformed``), it was
 #: over ``max_size`` (``oversized``), the server never returned it
-#: (``unfetchable``), or it claims the provider's address without proof
-#: (``unauthenticated``, with the evidence).
-RejectCode = Literal["malformed", "oversized", "unfetchable", "unauthenticated"]
-REJECT_CODES: tuple[RejectCode, ...] = ("malformed", "oversized", "unfetchable", "unauthenticated")
+#: (``unfetchable``), it claims the provider's address without proof
+#: (``unauthenticated``, with the evidence), it exceeds a limit of
+#: :mod:`inbound_mail.parse_limits` (``over_limit``), or the process died twice
+#: while parsing it (``parser_crash``, :mod:`inbound_mail.inflight`).
+RejectCode = Literal[
+    "malformed", "oversized", "unfetchable", "unauthenticated", "over_limit", "parser_crash"
+]
+REJECT_CODES: tuple[RejectCode, ...] = (
+    "malformed",
+    "oversized",
+    "unfetchable",
+    "unauthenticated",
+    "over_limit",
+    "parser_crash",
+)
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,6 +8,18 @@ Python's recursion limit) or this module meets an unexpected error, the email
 is rejected ("cannot parse the MIME structure: ...", "internal parser error:
 ...") if its From header names a configured sender, else skipped.
 
+Bounded work
+    Before mail-parser sees the bytes, :mod:`inbound_mail.parse_limits` reads
+    the top header block alone: the sender is checked there first, under the
+    same strict rule as below (a From header over
+    :data:`~inbound_mail.parse_limits.MAX_FROM_BYTES` is skipped unparsed), so
+    mail from others costs almost nothing; a configured sender's
+    email over a limit (header block, header fields, encoded words, MIME parts
+    and parameters) is rejected with the limit in the reason (code
+    ``over_limit``).  Only WHATWG
+    charset labels are decoded (:mod:`inbound_mail.charsets`), in mail-parser
+    too; any other codec name is an unknown charset.
+
 Who sent it
     Only the parsed addr-spec of the ``From`` header counts, compared
     case-insensitively with the configured senders; the display name never does
@@ -27,7 +39,7 @@ Which body
     The first ``text/plain`` part that is not an attachment; an HTML part (the
     first ``text/html``) only when there is no plain part or the plain part holds
     no field label at all.  Attached emails (``message/*``) are not looked into.
-    The charset is the declared one, then UTF-8, then Windows-1252, then
+    The charset is the declared one (a WHATWG label), then UTF-8, then Windows-1252, then
     ISO-8859-1 (which cannot fail); a declared ISO-8859-1 is read as
     Windows-1252, as browsers do, so that ``€`` and curly quotes survive.
 
@@ -95,7 +107,7 @@ Email metadata
 
 from __future__ import annotations
 
-import codecs
+import email
 import email.message
 import email.policy
 import re
@@ -111,9 +123,17 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import mailparser
 
 from ._html import html_to_text
+from .charsets import codec_for, neutralise, neutralise_value
 from .config import DEFAULT_SENDERS, ParseConfig
 from .errors import ConfigError
 from .models import ParseOutcome, Rejected, Skipped, SmsRecord
+from .parse_limits import (
+    MAX_FROM_BYTES,
+    MAX_HEADER_BYTES,
+    check_structure,
+    scan_headers,
+    scan_message,
+)
 
 __all__ = [
     "DEFAULT_OPTIONS",
@@ -170,13 +190,65 @@ def parse_email(raw: bytes, options: ParseOptions = DEFAULT_OPTIONS) -> ParseOut
     """Classify and parse one raw email.  Never raises (see the module docstring)."""
     raw = bytes(raw)
     try:
-        mail = mailparser.parse_from_bytes(raw)
+        early, message = _gate(raw, options)
+    except Exception as exc:  # a bug here must cost one email, never the daemon
+        return _failed(raw, options, f"internal parser error: {_describe(exc)}")
+    if early is not None:
+        return early
+    try:
+        message = message or email.message_from_bytes(raw)
+        neutralise(message)  # only real charsets are decoded, by mail-parser too
+        mail = mailparser.MailParser(message)
     except Exception as exc:  # mail-parser gave up (e.g. absurd MIME nesting)
         return _failed(raw, options, f"cannot parse the MIME structure: {_describe(exc)}")
     try:
         return _storable(_parse_mail(mail, options))
     except Exception as exc:  # a bug here must cost one email, never the daemon
         return _failed(raw, options, f"internal parser error: {_describe(exc)}")
+
+
+def _gate(
+    raw: bytes, options: ParseOptions
+) -> tuple[ParseOutcome | None, email.message.Message | None]:
+    """The outcome decided before the full parse (or None to go on), and the
+    email's parsed message when it was small enough to be parsed here already.
+
+    The sender comes first, from the top header block alone, so mail from
+    others costs almost nothing; the limits of :mod:`inbound_mail.parse_limits`
+    apply to a configured sender's email.  A From header that names a
+    configured sender (the common case) goes to the cheap limit checks at once:
+    the full parse checks the sender again, exactly as before."""
+    message = None
+    if len(raw) <= MAX_HEADER_BYTES:  # bounded: parse once, in full, and reuse it
+        try:
+            message = email.message_from_bytes(raw)
+        except Exception:  # the full parse below fails the same way, with the reason
+            message = None
+    scan = scan_message(message) if message is not None else scan_headers(raw)
+    message_id = _clean(scan.message_id)
+    if scan.from_oversized is not None:  # no provider writes that; never parsed
+        reason = f"the From header is {scan.from_oversized} characters; at most {MAX_FROM_BYTES}"
+        return Skipped(reason=reason, message_id=message_id), None
+    named = " ".join(scan.from_values).lower()
+    limit = None
+    if any(sender in named for sender in options.senders):
+        limit = scan.problem or check_structure(raw)
+        if limit is None:
+            return None, message
+    # The same strict From rule as the full parse, on the values the full parse
+    # would see (refused charsets renamed, as neutralise() does to the message).
+    # A From that the rule refuses is skipped here too, even over a limit.
+    fetched = [
+        compat32.header_fetch_parse("From", neutralise_value(value)) for value in scan.from_values
+    ]
+    address, problem, names = _from_address(fetched)
+    if address is None or address not in options.senders:
+        reason = problem or _not_ours(address or "", names, options)
+        return Skipped(reason=reason, sender=address, message_id=message_id), None
+    if limit := limit or scan.problem or check_structure(raw):
+        rejected = Rejected(reason=limit, sender=address, message_id=message_id, code="over_limit")
+        return rejected, None
+    return None, message
 
 
 def _storable(outcome: ParseOutcome) -> ParseOutcome:
@@ -405,10 +477,7 @@ def _decode(part: email.message.Message) -> str:
 
 
 def _codecs(declared: str | None) -> list[str]:
-    try:
-        name = codecs.lookup(declared).name if declared else None
-    except LookupError:
-        name = None
+    name = codec_for(declared)  # None for anything but a real mail charset
     if name == "iso8859-1":
         name = "cp1252"  # WHATWG: the C1 range of "latin-1" mail is Windows-1252
     return list(dict.fromkeys(c for c in (name, "utf-8", "cp1252") if c))

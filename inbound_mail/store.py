@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import secrets
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -61,7 +62,7 @@ from ._store_rows import (
 )
 from .errors import StoreError
 from .lock import daemon_lock, take_lock
-from .models import Rejected, SmsRecord
+from .models import EmailOrigin, Rejected, SmsRecord
 
 __all__ = [
     "SCHEDULE_KEY",
@@ -79,6 +80,36 @@ __all__ = [
     "daemon_lock",
     "iso",
 ]
+
+
+#: This process's name in the ``parsing`` table: a row left under another name
+#: was left by a process that died while parsing.
+RUN = f"{os.getpid()}-{secrets.token_hex(6)}"
+
+
+def _dead(run: str) -> bool:
+    """Whether the process that wrote ``run`` is gone (so it died while parsing).
+
+    Another live process (a ``backfill`` beside the daemon) may be parsing the
+    same email right now: that is no crash.  A reused PID reads as alive, which
+    only delays the count by one start."""
+    if run == RUN:
+        return False
+    pid = run.partition("-")[0]
+    if not pid.isdigit():
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # EPERM: it exists, as another user
+        return False
+    return False
+
+
+def _origin_key(origin: EmailOrigin) -> str:
+    o = origin
+    return json.dumps([o.kind, o.account, o.folder, o.uidvalidity, o.uid, o.path, o.key])
 
 
 SCHEDULE_KEY = "outbox.rescheduled"
@@ -201,12 +232,15 @@ class Store:
         route: Router | None = None,
         checkpoint: Checkpoint | None = None,
         acks: Sequence[PendingAck] = (),
+        not_stored: Sequence[EmailOrigin] = (),
     ) -> IngestResult:
         """Store a batch in ONE transaction: new messages, one ``emails`` row per
         email that carried an SMS (duplicates included), raw bytes, rejects, one
         pending delivery per sink name ``route(record)`` yields for each NEW
         message, the checkpoint (never moved backwards within one UIDVALIDITY)
-        and the acks owed.  Skipped emails store nothing.
+        and the acks owed.  Skipped emails store nothing.  The ``parsing`` rows
+        of the items and of ``not_stored`` (recorded in flight, then held back
+        or never parsed: no crash happened to them) are deleted.
 
         An email recorded before (same IMAP UID, or same file and key) adds no
         second ``emails`` or ``rejects`` row; its SMS counts as a duplicate.
@@ -238,7 +272,56 @@ class Store:
                 else:
                     result.skipped += 1
             batch.flush(cur, checkpoint, acks)
+            # Parsed and stored: no longer in flight (the table is empty but after a crash).
+            if cur.execute(q.ANY_PARSING).fetchone()[0]:
+                origins = [*(i.origin for i in items), *not_stored]
+                cur.executemany(q.DELETE_PARSING, [(_origin_key(o),) for o in origins])
         return result
+
+    # -- emails being parsed -------------------------------------------------
+    def parse_crashes(self, origins: Iterable[EmailOrigin]) -> dict[EmailOrigin, int]:
+        """Those of ``origins`` that another process was parsing when it died,
+        with how many processes started parsing them (see :meth:`mark_parsing`)."""
+        by_key = {_origin_key(origin): origin for origin in origins}
+        rows = self._parsing_rows(list(by_key))
+        return {by_key[key]: attempts for key, (attempts, run) in rows.items() if _dead(run)}
+
+    def _parsing_rows(self, keys: list[str]) -> dict[str, tuple[int, str]]:
+        """origin key -> (attempts, run) of the ``parsing`` rows among ``keys``."""
+        if not keys or not self._one("cannot read the emails being parsed", q.ANY_PARSING):
+            return {}
+        rows = self._rows(
+            "cannot read the emails being parsed", q.PARSING_ROWS, (json.dumps(keys),)
+        )
+        return {row["origin"]: (int(row["attempts"]), str(row["run"])) for row in rows}
+
+    def mark_parsing(self, origins: Iterable[EmailOrigin]) -> None:
+        """Record (committed) that this process starts parsing these emails.
+
+        :meth:`ingest` of their outcomes deletes the rows.  A row this process
+        finds from another run counts one more attempt: that run died while
+        parsing (a crash, a kill, the watchdog ending a stall)."""
+        stamp = iso(self._clock())
+        keys = [_origin_key(origin) for origin in origins]
+        if not keys:
+            return
+        found = self._parsing_rows(keys)
+        rows = [
+            {"origin": key, "run": RUN, "stamp": stamp,
+             "crashed": int(key in found and _dead(found[key][1]))}
+            for key in keys
+        ]  # fmt: skip
+        # Without fsync: the row must outlive this process (a crash, SIGKILL,
+        # SIGABRT from the watchdog), and the OS keeps the WAL write for that;
+        # after a power loss it may be gone, and the email is merely parsed once
+        # more.  The ingest commit that follows is synchronous=FULL again, which
+        # syncs this write too.  So the push path gains a commit, not an fsync.
+        self._conn.execute("PRAGMA synchronous = NORMAL")
+        try:
+            with self._write("cannot record the emails being parsed") as cur:
+                cur.executemany(q.MARK_PARSING, rows)
+        finally:
+            self._conn.execute("PRAGMA synchronous = FULL")
 
     def release(
         self, reject_id: int, item: IngestItem, *, route: Router | None = None

@@ -142,3 +142,41 @@ def test_a_taken_port_is_a_clear_config_error(tmp_path: Path) -> None:
             ConfigError, match=rf"metrics.listen: cannot listen on 127.0.0.1:{port}"
         ):
             metrics.serve(f"127.0.0.1:{port}")
+
+
+def test_rejects_are_classified_by_their_code_where_it_says_why(tmp_path: Path) -> None:
+    from inbound_mail.models import EmailOrigin
+    from inbound_mail.store import IngestItem, Store
+
+    db = tmp_path / "s.db"
+    config = load_config(
+        write_config(tmp_path / "c.toml", db=db, extra='[metrics]\nlisten = "127.0.0.1:0"\n')
+    )
+    coded = {
+        "over_limit": "the header block is 70000 bytes; at most 65536 (worded otherwise later)",
+        "parser_crash": "a future wording of a parser crash",
+        "oversized": "a future wording of max_size",
+        "unauthenticated": "no valid DKIM signature",
+        "malformed": "invalid Date/Time '2024': expected 14 digits",
+    }
+    items = [
+        IngestItem(b"raw", Rejected(reason=reason, code=code), EmailOrigin("eml", path=f"/{n}"))  # type: ignore[arg-type]
+        for n, (code, reason) in enumerate(coded.items())
+    ]
+    with Store.open(db) as store:
+        store.ingest(items)
+    metrics = create_metrics(config, list)
+    assert metrics is not None
+    samples = {
+        sample.labels["reason"]: sample.value
+        for family in metrics.registry.collect()
+        for sample in family.samples
+        if sample.name == "inbound_mail_rejects_total"
+    }
+    assert samples == {
+        "over_limit": 1,
+        "parser_crash": 1,
+        "too_large": 1,
+        "unauthenticated": 1,
+        "invalid_date_time": 1,
+    }

@@ -16,7 +16,10 @@ The order is what makes the feed lossless and duplicate-free:
    its body never fetched.  The rest is fetched with ``BODY.PEEK[]`` (which never
    sets ``\\Seen``) in chunks bounded by count and bytes.
 5. Each chunk is parsed and stored in ONE transaction together with the new
-   checkpoint and the acknowledgements it now owes.
+   checkpoint and the acknowledgements it now owes.  Before the parse its
+   emails are recorded in flight (:mod:`inbound_mail.inflight`): after a crash,
+   the emails that were in flight are parsed one at a time, and one the parser
+   died on twice becomes a reject.
 6. Only then is ``after`` applied (seen / move / delete) -- and only to mail
    that produced an SMS: other senders' mail and rejects are never touched.
    A refused ``after`` is logged (folder, the server's answer, the config key)
@@ -50,8 +53,6 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import date
-from email.parser import BytesHeaderParser
-from email.policy import compat32
 from typing import Any
 
 from imapclient import IMAPClient
@@ -59,9 +60,11 @@ from imapclient import IMAPClient
 from ..authenticity import Deferred, Verifier
 from ..config import AccountConfig
 from ..faults import fault_point
+from ..inflight import parse_recorded, split_runs
 from ..logs import log_event
 from ..models import EmailOrigin, ParseOutcome, Rejected, SmsRecord, Tally
-from ..parse import ParseOptions, parse_email, sender_matches
+from ..parse import ParseOptions, sender_matches
+from ..parse_limits import scan_headers
 from ..store import Checkpoint, IngestItem, IngestResult, PendingAck, Router, Store
 from .acks import AckRetries, apply_acks
 from .connection import server_text
@@ -119,6 +122,7 @@ class FolderSync:
         on_found: Callable[[str, int], None] | None = None,
         should_stop: Callable[[], bool] = lambda: False,
         fetch_failures: FetchFailures | None = None,
+        on_parsed: Callable[[], None] | None = None,
         verifier: Verifier | None = None,
         ack_retries: AckRetries | None = None,
     ) -> None:
@@ -136,6 +140,7 @@ class FolderSync:
         # (folder, uidvalidity, uid) -> failed FETCHes; owned by the worker, so
         # the count survives the reconnect that a failed FETCH usually causes.
         self.fetch_failures: FetchFailures = {} if fetch_failures is None else fetch_failures
+        self.on_parsed = on_parsed  # after every email parsed: progress for the watchdog
         # Per folder, owned by the worker: a refused `after` keeps its backoff
         # across the reconnects.
         self.ack_retries = AckRetries() if ack_retries is None else ack_retries
@@ -310,36 +315,51 @@ class FolderSync:
     def _fetch_and_store(
         self, folder: str, uidvalidity: int, uids: list[int], options: SyncOptions, readonly: bool
     ) -> IngestResult:
-        if not any((folder, uidvalidity, uid) in self.fetch_failures for uid in uids):
-            return self._fetch_group(folder, uidvalidity, uids, options, readonly)
+        if any((folder, uidvalidity, uid) in self.fetch_failures for uid in uids):
+            # One at a time, so an email the server cannot return costs only itself.
+            groups = [[uid] for uid in uids]
+        elif options.dry_run:
+            groups = [uids]
+        else:
+            # Each email the parser died on alone, in UID order: the checkpoint never
+            # passes one before it is stored (inbound_mail.inflight).
+            origins = [self._origin(folder, uidvalidity, uid) for uid in uids]
+            crashed = {origin.uid for origin in self.store.parse_crashes(origins)}
+            groups = split_runs(uids, lambda uid: uid in crashed)
         result = IngestResult()
-        for uid in uids:  # one at a time, so an email the server cannot return costs only itself
+        for group in groups:
             if self.should_stop():
                 break
-            result.merge(self._fetch_group(folder, uidvalidity, [uid], options, readonly))
+            result.merge(self._fetch_group(folder, uidvalidity, group, options, readonly))
         return result
 
     def _fetch_group(
         self, folder: str, uidvalidity: int, uids: list[int], options: SyncOptions, readonly: bool
     ) -> IngestResult:
         try:
-            items = self._fetch_items(folder, uidvalidity, uids)
+            items = self._fetch_items(folder, uidvalidity, uids, record=not options.dry_run)
         except Exception as exc:
             self._fetch_failed(folder, uidvalidity, uids, exc)
             raise
         fault_point("after-fetch")
-        items = self._authenticate(folder, uidvalidity, items)
+        checked = self._authenticate(folder, uidvalidity, items)
+        # Recorded in flight, parsed, then held back: no crash to count at a restart.
+        kept = {item.origin for item in checked}
+        held = [item.origin for item in items if item.origin not in kept]
+        items = checked
         if options.dry_run:
             return _dry_result(items)
         acks = self._acks_for(folder, uidvalidity, items, options, readonly)
-        held = self._deferred.get((folder, uidvalidity))
-        last = max(uids) if held is None else min(max(uids), held - 1)
+        lowest_held = self._deferred.get((folder, uidvalidity))
+        last = max(uids) if lowest_held is None else min(max(uids), lowest_held - 1)
         checkpoint = (
             Checkpoint(self.account.name, folder, uidvalidity, last)
             if options.move_checkpoint and last > 0
             else None
         )
-        result = self.store.ingest(items, route=self.route, checkpoint=checkpoint, acks=acks)
+        result = self.store.ingest(
+            items, route=self.route, checkpoint=checkpoint, acks=acks, not_stored=held
+        )
         fault_point("after-commit")
         if self.on_batch:
             self.on_batch(folder, result)
@@ -355,6 +375,8 @@ class FolderSync:
         kept = []
         for item in items:
             outcome = self.verifier.check(item.raw, item.outcome)
+            if self.on_parsed is not None:  # a DNS lookup may wait: progress per email
+                self.on_parsed()
             if isinstance(outcome, Deferred):
                 uid = item.origin.uid or 0
                 key = (folder, uidvalidity)
@@ -366,14 +388,16 @@ class FolderSync:
             kept.append(item if outcome is item.outcome else replace(item, outcome=outcome))
         return kept
 
-    def _fetch_items(self, folder: str, uidvalidity: int, uids: list[int]) -> list[IngestItem]:
+    def _fetch_items(
+        self, folder: str, uidvalidity: int, uids: list[int], *, record: bool
+    ) -> list[IngestItem]:
         sizes = self.client.fetch(uids, ["RFC822.SIZE"])
         present = [uid for uid in uids if b"RFC822.SIZE" in sizes.get(uid, {})]  # others expunged
         small = [uid for uid in present if int(sizes[uid][b"RFC822.SIZE"]) <= self.account.max_size]
         large = [uid for uid in present if uid not in small]
         items: list[IngestItem] = []
         for group in _by_bytes(small, sizes):
-            items += self._fetch_bodies(folder, uidvalidity, group)
+            items += self._fetch_bodies(folder, uidvalidity, group, record=record)
         items += self._fetch_oversized(folder, uidvalidity, large, sizes)
         items.sort(key=lambda item: item.origin.uid or 0)
         for uid in uids:
@@ -400,23 +424,21 @@ class FolderSync:
         log_event(_log, logging.ERROR, "imap.unfetchable", account=self.account.name,
                   folder=folder, uid=uids[0], reason=reason)  # fmt: skip
 
-    def _fetch_bodies(self, folder: str, uidvalidity: int, uids: list[int]) -> list[IngestItem]:
+    def _fetch_bodies(
+        self, folder: str, uidvalidity: int, uids: list[int], *, record: bool
+    ) -> list[IngestItem]:
         if not uids:
             return []
         fetched = self.client.fetch(uids, ["BODY.PEEK[]"])
-        items = []
+        emails = []
         for uid in uids:
             raw = fetched.get(uid, {}).get(b"BODY[]")
             if raw is None:  # expunged by someone else between SEARCH and FETCH
                 continue
-            items.append(
-                IngestItem(
-                    raw,
-                    parse_email(bytes(raw), self.parse_options),
-                    self._origin(folder, uidvalidity, uid),
-                )
-            )
-        return items
+            emails.append((bytes(raw), self._origin(folder, uidvalidity, uid)))
+        return parse_recorded(
+            self.store, emails, self.parse_options, record=record, on_parsed=self.on_parsed
+        )
 
     def _fetch_oversized(
         self, folder: str, uidvalidity: int, uids: list[int], sizes: dict[int, Any]
@@ -434,8 +456,9 @@ class FolderSync:
         return items
 
     def _oversized_outcome(self, header: bytes, size: int) -> ParseOutcome | None:
-        message = BytesHeaderParser(policy=compat32).parsebytes(header)
-        sender = sender_matches(message.get_all("From", []), self.parse_options.senders)
+        scan = scan_headers(header)  # bounded work, whatever the size of the header block
+        senders = self.parse_options.senders
+        sender = None if scan.from_oversized else sender_matches(scan.from_values, senders)
         if sender is None:
             return None  # SEARCH FROM matched a display name: not ours, left alone
         reason = (
@@ -446,7 +469,7 @@ class FolderSync:
         return Rejected(
             reason=reason,
             sender=sender,
-            message_id=(message.get("Message-ID") or "").strip() or None,
+            message_id=(scan.message_id or "").strip() or None,
             code="oversized",
         )
 

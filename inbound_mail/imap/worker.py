@@ -230,6 +230,7 @@ class AccountWorker:
                     on_found=on_found,
                     should_stop=self.stop.is_set,
                     fetch_failures=self.fetch_failures,
+                    on_parsed=self.health.tick,  # progress is per email, not per batch
                     verifier=self.verifier,
                     ack_retries=self.ack_retries,
                 )
