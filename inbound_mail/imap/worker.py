@@ -57,6 +57,7 @@ from ..errors import (
 from ..faults import fault_stall
 from ..logs import log_event
 from ..parse import ParseOptions
+from ..pool import ParsePool
 from ..secrets import read_password
 from ..store import IngestResult, Router, Store
 from .acks import ACK_RETRY_BASE, AckRetries
@@ -132,9 +133,11 @@ class AccountWorker:
         route: Router | None = None,
         on_batch: Callable[[AccountConfig, str, IngestResult], None] | None = None,
         verifier: Verifier | None = None,
+        pool: ParsePool | None = None,
     ) -> None:
         self.account = account
         self.verifier = verifier
+        self.pool = pool  # backfill's parse processes; the daemon parses inline
         self.db_path = db_path
         self.parse_options = parse_options
         self.stop = stop
@@ -233,6 +236,7 @@ class AccountWorker:
                     on_parsed=self.health.tick,  # progress is per email, not per batch
                     verifier=self.verifier,
                     ack_retries=self.ack_retries,
+                    pool=self.pool,
                 )
                 self.health.connected = True
                 self._set_state("connected")
