@@ -18,6 +18,7 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -85,6 +86,9 @@ class Child:
     stdout: str
     stderr: str
     timed_out: bool = False
+    tree_rss_mb: float = float("nan")
+    """Peak of the summed RSS of the child and all its descendants (parse workers
+    included), sampled every 50 ms: shared pages count once per process."""
 
     def report(self) -> dict[str, Any]:
         """The last JSON object the child printed on stdout (children report that way)."""
@@ -125,8 +129,12 @@ def run_child(
             env={**os.environ, **(env or {})},
             cwd=cwd,
         )
+        sampler = _TreeSampler(proc.pid)
+        sampler.start()
         status, _usage, timed_out = _wait(proc, timeout)
         wall = time.perf_counter() - started
+        sampler.stop.set()
+        sampler.join()
         out.seek(0)
         err.seek(0)
         stdout, stderr = out.read().decode(errors="replace"), err.read().decode(errors="replace")
@@ -138,7 +146,40 @@ def run_child(
         Path(f"{out_path}{suffix}").unlink(missing_ok=True)
     code = os.waitstatus_to_exitcode(status)
     rss = measured["max_rss_kb"] / 1024
-    return Child(list(argv), measured["wall"], rss, code, stdout, stderr, timed_out)
+    tree = sampler.peak_kb / 1024 if sampler.peak_kb else float("nan")
+    return Child(list(argv), measured["wall"], rss, code, stdout, stderr, timed_out, tree)
+
+
+class _TreeSampler(threading.Thread):
+    """Samples the summed RSS of ``root`` and its descendants from /proc."""
+
+    def __init__(self, root: int) -> None:
+        super().__init__(daemon=True)
+        self.root = root
+        self.peak_kb = 0
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        page_kb = os.sysconf("SC_PAGE_SIZE") // 1024
+        while not self.stop.wait(0.05):
+            parents: dict[int, int] = {}
+            resident: dict[int, int] = {}
+            for entry in os.listdir("/proc"):
+                if not entry.isdigit():
+                    continue
+                try:
+                    stat = Path(f"/proc/{entry}/stat").read_text()
+                    statm = Path(f"/proc/{entry}/statm").read_text().split()
+                except OSError:
+                    continue
+                parents[int(entry)] = int(stat.rpartition(")")[2].split()[1])
+                resident[int(entry)] = int(statm[1]) * page_kb
+            tree, grew = {self.root}, True
+            while grew:
+                found = {pid for pid, parent in parents.items() if parent in tree} - tree
+                grew = bool(found)
+                tree |= found
+            self.peak_kb = max(self.peak_kb, sum(resident.get(pid, 0) for pid in tree))
 
 
 def _wait(

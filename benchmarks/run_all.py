@@ -2,7 +2,8 @@
 
 Each script writes ``benchmarks/results/NAME.json``; this one runs them in turn
 (each in its own process), then reads those files and the fault-injection
-suite's ``benchmarks/results/faults.json`` (written by ``INBOUND_MAIL_FAULT_RESULTS=1 pytest -m faults``).
+suite's ``benchmarks/results/faults.json`` (written by
+``INBOUND_MAIL_FAULT_RESULTS=1 pytest -m faults``).
 
     .venv/bin/python benchmarks/run_all.py             # full sizes, ~20 minutes
     .venv/bin/python benchmarks/run_all.py --quick     # smoke run, ~2 minutes
