@@ -87,8 +87,9 @@ class Child:
     stderr: str
     timed_out: bool = False
     tree_rss_mb: float = float("nan")
-    """Peak of the summed RSS of the child and all its descendants (parse workers
-    included), sampled every 50 ms: shared pages count once per process."""
+    """Peak memory of the command's whole process tree (parse workers included):
+    the summed PSS (shared pages split between their sharers, so the sum is what
+    the tree really holds), sampled every 50 ms; the launcher is not counted."""
 
     def report(self) -> dict[str, Any]:
         """The last JSON object the child printed on stdout (children report that way)."""
@@ -151,7 +152,7 @@ def run_child(
 
 
 class _TreeSampler(threading.Thread):
-    """Samples the summed RSS of ``root`` and its descendants from /proc."""
+    """Samples the summed PSS of the descendants of ``root`` from /proc."""
 
     def __init__(self, root: int) -> None:
         super().__init__(daemon=True)
@@ -160,7 +161,6 @@ class _TreeSampler(threading.Thread):
         self.stop = threading.Event()
 
     def run(self) -> None:
-        page_kb = os.sysconf("SC_PAGE_SIZE") // 1024
         while not self.stop.wait(0.05):
             parents: dict[int, int] = {}
             resident: dict[int, int] = {}
@@ -169,17 +169,27 @@ class _TreeSampler(threading.Thread):
                     continue
                 try:
                     stat = Path(f"/proc/{entry}/stat").read_text()
-                    statm = Path(f"/proc/{entry}/statm").read_text().split()
                 except OSError:
                     continue
                 parents[int(entry)] = int(stat.rpartition(")")[2].split()[1])
-                resident[int(entry)] = int(statm[1]) * page_kb
             tree, grew = {self.root}, True
             while grew:
                 found = {pid for pid, parent in parents.items() if parent in tree} - tree
                 grew = bool(found)
                 tree |= found
-            self.peak_kb = max(self.peak_kb, sum(resident.get(pid, 0) for pid in tree))
+            for pid in tree - {self.root}:
+                resident[pid] = _pss_kb(pid)
+            self.peak_kb = max(self.peak_kb, sum(resident.values()))
+
+
+def _pss_kb(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return 0
 
 
 def _wait(

@@ -32,6 +32,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import re
 from collections.abc import Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -42,7 +43,6 @@ from .inflight import MAX_PARSE_CRASHES, crash_reject
 from .logs import log_event
 from .models import ParseOutcome
 from .parse import ParseOptions, parse_email
-from .parse_limits import scan_headers
 
 __all__ = [
     "CHUNK",
@@ -62,6 +62,8 @@ INLINE_BELOW = 32
 #: Emails per task sent to a worker: big enough to amortise the IPC, small
 #: enough to keep every worker busy and a crash's re-parse short.
 CHUNK = 100
+_END_OF_HEADER = re.compile(rb"\r?\n\r?\n")
+_HEADER_SCAN = 64 * 1024  # bytes of an email searched for a sender, at most
 _log = logging.getLogger("inbound_mail.pool")
 
 
@@ -105,8 +107,9 @@ class ParsePool:
 
     @property
     def depth(self) -> int:
-        """Tasks to keep in flight: enough that workers never wait for the writer."""
-        return self.workers * 3
+        """Tasks to keep in flight: enough that the workers keep parsing while the
+        writer commits a 10,000-email transaction (~1 s), a few MB of emails."""
+        return max(16, self.workers * 8)
 
     def submit(self, raws: Sequence[bytes], *, alone: frozenset[int] = frozenset()) -> Parsing:
         """Start parsing ``raws`` (already recorded in flight); the outcomes come
@@ -133,9 +136,12 @@ class ParsePool:
     # -- internals ----------------------------------------------------------
     def _submit(self, raws: list[bytes]) -> Future[list[ParseOutcome]]:
         if self._executor is None:
+            context = multiprocessing.get_context("forkserver")
+            # The server imports the parser once; each worker is forked from it ready.
+            context.set_forkserver_preload(["inbound_mail.pool"])
             self._executor = ProcessPoolExecutor(
                 self.workers,
-                mp_context=multiprocessing.get_context("forkserver"),
+                mp_context=context,
                 initializer=_init_worker,
                 initargs=(self.options,),
             )
@@ -217,7 +223,10 @@ class Parsing:
 
 
 def _for_parser(raw: bytes, options: ParseOptions) -> bool:
-    """Does the top header block name a configured sender?  Else the parser's gate
-    classifies the email from its headers alone: not worth a trip to a worker."""
-    named = " ".join(scan_headers(raw).from_values).lower()
-    return any(sender in named for sender in options.senders)
+    """Does the top header block name a configured sender anywhere?  Else the
+    parser's gate classifies the email from its headers alone: not worth a trip to
+    a worker.  A plain byte search (the writer must stay cheap: a header parse here
+    costs as much as the store); a wrong guess only moves a parse, never changes it."""
+    end = _END_OF_HEADER.search(raw, 0, _HEADER_SCAN)
+    head = raw[: end.start() if end else _HEADER_SCAN].lower()
+    return any(sender.encode("utf-8", "replace") in head for sender in options.senders)
