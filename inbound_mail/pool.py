@@ -33,6 +33,9 @@ import logging
 import multiprocessing
 import os
 import re
+import select
+import threading
+import time
 from collections.abc import Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -80,8 +83,35 @@ def auto_workers(setting: int = 0) -> int:
 _worker: dict[str, ParseOptions] = {}
 
 
-def _init_worker(options: ParseOptions) -> None:
+def _init_worker(options: ParseOptions, writer: int) -> None:
     _worker["options"] = options
+    # A worker blocks on its task queue, of which it holds both ends: if the writer
+    # is killed (kill -9, the OOM killer), nothing would ever end it.  So it ends
+    # itself when the writer is gone.
+    threading.Thread(target=_exit_with, args=(writer,), daemon=True).start()
+
+
+def _exit_with(writer: int) -> None:
+    try:
+        handle = os.pidfd_open(writer)
+    except OSError:  # the writer is gone already (or no pidfd: poll instead)
+        handle = None
+        if _alive(writer):
+            while _alive(writer):
+                time.sleep(1.0)
+    if handle is not None:
+        select.select([handle], [], [])  # readable once the writer has exited
+    os._exit(0)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _parse_task(raws: list[bytes]) -> list[ParseOutcome]:
@@ -143,7 +173,7 @@ class ParsePool:
                 self.workers,
                 mp_context=context,
                 initializer=_init_worker,
-                initargs=(self.options,),
+                initargs=(self.options, os.getpid()),
             )
         try:
             return self._executor.submit(_parse_task, raws)
