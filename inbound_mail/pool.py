@@ -93,14 +93,16 @@ def _init_worker(options: ParseOptions, writer: int) -> None:
 
 def _exit_with(writer: int) -> None:
     try:
-        handle = os.pidfd_open(writer)
-    except OSError:  # the writer is gone already (or no pidfd: poll instead)
+        handle: int | None = os.pidfd_open(writer)
+    except OSError:  # gone already, or no pidfd here: poll instead
         handle = None
-        if _alive(writer):
-            while _alive(writer):
-                time.sleep(1.0)
     if handle is not None:
-        select.select([handle], [], [])  # readable once the writer has exited
+        # Readable once the writer has exited (a zombie not reaped yet counts: its
+        # parent may be waiting for our end of their shared output pipes).
+        select.select([handle], [], [])
+    else:
+        while _alive(writer):
+            time.sleep(1.0)
     os._exit(0)
 
 
