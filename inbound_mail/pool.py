@@ -34,6 +34,7 @@ import multiprocessing
 import os
 import re
 import select
+import signal
 import threading
 import time
 from collections.abc import Sequence
@@ -85,6 +86,9 @@ _worker: dict[str, ParseOptions] = {}
 
 def _init_worker(options: ParseOptions, writer: int) -> None:
     _worker["options"] = options
+    # Ctrl-C reaches the whole process group: the writer decides what it means
+    # (commit what is parsed, then stop), so a worker must not die of it.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     # A worker blocks on its task queue, of which it holds both ends: if the writer
     # is killed (kill -9, the OOM killer), nothing would ever end it.  So it ends
     # itself when the writer is gone.

@@ -9,6 +9,7 @@ a pool is a worker, not the writer.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -25,6 +26,7 @@ from inbound_mail.pool import CHUNK, INLINE_BELOW, MAX_AUTO_WORKERS, ParsePool, 
 from inbound_mail.store import Store
 from inbound_mail.testing.emails import build_provider_email
 from inbound_mail.testing.mailbox import Mailbox
+from inbound_mail.testing.wait import wait_until
 
 from helpers import UNCHECKED_PARSE, count, rows, write_config
 
@@ -149,3 +151,37 @@ def test_workers_setting_has_a_range(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="workers") as caught:
         load_config(bad)
     assert "0 to 64" in str(caught.value)
+
+
+def test_ctrl_c_on_the_process_group_commits_and_stops(tmp_path: Path) -> None:
+    # A terminal's Ctrl-C signals every process of the group, workers included:
+    # they must keep parsing what was shipped, and the writer commits it.
+    db = tmp_path / "sms.db"
+    folder = tmp_path / "export"
+    folder.mkdir()
+    total = 6000
+    for n in range(total):
+        (folder / f"{n:05d}.eml").write_bytes(sms(n))
+    config = write_config(tmp_path / "c.toml", db=db, extra=UNCHECKED_PARSE)
+    argv = [sys.executable, "-m", "inbound_mail", "--config", str(config), "import"]
+    argv += [str(folder), "--workers", "2", "--batch-size", "200"]
+    env = {k: v for k, v in os.environ.items() if k != "INBOUND_MAIL_FAULT"}
+    proc = subprocess.Popen(
+        argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        env=env, start_new_session=True,
+    )  # fmt: skip
+    try:
+        wait_until(lambda: count(db) >= 200, 120, message="a first batch committed")
+        os.killpg(proc.pid, signal.SIGINT)
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 130, stderr.decode()[-2000:]
+    assert b"abandoned" not in stderr and b"committed" in stderr
+    stored = count(db)
+    assert 200 <= stored < total and count(db, "parsing") == 0
+    again = cli(config, "import", str(folder), "--workers", "2")
+    assert again.returncode == 0 and count(db) == total
+    assert f"{total - stored} new, {stored} duplicates".encode() in again.stderr
