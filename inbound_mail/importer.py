@@ -79,7 +79,7 @@ def import_emails(
 
     With a ``pool`` of more than one worker, emails are parsed in its processes
     (:mod:`inbound_mail.pool`) while this one reads and stores; on a stop, the
-    emails already shipped are parsed and committed too (a few hundred at most)."""
+    emails already shipped are parsed and committed too (at most ``pool.depth`` groups)."""
     if pool is not None and pool.workers > 1:
         return _import_pooled(
             iter(emails), store, options, pool, route=route, batch_size=batch_size,
