@@ -18,6 +18,7 @@ from .config import (
     DEFAULT_DKIM_DOMAINS,
     DEFAULT_SENDERS,
     DNS_TIMEOUT_RANGE,
+    WORKERS_RANGE,
     AccountConfig,
     Config,
     DatabaseConfig,
@@ -169,6 +170,7 @@ def _parse_section(t: _Table) -> ParseConfig:
             lambda v: _check_range(parse_duration(v), low, high),
             5.0,
         ),
+        workers=t.integer("workers", 0, *WORKERS_RANGE),
     )
     t.finish()
     return result

@@ -60,6 +60,7 @@ from ..faults import fault_stall
 from ..logs import log_event
 from ..oauth import TokenSource
 from ..parse import ParseOptions
+from ..pool import ParsePool
 from ..secrets import read_password
 from ..store import IngestResult, Router, Store
 from .acks import ACK_RETRY_BASE, AckRetries
@@ -151,9 +152,11 @@ class AccountWorker:
         route: Router | None = None,
         on_batch: Callable[[AccountConfig, str, IngestResult], None] | None = None,
         verifier: Verifier | None = None,
+        pool: ParsePool | None = None,
     ) -> None:
         self.account = account
         self.verifier = verifier
+        self.pool = pool  # backfill's parse processes; the daemon parses inline
         self.db_path = db_path
         self.parse_options = parse_options
         self.stop = stop
@@ -280,6 +283,7 @@ class AccountWorker:
                     on_parsed=self.health.tick,  # progress is per email, not per batch
                     verifier=self.verifier,
                     ack_retries=self.ack_retries,
+                    pool=self.pool,
                 )
                 self.health.connected = True
                 self._set_state("connected")
