@@ -18,6 +18,7 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -85,6 +86,10 @@ class Child:
     stdout: str
     stderr: str
     timed_out: bool = False
+    tree_rss_mb: float = float("nan")
+    """Peak memory of the command's whole process tree (parse workers included):
+    the summed PSS (shared pages split between their sharers, so the sum is what
+    the tree really holds), sampled every 50 ms; the launcher is not counted."""
 
     def report(self) -> dict[str, Any]:
         """The last JSON object the child printed on stdout (children report that way)."""
@@ -125,8 +130,12 @@ def run_child(
             env={**os.environ, **(env or {})},
             cwd=cwd,
         )
+        sampler = _TreeSampler(proc.pid)
+        sampler.start()
         status, _usage, timed_out = _wait(proc, timeout)
         wall = time.perf_counter() - started
+        sampler.stop.set()
+        sampler.join()
         out.seek(0)
         err.seek(0)
         stdout, stderr = out.read().decode(errors="replace"), err.read().decode(errors="replace")
@@ -138,7 +147,49 @@ def run_child(
         Path(f"{out_path}{suffix}").unlink(missing_ok=True)
     code = os.waitstatus_to_exitcode(status)
     rss = measured["max_rss_kb"] / 1024
-    return Child(list(argv), measured["wall"], rss, code, stdout, stderr, timed_out)
+    tree = sampler.peak_kb / 1024 if sampler.peak_kb else float("nan")
+    return Child(list(argv), measured["wall"], rss, code, stdout, stderr, timed_out, tree)
+
+
+class _TreeSampler(threading.Thread):
+    """Samples the summed PSS of the descendants of ``root`` from /proc."""
+
+    def __init__(self, root: int) -> None:
+        super().__init__(daemon=True)
+        self.root = root
+        self.peak_kb = 0
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.wait(0.05):
+            parents: dict[int, int] = {}
+            resident: dict[int, int] = {}
+            for entry in os.listdir("/proc"):
+                if not entry.isdigit():
+                    continue
+                try:
+                    stat = Path(f"/proc/{entry}/stat").read_text()
+                except OSError:
+                    continue
+                parents[int(entry)] = int(stat.rpartition(")")[2].split()[1])
+            tree, grew = {self.root}, True
+            while grew:
+                found = {pid for pid, parent in parents.items() if parent in tree} - tree
+                grew = bool(found)
+                tree |= found
+            for pid in tree - {self.root}:
+                resident[pid] = _pss_kb(pid)
+            self.peak_kb = max(self.peak_kb, sum(resident.values()))
+
+
+def _pss_kb(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return 0
 
 
 def _wait(

@@ -11,7 +11,9 @@ Backfill variants (each a child process; wall time, peak RSS of that child):
               ``UID FETCH BODY.PEEK[]`` in chunks of 200, mail-parser, ``executemany``
               (one transaction per chunk)
 ``backfill``  ``python -m inbound_mail --config C backfill --account A --no-deliver``, the
-              account's ``fetch_batch`` left at its shipped default
+              account's ``fetch_batch`` and ``--workers`` left at their shipped defaults
+              (a parse process per core, at most 4)
+``backfill-w1`` the same with ``--workers 1``: no pool, the writer parses (the old path)
 ``getmail6``  SimpleIMAPSSLRetriever, read_all, delete = false, into a Maildir; only on the
               smallest folder, time-boxed (``--getmail-timebox``): msg/s from what it did
 
@@ -69,9 +71,10 @@ from _push import PushResult, measure_push
 
 from testsupport.dovecot import DovecotServer
 
-GOAL_FLOOR = 0.80
+GOAL_FLOOR = 1.6  # issue 15: both cores
 GOAL_GETMAIL = 10.0
-GOAL_P50_MS = 50.0
+GOAL_RSS_MB = 150.0
+GOAL_P50_MS = 10.0  # issue 15: the pool adds no hop to the push path
 GOAL_P99_MS = 150.0
 _SUMMARY = re.compile(
     r"INBOX: (\d+) read, (\d+) new, (\d+) duplicates, (\d+) skipped, (\d+) rejected"
@@ -175,7 +178,11 @@ def run_floor(
 
 
 def run_backfill(
-    server: DovecotServer, user: str, work: Path, fetch_batch: int | None = None
+    server: DovecotServer,
+    user: str,
+    work: Path,
+    fetch_batch: int | None = None,
+    workers: int | None = None,
 ) -> dict[str, Any]:
     db = work / f"backfill-{time.time_ns()}.db"
     config = _config(server, user, db, work / f"{user}.toml", fetch_batch)
@@ -189,6 +196,7 @@ def run_backfill(
         "--account",
         user,
         "--no-deliver",
+        *(["--workers", str(workers)] if workers is not None else []),
     ]
     child = run_child(argv, cwd=work).check()
     _remove_db(db)
@@ -196,7 +204,13 @@ def run_backfill(
     if match is None:
         raise RuntimeError(f"no summary in the backfill's output:\n{child.stderr[-2000:]}")
     read, new = int(match.group(1)), int(match.group(2))
-    return {"wall": child.wall, "rss_mb": child.max_rss_mb, "fetched": read, "new": new}
+    return {
+        "wall": child.wall,
+        "rss_mb": child.max_rss_mb,
+        "tree_rss_mb": child.tree_rss_mb,
+        "fetched": read,
+        "new": new,
+    }
 
 
 def _remove_db(db: Path) -> None:
@@ -220,6 +234,7 @@ def backfill_results(
     for size, user in users.items():
         variants: dict[str, Callable[[], dict[str, Any]]] = {
             "floor": partial(run_floor, server, user, work),
+            "backfill-w1": partial(run_backfill, server, user, work, workers=1),
             "backfill": partial(run_backfill, server, user, work),
         }
         if extra_floor_batch:  # diagnostics: other transaction sizes (see README.md)
@@ -232,7 +247,7 @@ def backfill_results(
         for _ in range(repeat):
             for name, runner in variants.items():
                 runs[name].append(runner())
-                log(f"  {size:>7,} {name:<8} {runs[name][-1]['wall']:.1f} s")
+                log(f"  {size:>7,} {name:<11} {runs[name][-1]['wall']:.1f} s")
         entry = {name: _median(r, size) for name, r in runs.items()}
         if size == min(users):
             getmail = run_getmail(server, user, work, timebox)
@@ -249,7 +264,8 @@ def backfill_results(
 def _median(runs: list[dict[str, Any]], size: int) -> dict[str, Any]:
     walls = [r["wall"] for r in runs]
     best = runs[walls.index(statistics.median_low(walls))]
-    return {**best, "msg_per_s": rate(size, best["wall"]), "walls": walls}
+    tree = max((r.get("tree_rss_mb", float("nan")) for r in runs), default=float("nan"))
+    return {**best, "msg_per_s": rate(size, best["wall"]), "walls": walls, "tree_rss_mb": tree}
 
 
 def push_results(server: DovecotServer, work: Path, count: int, window: float) -> dict[str, Any]:
@@ -280,14 +296,24 @@ def push_results(server: DovecotServer, work: Path, count: int, window: float) -
 def render(backfill: dict[str, Any], push: dict[str, Any] | None) -> tuple[str, dict[str, Any]]:
     verdict: dict[str, Any] = {}
     table = Table(
-        "IMAP backfill (msg/s over the folder's messages; peak RSS of the child)",
-        ["folder", "variant", "fetched", "seconds", "msg/s", "vs floor", "peak RSS MB"],
+        "IMAP backfill (msg/s over the folder's messages; peak RSS of the child, and summed PSS"
+        " of its whole process tree, parse workers included: the largest of the runs)",
+        [
+            "folder",
+            "variant",
+            "fetched",
+            "seconds",
+            "msg/s",
+            "vs floor",
+            "peak RSS MB",
+            "tree MB",
+        ],
     )
     for size, entry in backfill.items():
         floor = entry["floor"]["msg_per_s"]
         for name, r in entry.items():
             if "missing" in r:
-                table.add(int(size), name, "-", "-", "-", "-", r["missing"])
+                table.add(int(size), name, "-", "-", "-", "-", r["missing"], "-")
                 continue
             label = name + (" (time-boxed)" if r.get("timed_out") else "")
             table.add(
@@ -296,15 +322,16 @@ def render(backfill: dict[str, Any], push: dict[str, Any] | None) -> tuple[str, 
                 r["fetched"],
                 f"{r['wall']:.1f}",
                 round(r["msg_per_s"]),
-                f"{r['msg_per_s'] / floor:.0%}",
+                f"{r['msg_per_s'] / floor:.2f}x",
                 f"{r['rss_mb']:.0f}",
+                f"{r.get('tree_rss_mb', float('nan')):.0f}",
             )
         verdict[f"backfill_vs_floor_{size}"] = entry["backfill"]["msg_per_s"] / floor
         if entry.get("getmail6", {}).get("msg_per_s"):  # 0: time-boxed before one message
             verdict["backfill_vs_getmail"] = (
                 entry["backfill"]["msg_per_s"] / entry["getmail6"]["msg_per_s"]
             )
-        verdict.setdefault("backfill_rss_mb", {})[size] = entry["backfill"]["rss_mb"]
+        verdict.setdefault("backfill_rss_mb", {})[size] = entry["backfill"]["tree_rss_mb"]
     _backfill_notes(table, verdict)
     searched = ", ".join(
         f"{int(size):,}: {entry['floor'].get('rss_after_search_mb', float('nan')):.0f} MB"
@@ -322,7 +349,7 @@ def render(backfill: dict[str, Any], push: dict[str, Any] | None) -> tuple[str, 
 def _backfill_notes(table: Table, verdict: dict[str, Any]) -> None:
     ratios = [v for k, v in verdict.items() if k.startswith("backfill_vs_floor_")]
     table.notes.append(
-        f"goal: backfill >= {GOAL_FLOOR:.0%} of the floor: {min(ratios):.0%} at worst -> "
+        f"goal: backfill >= {GOAL_FLOOR:.1f}x the floor: {min(ratios):.2f}x at worst -> "
         + ("met" if min(ratios) >= GOAL_FLOOR else "MISSED")
     )
     if "backfill_vs_getmail" in verdict:
@@ -332,6 +359,10 @@ def _backfill_notes(table: Table, verdict: dict[str, Any]) -> None:
             f"{x:.1f}x -> " + ("met" if x >= GOAL_GETMAIL else "MISSED")
         )
     rss = list(verdict["backfill_rss_mb"].values())
+    table.notes.append(
+        f"goal: process tree < {GOAL_RSS_MB:.0f} MB: {max(rss):.0f} MB at most -> "
+        + ("met" if max(rss) < GOAL_RSS_MB else "MISSED")
+    )
     if len(rss) > 1:  # flatness needs two sizes
         table.notes.append(
             f"goal: RSS flat as the folder grows: backfill {min(rss):.0f}-{max(rss):.0f} MB -> "

@@ -41,22 +41,29 @@ def _met(ok: bool) -> str:
 
 
 def import_rows(table: Table, data: dict[str, Any]) -> None:
-    rss = []
-    for size, entry in data["results"].items():
+    rss: dict[str, list[tuple[int, float]]] = {}
+    for key, entry in data["results"].items():
         v = entry["variants"]
         if "import" not in v or "floor" not in v:
             continue
+        size, form = int(key.split()[0]), entry.get("format", "mbox")
         ratio = v["import"]["msg_per_s"] / v["floor"]["msg_per_s"]
         table.add(
-            "import (mbox)",
-            f"{int(size):,} msg/s",
+            f"import ({form})",
+            f"{size:,} msg/s",
             round(v["import"]["msg_per_s"]),
             f"floor {v['floor']['msg_per_s']:,.0f}",
-            f"{ratio:.0%} (>= 80%: {_met(ratio >= 0.8)})",
+            f"{ratio:.2f}x (>= 1.6x: {_met(ratio >= 1.6)})",
         )
-        rss.append((int(size), v["import"]["rss_mb"]))
-    for size, mb in rss:
-        table.add("import (mbox)", f"peak RSS at {size:,}", f"{mb:.0f} MB", "-", _rss_verdict(rss))
+        # The whole process tree (parse workers included) when measured.
+        mb = v["import"].get("tree_rss_mb", v["import"]["rss_mb"])
+        rss.setdefault(form, []).append((size, mb))
+    for form, figures in rss.items():
+        for size, mb in figures:
+            table.add(
+                f"import ({form})", f"peak RSS at {size:,}", f"{mb:.0f} MB", "-",
+                _rss_verdict(figures),
+            )  # fmt: skip
 
 
 def _rss_verdict(rss: list[tuple[int, float]]) -> str:
@@ -78,7 +85,7 @@ def imap_rows(table: Table, data: dict[str, Any]) -> None:
             f"{int(size):,} msg/s",
             round(ours["msg_per_s"]),
             f"floor {floor['msg_per_s']:,.0f}",
-            f"{ratio:.0%} (>= 80%: {_met(ratio >= 0.8)})",
+            f"{ratio:.2f}x (>= 1.6x: {_met(ratio >= 1.6)})",
         )
         getmail = entry.get("getmail6", {})
         if getmail.get("msg_per_s"):  # 0 when the time box ended before its first message
@@ -91,14 +98,14 @@ def imap_rows(table: Table, data: dict[str, Any]) -> None:
                 f"getmail6 {getmail['msg_per_s']:,.0f} ({getmail['fetched']:,} msgs{boxed})",
                 f"{x:.1f}x (>= 10x: {_met(x >= 10)})",
             )
-        rss.append((int(size), ours["rss_mb"]))
+        rss.append((int(size), ours.get("tree_rss_mb", ours["rss_mb"])))
     for size, mb in rss:
         table.add("IMAP backfill", f"peak RSS at {size:,}", f"{mb:.0f} MB", "-", _rss_verdict(rss))
     push = data.get("push")
     if not push:
         return
     raw, commit, sink = push["raw"], push["commit"], push["sink"]
-    for q, limit in (("p50", 50), ("p99", 150)):
+    for q, limit in (("p50", 10), ("p99", 150)):
         delta = commit[q] - raw[q]
         table.add(
             "push latency",

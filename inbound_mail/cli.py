@@ -159,9 +159,20 @@ def _summary(title: str, counts: dict[str, int]) -> None:
     type=click.IntRange(1024, 2**31),
     help="Bytes; a larger email is rejected unparsed, its headers kept (as IMAP's max_size).",
 )
+@click.option(
+    "--workers",
+    type=click.IntRange(0, 64),
+    default=None,
+    help="Parse processes (0: one per core, at most 4; 1: no pool) [default: [parse] workers].",
+)
 @pass_state
 def import_(
-    state: _State, paths: tuple[Path, ...], no_deliver: bool, batch_size: int, max_size: int
+    state: _State,
+    paths: tuple[Path, ...],
+    no_deliver: bool,
+    batch_size: int,
+    max_size: int,
+    workers: int | None,
 ) -> None:
     """Import .eml files, folders of them, mbox files and Maildir folders (detected by content).
 
@@ -173,10 +184,13 @@ def import_(
     from .parse.message import ParseOptions
     from .sources.importer import import_emails
     from .sources.local import count_emails, iter_emails
+    from .sources.pool import ParsePool, auto_workers
     from .store.db import Store
 
     config = state.config()
     route = None if no_deliver else make_router(config.sinks)
+    options = ParseOptions.from_config(config.parse)
+    pool = ParsePool(options, auto_workers(config.parse.workers if workers is None else workers))
     tty = sys.stderr.isatty()
     total = count_emails(paths) if tty else None
     not_mail: list[Path] = []
@@ -202,6 +216,7 @@ def import_(
     previous = signal.signal(signal.SIGINT, on_sigint) if main else None
     try:
         with (
+            pool,
             Store.open(
                 config.database.path,
                 raw_retention_days=config.database.raw_retention_days,
@@ -223,7 +238,7 @@ def import_(
             tally = import_emails(
                 emails,
                 store,
-                ParseOptions.from_config(config.parse),
+                options,
                 route=route,
                 batch_size=batch_size,
                 max_size=max_size,
@@ -231,6 +246,7 @@ def import_(
                 on_batch=lambda r: committed.__setitem__(0, committed[0] + r.read),
                 on_parsed=lambda: bar.update(1),
                 should_stop=stop.is_set,
+                pool=pool,
             )
     except KeyboardInterrupt:
         _interrupted(committed[0], abandoned=True)
@@ -385,6 +401,12 @@ def auth(state: _State, account: str, flow: str | None, no_browser: bool, port: 
 @click.option(
     "--no-deliver", is_flag=True, help="Store only; queue nothing for the configured sinks."
 )
+@click.option(
+    "--workers",
+    type=click.IntRange(0, 64),
+    default=None,
+    help="Parse processes (0: one per core, at most 4; 1: no pool) [default: [parse] workers].",
+)
 @pass_state
 def backfill(
     state: _State,
@@ -396,6 +418,7 @@ def backfill(
     dry_run: bool,
     apply_after: bool,
     no_deliver: bool,
+    workers: int | None,
 ) -> None:
     """Read old mail from IMAP folders; interruptible, a rerun continues and duplicates nothing."""
     from .sources.imap.backfill import BackfillRequest, run_backfill
@@ -411,6 +434,7 @@ def backfill(
         dry_run,
         apply_after,
         deliver=not no_deliver,
+        workers=workers,
     )
     with click.progressbar(
         length=0,

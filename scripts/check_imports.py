@@ -1,7 +1,8 @@
 """Check the package's import graph: no cycle between modules, and no module
 importing another module's ``_private`` name.  Run by ``tests/test_package.py``.
 
-Imports inside functions count too: they are how cycles used to be dodged."""
+Imports inside functions count too: they are how cycles used to be dodged.
+Imports under ``if TYPE_CHECKING:`` do not: they never run."""
 
 from __future__ import annotations
 
@@ -25,7 +26,17 @@ def imports(path: Path, modules: set[str]) -> list[tuple[str, str | None]]:
     me = module_name(path)
     package = me if path.name == "__init__.py" else me.rpartition(".")[0]
     found: list[tuple[str, str | None]] = []
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    # Imports for type annotations only (``if TYPE_CHECKING:``) never run: no cycle.
+    typing_only = {
+        id(inner)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.If) and ast.unparse(node.test).endswith("TYPE_CHECKING")
+        for inner in ast.walk(node)
+    }
+    for node in ast.walk(tree):
+        if id(node) in typing_only:
+            continue
         if isinstance(node, ast.ImportFrom):
             if node.level:
                 base = package.split(".")[: len(package.split(".")) - node.level + 1]

@@ -120,6 +120,9 @@ DEFAULT_DKIM_DOMAINS = ("agiletelecom.com",)
 #: ``[parse] dns_timeout`` range, seconds: long enough for a slow resolver, short
 #: enough that one lookup never stalls an account's pass for long.
 DNS_TIMEOUT_RANGE = (0.1, 60.0)
+#: ``[parse] workers`` range: parse processes of ``backfill`` and ``import``
+#: (0: one per core, at most 4; 1: parse in the writer process itself).
+WORKERS_RANGE = (0, 64)
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,6 +163,7 @@ class ParseConfig(ParseOptions):
     dkim_domains: tuple[str, ...] = DEFAULT_DKIM_DOMAINS
     dns_servers: tuple[str, ...] = ()  # "ADDRESS[:PORT]"; empty: the system's resolver
     dns_timeout: float = 5.0
+    workers: int = 0  # backfill/import parse processes; 0: auto (inbound_mail.sources.pool)
 
 
 @dataclass(frozen=True, slots=True)

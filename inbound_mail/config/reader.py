@@ -26,6 +26,7 @@ import regex
 from ..errors import ConfigError
 from .model import (
     DNS_TIMEOUT_RANGE,
+    WORKERS_RANGE,
     AccountConfig,
     Config,
     DatabaseConfig,
@@ -186,6 +187,7 @@ def _parse_section(t: _Table) -> ParseConfig:
                 lambda v: _check_range(parse_duration(v), low, high),
                 ABSENT,
             ),
+            workers=t.integer("workers", ABSENT, *WORKERS_RANGE),
         )
     )
     t.finish()

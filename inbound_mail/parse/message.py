@@ -110,6 +110,7 @@ from __future__ import annotations
 import email
 import email.message
 import email.policy
+import functools
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import fields, replace
@@ -354,32 +355,47 @@ def _from_address(from_values: list[Any]) -> tuple[str | None, str | None, list[
         return None, "no From header", []
     if len(from_values) > 1:
         return None, f"{len(from_values)} From headers; a provider email has one", []
-    value = str(from_values[0])
+    address, problem, names = _strict_from(str(from_values[0]))
+    return address, problem, list(names)
+
+
+# The strict parse is pure Python and the dearest step of parse_email (a third of
+# it); a provider's emails all carry the same few From values, so it is cached.
+@functools.lru_cache(maxsize=1024)
+def _strict_from(value: str) -> tuple[str | None, str | None, tuple[str, ...]]:
     shown = repr((_clean(value) or "")[:200])
     if len(value) > _MAX_FROM_CHARS:
-        return None, f"From header is {len(value)} characters; a provider email has one address", []
+        return None, f"From header is {len(value)} characters; a provider email has one address", ()
     try:
         # Unfold first: the parser reads one logical line.
         header = email.policy.default.header_factory("From", re.sub(r"\r?\n[ \t]", " ", value))
         groups = list(header.groups)
         defects = list(header.defects)
     except Exception:  # the parser has no documented exceptions: treat any as unparseable
-        return None, f"From header {shown} cannot be parsed as an address list", []
+        return None, f"From header {shown} cannot be parsed as an address list", ()
     mailboxes = [a for g in groups for a in g.addresses]
     names = [a.display_name for a in mailboxes]
     addresses = [a.addr_spec.strip() for a in mailboxes if a.username and a.domain]
     if not addresses:
-        return None, f"no valid address in From header {shown}", names
+        return None, f"no valid address in From header {shown}", tuple(names)
     if defects:
         # A defect means the parsers in the wild may read another address than this one.
         why = "; ".join(dict.fromkeys(str(d) for d in defects))[:200]
-        return None, f"From header {shown} is not a strict RFC 5322 address ({why})", names
+        return None, f"From header {shown} is not a strict RFC 5322 address ({why})", tuple(names)
     if any(g.display_name is not None for g in groups):
-        return None, f"From header {shown} is a group; a provider email names one mailbox", names
+        return (
+            None,
+            f"From header {shown} is a group; a provider email names one mailbox",
+            tuple(names),
+        )
     if len(addresses) > 1:
         listed = ", ".join(addresses)[:200]
-        return None, f"From header holds {len(addresses)} addresses ({listed}); expected one", names
-    return addresses[0].lower(), None, names
+        return (
+            None,
+            f"From header holds {len(addresses)} addresses ({listed}); expected one",
+            tuple(names),
+        )
+    return addresses[0].lower(), None, tuple(names)
 
 
 def _not_ours(address: str, display_names: list[str], options: ParseOptions) -> str:

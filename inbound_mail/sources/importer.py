@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable, Iterable
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 from itertools import islice
 
@@ -26,7 +27,8 @@ from ..parse.authenticity import Deferred, Verifier
 from ..parse.limits import scan_headers
 from ..parse.message import ParseOptions, parse_email, sender_matches
 from ..store.db import IngestItem, IngestResult, Router, Store
-from .inflight import iter_recorded, split_crashed
+from .inflight import iter_recorded, split_crashed, submit_recorded
+from .pool import CHUNK, ParsePool
 
 __all__ = [
     "DEFAULT_BATCH",
@@ -60,6 +62,7 @@ def import_emails(
     on_parsed: Callable[[], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     verifier: Verifier | None = None,
+    pool: ParsePool | None = None,
 ) -> Tally:
     """Parse, authenticate (with ``verifier``) and store every email; one transaction
     per batch (plus the one that records the batch in flight before its parse,
@@ -72,7 +75,17 @@ def import_emails(
     ``on_parsed`` is called after each email is parsed (a progress bar that
     moves per email, not per transaction); once ``should_stop`` returns True, the
     emails parsed so far are committed and no more are parsed: a rerun of the same
-    import stores the rest, and recognises what is stored already."""
+    import stores the rest, and recognises what is stored already.
+
+    With a ``pool`` of more than one worker, emails are parsed in its processes
+    (:mod:`inbound_mail.sources.pool`) while this one reads and stores; on a stop, the
+    emails already shipped are parsed and committed too (at most ``pool.depth`` groups)."""
+    if pool is not None and pool.workers > 1:
+        return _import_pooled(
+            iter(emails), store, options, pool, route=route, batch_size=batch_size,
+            max_size=max_size, on_batch=on_batch, on_parsed=on_parsed,
+            should_stop=should_stop, verifier=verifier,
+        )  # fmt: skip
     total = Tally()
     iterator = iter(emails)
     stopped = False
@@ -127,6 +140,70 @@ def import_emails(
             # alive at once, and peak memory grows with the batch size twice over.
             del result
             stopped = stopped or bool(should_stop and should_stop())
+    return total
+
+
+def _import_pooled(
+    iterator: Iterator[tuple[bytes, EmailOrigin]],
+    store: Store,
+    options: ParseOptions,
+    pool: ParsePool,
+    *,
+    route: Router | None,
+    batch_size: int,
+    max_size: int,
+    on_batch: Callable[[IngestResult], None] | None,
+    on_parsed: Callable[[], None] | None,
+    should_stop: Callable[[], bool] | None,
+    verifier: Verifier | None,
+) -> Tally:
+    """:func:`import_emails` with a pool: a stream of small groups, each recorded in
+    flight and shipped as it is read, at most ``pool.depth`` of them in flight
+    (bounded memory), their items stored in order, a transaction per ``batch_size``."""
+    total = Tally()
+    in_flight: deque[Callable[[], list[IngestItem]]] = deque()
+    items: list[IngestItem] = []
+    held: list[EmailOrigin] = []  # recorded in flight, not stored (deferred)
+    reading = True
+
+    def oversized(raw: bytes, origin: EmailOrigin) -> IngestItem | None:
+        return None if len(raw) <= max_size else _item(raw, origin, options, max_size)
+
+    def commit() -> None:
+        nonlocal items, held
+        result = store.ingest(items, route=route, not_stored=held)
+        if on_batch:
+            on_batch(result)
+        total.add(len(result.new), len(result.duplicates), result.skipped, result.rejected,
+                  len(held))  # fmt: skip
+        items, held = [], []
+
+    while True:
+        while reading and len(in_flight) < pool.depth:
+            group = list(islice(iterator, CHUNK))
+            if not group:
+                reading = False
+                break
+            in_flight.append(submit_recorded(store, group, pool, decide=oversized))
+        if not in_flight:
+            break
+        for item in in_flight.popleft()():
+            checked = item.outcome if verifier is None else verifier.check(item.raw, item.outcome)
+            if on_parsed:
+                on_parsed()
+            if isinstance(checked, Deferred):
+                held.append(item.origin)
+                log_event(_log, logging.WARNING, "auth.deferred",
+                          origin=item.origin.describe(), reason=checked.reason,
+                          action="not stored; import it again later")  # fmt: skip
+            else:
+                items.append(item if checked is item.outcome else replace(item, outcome=checked))
+        if len(items) + len(held) >= batch_size:
+            commit()
+        if reading and should_stop and should_stop():
+            reading = False  # what is shipped is stored; nothing more is read
+    if items or held:
+        commit()
     return total
 
 

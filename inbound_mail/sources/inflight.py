@@ -24,20 +24,25 @@ The IMAP pass (:mod:`inbound_mail.sources.imap.sync`, backfill included) and ``i
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from ..faults import fault_email
 from ..models import EmailOrigin, Rejected
 from ..parse.message import ParseOptions, parse_email
 from ..store.db import IngestItem, Store
 
+if TYPE_CHECKING:
+    from .pool import ParsePool
+
 __all__ = [
     "CRASH_REASON",
     "MAX_PARSE_CRASHES",
+    "crash_reject",
     "iter_recorded",
     "parse_recorded",
     "split_crashed",
     "split_runs",
+    "submit_recorded",
 ]
 
 #: Processes that may die parsing one email before it becomes a reject.
@@ -88,7 +93,7 @@ def iter_recorded(
     for raw, origin in emails:
         crashes = crashed.get(origin, 0)
         if crashes >= MAX_PARSE_CRASHES:
-            yield IngestItem(raw, _crash_reject(crashes), origin)
+            yield IngestItem(raw, crash_reject(crashes), origin)
             continue
         fault_email("crash-parse", raw)
         fault_email("stall-parse", raw)
@@ -96,6 +101,41 @@ def iter_recorded(
             yield parse(raw, origin)
         else:
             yield IngestItem(raw, parse_email(raw, options), origin)
+
+
+def submit_recorded(
+    store: Store,
+    emails: Sequence[Email],
+    pool: ParsePool,
+    *,
+    decide: Callable[[bytes, EmailOrigin], IngestItem | None] | None = None,
+) -> Callable[[], list[IngestItem]]:
+    """:func:`iter_recorded` through a :class:`~inbound_mail.sources.pool.ParsePool`: the
+    group is recorded in flight and shipped now; the returned function waits for
+    its items, in order.  An email a dead process was parsing is parsed alone in a
+    worker (never in the writer); one the parser died on twice is a reject.
+    ``decide`` may settle an email without the parser (``import --max-size``)."""
+    crashed = store.parse_crashes(origin for _, origin in emails)
+    store.mark_parsing(o for _, o in emails if crashed.get(o, 0) < MAX_PARSE_CRASHES)
+    settled: dict[int, IngestItem] = {}
+    to_parse: list[int] = []
+    for i, (raw, origin) in enumerate(emails):
+        crashes = crashed.get(origin, 0)
+        if crashes >= MAX_PARSE_CRASHES:
+            settled[i] = IngestItem(raw, crash_reject(crashes), origin)
+        elif decide is not None and (item := decide(raw, origin)) is not None:
+            settled[i] = item
+        else:
+            to_parse.append(i)
+    alone = frozenset(k for k, i in enumerate(to_parse) if emails[i][1] in crashed)
+    parsing = pool.submit([emails[i][0] for i in to_parse], alone=alone)
+
+    def items() -> list[IngestItem]:
+        for i, outcome in zip(to_parse, parsing.outcomes(), strict=True):
+            settled[i] = IngestItem(emails[i][0], outcome, emails[i][1])
+        return [settled[i] for i in range(len(emails))]
+
+    return items
 
 
 def split_crashed(store: Store, emails: Sequence[Email]) -> list[list[Email]]:
@@ -120,7 +160,7 @@ def split_runs(items: Sequence[T], alone: Callable[[T], bool]) -> list[list[T]]:
     return [*groups, run] if run else groups
 
 
-def _crash_reject(crashes: int) -> Rejected:
+def crash_reject(crashes: int) -> Rejected:
     return Rejected(
         reason=(
             f"{CRASH_REASON}: the process died {crashes} times while parsing this email "

@@ -92,7 +92,8 @@ def test_backfill_counts_parser_crashes_too(mailbox: Mailbox, tmp_path: Path) ->
     mailbox.append(crashing(5))
     mailbox.append(sms(6))
     config = write_config(tmp_path / "c.toml", [mailbox.account(**FAST)], db=db)  # type: ignore[arg-type]
-    args = ("backfill", "--account", mailbox.user)
+    # --workers 1: the writer parses, so the process dies (a pool: tests/test_pool.py).
+    args = ("backfill", "--account", mailbox.user, "--workers", "1")
     for _ in range(MAX_PARSE_CRASHES):
         assert cli(config, *args, env=CRASH) == -9
     assert cli(config, *args, env=CRASH) == 0
@@ -108,9 +109,10 @@ def test_import_email_that_kills_the_parser_twice_becomes_a_reject(tmp_path: Pat
         (folder / f"{n}.eml").write_bytes(sms(n))
     (folder / "2.eml").write_bytes(crashing(2))
     config = write_config(tmp_path / "c.toml", db=db, extra=UNCHECKED_PARSE)
+    args = ("import", str(folder), "--workers", "1")  # a pool: tests/test_pool.py
     for _ in range(MAX_PARSE_CRASHES):
-        assert cli(config, "import", str(folder), env=CRASH) == -9
-    assert cli(config, "import", str(folder), env=CRASH) == 0
+        assert cli(config, *args, env=CRASH) == -9
+    assert cli(config, *args, env=CRASH) == 0
     assert count(db) == 2
     rejects = crash_rejects(db)
     assert [raw for _, raw in rejects] == [crashing(2)]

@@ -22,6 +22,7 @@ from ...models import Tally
 from ...parse.authenticity import Verifier
 from ...parse.message import ParseOptions
 from ...store.db import IngestResult
+from ..pool import ParsePool, auto_workers
 from .sync import FolderSync, SyncOptions, SyncResult
 from .worker import AccountWorker, imap_errors
 
@@ -38,6 +39,7 @@ class BackfillRequest:
     dry_run: bool = False
     apply_after: bool = False
     deliver: bool = True
+    workers: int | None = None  # parse processes; None: [parse] workers (inbound_mail.sources.pool)
 
 
 def run_backfill(
@@ -51,6 +53,8 @@ def run_backfill(
     """Backfill the requested folders; returns the counts per folder."""
     account = config.account(request.account)
     options = ParseOptions.from_config(config.parse, account.senders)
+    workers = config.parse.workers if request.workers is None else request.workers
+    pool = ParsePool(options, auto_workers(workers))
     worker = AccountWorker(
         account,
         db_path=Path(config.database.path),
@@ -58,6 +62,7 @@ def run_backfill(
         stop=stop or threading.Event(),
         route=make_router(config.sinks) if request.deliver else None,
         verifier=Verifier.from_config(config.parse, account),
+        pool=pool,
     )
     sync_options = SyncOptions(
         since=request.since,
@@ -74,6 +79,7 @@ def run_backfill(
 
     totals: dict[str, Tally] = {}
     with (
+        pool,
         worker.connected_syncer(on_batch=batch_done, on_found=on_found) as (client, syncer),
         imap_errors(account.name),
     ):

@@ -65,7 +65,8 @@ from ...parse.authenticity import Deferred, Verifier
 from ...parse.limits import scan_headers
 from ...parse.message import ParseOptions, sender_matches
 from ...store.db import Checkpoint, IngestItem, IngestResult, PendingAck, Router, Store
-from ..inflight import parse_recorded, split_runs
+from ..inflight import parse_recorded, split_runs, submit_recorded
+from ..pool import ParsePool
 from .acks import AckRetries, apply_acks
 from .connection import server_text
 from .namespace import FolderNames, folder_names
@@ -74,6 +75,9 @@ from .search import senders_criteria
 __all__ = ["FolderSync", "SyncOptions", "SyncResult"]
 
 _CHUNK_BYTES = 8 * 1024 * 1024
+# With a parse pool, one FETCH asks for at most this many bodies: the next FETCH
+# runs while the workers parse the last one.
+_POOL_FETCH = 250
 MAX_FETCH_FAILURES = 3
 SEARCH_WINDOW = 10_000
 FetchFailures = dict[tuple[str, int, int], int]
@@ -123,8 +127,10 @@ class FolderSync:
         on_parsed: Callable[[], None] | None = None,
         verifier: Verifier | None = None,
         ack_retries: AckRetries | None = None,
+        pool: ParsePool | None = None,
     ) -> None:
         self.client = client
+        self.pool = pool  # parse processes (backfill); None: parse inline
         self.verifier = verifier
         # (folder, uidvalidity) -> lowest UID deferred in this pass: the checkpoint stays below.
         self._deferred: dict[tuple[str, int], int] = {}
@@ -392,8 +398,15 @@ class FolderSync:
         small = [uid for uid in present if int(sizes[uid][b"RFC822.SIZE"]) <= self.account.max_size]
         large = [uid for uid in present if uid not in small]
         items: list[IngestItem] = []
-        for group in _by_bytes(small, sizes):
-            items += self._fetch_bodies(folder, uidvalidity, group, record=record)
+        count = _POOL_FETCH if self.pool is not None and record else len(small)
+        # Every FETCH is sent before the first parse is awaited: with a pool, the
+        # workers parse one group while the next is fetched.
+        parsing = [
+            self._fetch_bodies(folder, uidvalidity, group, record=record)
+            for group in _by_bytes(small, sizes, count)
+        ]
+        for parsed in parsing:
+            items += parsed()
         items += self._fetch_oversized(folder, uidvalidity, large, sizes)
         items.sort(key=lambda item: item.origin.uid or 0)
         for uid in uids:
@@ -422,9 +435,10 @@ class FolderSync:
 
     def _fetch_bodies(
         self, folder: str, uidvalidity: int, uids: list[int], *, record: bool
-    ) -> list[IngestItem]:
+    ) -> Callable[[], list[IngestItem]]:
+        """Fetch ``uids`` and start their parse; the returned function waits for it."""
         if not uids:
-            return []
+            return list
         fetched = self.client.fetch(uids, ["BODY.PEEK[]"])
         emails = []
         for uid in uids:
@@ -432,9 +446,20 @@ class FolderSync:
             if raw is None:  # expunged by someone else between SEARCH and FETCH
                 continue
             emails.append((bytes(raw), self._origin(folder, uidvalidity, uid)))
-        return parse_recorded(
+        if self.pool is not None and record:
+            pending = submit_recorded(self.store, emails, self.pool)
+
+            def parsed() -> list[IngestItem]:
+                items = pending()
+                for _ in items if self.on_parsed is not None else ():
+                    self.on_parsed()  # type: ignore[misc]
+                return items
+
+            return parsed
+        items = parse_recorded(
             self.store, emails, self.parse_options, record=record, on_parsed=self.on_parsed
         )
+        return lambda: items
 
     def _fetch_oversized(
         self, folder: str, uidvalidity: int, uids: list[int], sizes: dict[int, Any]
@@ -555,13 +580,14 @@ def _windows(low: int, uid_next: int) -> Iterator[tuple[int, int | None]]:
     yield low, None
 
 
-def _by_bytes(uids: list[int], sizes: dict[int, Any]) -> list[list[int]]:
-    """Split a chunk so one FETCH never holds more than ~8 MiB of bodies in memory."""
+def _by_bytes(uids: list[int], sizes: dict[int, Any], count: int) -> list[list[int]]:
+    """Split a chunk so one FETCH never holds more than ~8 MiB of bodies in memory,
+    nor more than ``count`` of them."""
     groups: list[list[int]] = [[]]
     total = 0
     for uid in uids:
         size = int(sizes[uid][b"RFC822.SIZE"])
-        if groups[-1] and total + size > _CHUNK_BYTES:
+        if groups[-1] and (total + size > _CHUNK_BYTES or len(groups[-1]) >= count):
             groups.append([])
             total = 0
         groups[-1].append(uid)

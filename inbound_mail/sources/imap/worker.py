@@ -60,6 +60,7 @@ from ...parse.authenticity import Verifier
 from ...parse.message import ParseOptions
 from ...secrets import read_password
 from ...store.db import IngestResult, Router, Store
+from ..pool import ParsePool
 from .acks import ACK_RETRY_BASE, AckRetries
 from .connection import connect, imap_errors
 from .oauth import connect_oauth
@@ -149,9 +150,11 @@ class AccountWorker:
         route: Router | None = None,
         on_batch: Callable[[AccountConfig, str, IngestResult], None] | None = None,
         verifier: Verifier | None = None,
+        pool: ParsePool | None = None,
     ) -> None:
         self.account = account
         self.verifier = verifier
+        self.pool = pool  # backfill's parse processes; the daemon parses inline
         self.db_path = db_path
         self.parse_options = parse_options
         self.stop = stop
@@ -278,6 +281,7 @@ class AccountWorker:
                     on_parsed=self.health.tick,  # progress is per email, not per batch
                     verifier=self.verifier,
                     ack_retries=self.ack_retries,
+                    pool=self.pool,
                 )
                 self.health.connected = True
                 self._set_state("connected")
