@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,61 +18,7 @@ from inbound_mail.service.notify import Notifier, watchdog_interval
 from inbound_mail.testing.emails import build_provider_email
 from testsupport.mailbox import Mailbox
 
-from helpers import DaemonProcess, count, write_config
-
-Message = dict[str, str]
-
-
-class NotifyListener:
-    """The service manager's end: an AF_UNIX datagram socket (a path, or ``@abstract``)."""
-
-    def __init__(self, address: str) -> None:
-        self.address = address
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind("\0" + address[1:] if address.startswith("@") else address)
-        self.received: list[Message] = []
-
-    def env(self, watchdog_usec: int | None = None) -> dict[str, str]:
-        env = {"NOTIFY_SOCKET": self.address}
-        if watchdog_usec is not None:
-            env["WATCHDOG_USEC"] = str(watchdog_usec)
-        return env
-
-    def read(self, timeout: float) -> Message | None:
-        """The next datagram within ``timeout`` seconds, or None."""
-        self.sock.settimeout(max(timeout, 0.001))
-        try:
-            data = self.sock.recv(4096)
-        except TimeoutError:
-            return None
-        message = dict(line.split("=", 1) for line in data.decode().splitlines())
-        self.received.append(message)
-        return message
-
-    def wait_for(
-        self, predicate: Callable[[Message], bool], timeout: float = 15.0, *, seen: bool = False
-    ) -> Message:
-        """The next datagram that matches (``seen``: or one already received)."""
-        if seen and (old := [m for m in self.received if predicate(m)]):
-            return old[0]
-        deadline = time.monotonic() + timeout
-        while (remaining := deadline - time.monotonic()) > 0:
-            message = self.read(remaining)
-            if message is not None and predicate(message):
-                return message
-        raise AssertionError(f"no matching notification within {timeout} s: {self.received}")
-
-    def during(self, seconds: float) -> list[Message]:
-        """Every datagram that arrives in the next ``seconds``."""
-        deadline, got = time.monotonic() + seconds, []
-        while (remaining := deadline - time.monotonic()) > 0:
-            message = self.read(remaining)
-            if message is not None:
-                got.append(message)
-        return got
-
-    def close(self) -> None:
-        self.sock.close()
+from helpers import DaemonProcess, NotifyListener, count, write_config
 
 
 @pytest.fixture

@@ -7,13 +7,11 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from test_notify import NotifyListener
-
 from inbound_mail.testing.emails import build_provider_email
 from testsupport.dovecot import DovecotServer
 from testsupport.mailbox import Mailbox
 
-from helpers import DaemonProcess, count, wait_until, write_config
+from helpers import DaemonProcess, NotifyListener, count, wait_until, write_config
 
 FAST: dict[str, Any] = {"idle_deadline": 5.0, "connect_timeout": 5.0}
 

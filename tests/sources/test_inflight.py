@@ -14,8 +14,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-from test_notify import NotifyListener
-
 from inbound_mail.models import EmailOrigin, Skipped
 from inbound_mail.parse.message import DEFAULT_OPTIONS
 from inbound_mail.sources.imap.connection import connect
@@ -25,7 +23,7 @@ from inbound_mail.store.db import IngestItem, Store
 from inbound_mail.testing.emails import build_provider_email
 from testsupport.mailbox import Mailbox
 
-from helpers import UNCHECKED_PARSE, DaemonProcess, count, rows, write_config
+from helpers import UNCHECKED_PARSE, DaemonProcess, NotifyListener, count, rows, write_config
 
 FAST = {"idle_deadline": 5.0, "connect_timeout": 5.0, "poll_interval": 1.0}
 CRASH = {"INBOUND_MAIL_FAULT": "crash-parse"}
