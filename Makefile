@@ -9,7 +9,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
 .DEFAULT_GOAL := test
-.PHONY: venv deps test lint demo
+.PHONY: venv deps test test-fast lint demo
 
 venv: $(STAMP)
 
@@ -26,14 +26,18 @@ $(STAMP): pyproject.toml | $(BIN)/python
 deps:
 	bash scripts/ensure-deps.sh
 
-# All tests, every marker included (faults, slow): nothing is deselected.
+# All tests, the fault suite included: nothing is deselected.
 test: deps venv
 	$(BIN)/pytest tests
+
+# The inner loop: all but the fault suite and the Cyrus runs (`make test` runs them).
+test-fast: venv
+	$(BIN)/pytest -q -x -m "not faults" -k "not cyrus" tests
 
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy inbound_mail
+	$(BIN)/mypy inbound_mail testsupport
 
 demo: deps venv
-	$(BIN)/inbound-mail demo
+	$(BIN)/python -m testsupport.demo

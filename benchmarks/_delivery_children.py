@@ -33,9 +33,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import child_report
 
-from inbound_mail.config import SinkConfig
+from inbound_mail.config.model import SinkConfig
 from inbound_mail.models import EmailOrigin, SmsRecord
-from inbound_mail.store import IngestItem, Store
+from inbound_mail.store.db import IngestItem, Store
 
 SECRET = "whsec_" + base64.b64encode(b"inbound-mail benchmark key 32 b!").decode()
 SINK = "bench"

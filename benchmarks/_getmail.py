@@ -1,5 +1,5 @@
 """getmail6 as the benchmark's peer: SimpleIMAPSSLRetriever, ``read_all``, ``delete =
-false``, into a Maildir (see ``/work/shared/dovecot/NOTES.md``), time-boxed."""
+false``, into a Maildir (the private Dovecot of :mod:`testsupport.dovecot`), time-boxed."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 
 from _common import PYTHON, run_child
 
-from inbound_mail.testing.dovecot import DovecotServer
+from testsupport.dovecot import DovecotServer
 
 
 def run_getmail(server: DovecotServer, user: str, work: Path, timebox: float) -> dict[str, Any]:

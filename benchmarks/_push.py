@@ -42,7 +42,7 @@ from typing import Any
 from _common import PYTHON, REPO, account_table, proc_cpu_seconds, proc_peak_rss_mb, toml_table
 from _imap_children import connect
 
-from inbound_mail.parse import parse_email
+from inbound_mail.parse.message import parse_email
 from inbound_mail.testing.emails import build_provider_email
 from inbound_mail.testing.wait import wait_until
 

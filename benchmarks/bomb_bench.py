@@ -1,6 +1,6 @@
 """CPU time and peak memory of ``parse_email`` per crafted email (issue 11 item 1).
 
-The corpus is generated, never committed: :func:`inbound_mail.testing.bombs.bombs`
+The corpus is generated, never committed: :func:`testsupport.bombs.bombs`
 builds every kind (a body declared ``charset=punycode``, ~70k encoded words in a
 Subject, ~100k ``Content-Type`` parameters, ~90k addresses in From, ~60k To
 headers, encoded words in the display name, ``Content-Disposition`` parameters,
@@ -28,8 +28,8 @@ from pathlib import Path
 
 from _common import PYTHON, RESULTS_DIR, child_report, machine, print_machine, run_child
 
-from inbound_mail.testing.bombs import bombs
 from inbound_mail.testing.emails import build_provider_email
+from testsupport.bombs import bombs
 
 GOAL_CPU_MS = 100.0
 GOAL_RSS_MB = 200.0
@@ -42,7 +42,7 @@ def _corpus() -> dict[str, tuple[bytes, str]]:
 
 
 def child(name: str, repeat: int) -> None:
-    from inbound_mail.parse import parse_email
+    from inbound_mail.parse.message import parse_email
 
     raw, expected = _corpus()[name]
     parse_email(_corpus()[BASELINE][0])  # imports and caches warm, as in the daemon

@@ -62,9 +62,9 @@ from _common import (
 from _delivery_children import SECRET, make_db
 from _fast_receiver import FastReceiver
 
-from inbound_mail.testing.nats_server import NatsServer
-from inbound_mail.testing.redis_server import RedisServer
 from inbound_mail.testing.webhook_receiver import WebhookReceiver
+from testsupport.nats_server import NatsServer
+from testsupport.redis_server import RedisServer
 
 SINKS = ("webhook agile", "webhook json", "jsonl", "command", "redis", "nats")
 STREAM_SERVERS: dict[str, Any] = {}  # "redis": RedisServer, "nats": NatsServer, set by main()

@@ -1,6 +1,6 @@
 """IMAP: backfill against a bare floor and getmail6; push latency and idle CPU against bare IDLE.
 
-One private Dovecot (``inbound_mail.testing.dovecot``), one user per folder size,
+One private Dovecot (``testsupport.dovecot``), one user per folder size,
 loaded with ``deliver_files`` (the same corpus as the import benchmark: 5 % of
 the mail from other senders).  Each folder is read once before timing, so
 Dovecot's index and cache and the page cache are warm for every variant alike.
@@ -69,7 +69,7 @@ from _common import (
 from _getmail import run_getmail
 from _push import PushResult, measure_push
 
-from inbound_mail.testing.dovecot import DovecotServer
+from testsupport.dovecot import DovecotServer
 
 GOAL_FLOOR = 1.6  # issue 15: both cores
 GOAL_GETMAIL = 10.0

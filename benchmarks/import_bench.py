@@ -7,7 +7,7 @@ Variants, each in a child process of its own (wall time and peak RSS are that ch
 ``floor``     the same splitter + ``mailparser.parse_from_bytes`` + the four fields cut out
               with one regex + ``executemany`` into SQLite, one transaction per 1,000
               (WAL, ``synchronous=FULL`` like the store): nothing else
-``parse``     the splitter + ``inbound_mail.parse.parse_email``, storing nothing (diagnostic:
+``parse``     the splitter + ``parse_email``, storing nothing (diagnostic:
               what the parser adds over bare mail-parser)
 ``import``    the real CLI: ``python -m inbound_mail --db DB import MBOX`` (its default
               ``--batch-size`` and ``--workers``, the shipped ones: a parse process per
@@ -83,7 +83,7 @@ def child_read(mbox: Path) -> dict[str, Any]:
 
 def child_parse(mbox: Path) -> dict[str, Any]:
     from inbound_mail.models import Rejected, SmsRecord
-    from inbound_mail.parse import parse_email
+    from inbound_mail.parse.message import parse_email
     from inbound_mail.sources.local import iter_emails
 
     counts = {"read": 0, "new": 0, "skipped": 0, "rejected": 0}

@@ -35,8 +35,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import Table, machine, percentile, print_machine, save_results
 from _push import SPACED, measure_push
 
-from inbound_mail.testing.cyrus import CyrusServer, cyrus_imapd_dir
-from inbound_mail.testing.dovecot import DovecotServer
+from testsupport.cyrus import CyrusServer, cyrus_imapd_dir
+from testsupport.dovecot import DovecotServer
 
 GOAL_P99_MS = 150.0
 MISSED_MS = 10_000.0  # _push.py gives each APPEND 10 s

@@ -1,6 +1,6 @@
 """Trust: what the authenticity check costs the daemon's push latency (issue 10, section 4).
 
-One private Dovecot, one DNS server on 127.0.0.1 (``inbound_mail.testing.dns``)
+One private Dovecot, one DNS server on 127.0.0.1 (``testsupport.dns``)
 publishing a DKIM key, every email DKIM-signed with it.  The daemon
 (``inbound-mail run``, a child process, IDLE, ``after = "seen"``) runs in rounds,
 alternating ``authenticate = "off"`` and ``"require"`` so that drift in the
@@ -38,13 +38,13 @@ from _common import (
     toml_table,
 )
 
-from inbound_mail.authenticity import KeyResolver, TrustPolicy, Verifier
-from inbound_mail.parse import parse_email
-from inbound_mail.testing.dkim import DkimKey
-from inbound_mail.testing.dns import DnsServer
-from inbound_mail.testing.dovecot import DovecotServer
+from inbound_mail.parse.authenticity import KeyResolver, TrustPolicy, Verifier
+from inbound_mail.parse.message import parse_email
 from inbound_mail.testing.emails import build_provider_email
 from inbound_mail.testing.wait import wait_until
+from testsupport.dkim import DkimKey
+from testsupport.dns import DnsServer
+from testsupport.dovecot import DovecotServer
 
 MODES = ("off", "require")
 _POLL = 0.005

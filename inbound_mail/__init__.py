@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from .config import Config, load_config
+from .config.model import Config
+from .config.reader import load_config
 from .errors import InboundMailError
 from .models import Rejected, Skipped, SmsRecord, dedup_id
 from .sinks import Sink

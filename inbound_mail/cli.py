@@ -10,22 +10,21 @@ import json
 import signal
 import sys
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 
 from . import __version__
-from .config import Config, default_config_path, load_config
+from .config.model import Config
+from .config.reader import default_config_path, load_config
 from .errors import InboundMailError
-from .importer import DEFAULT_BATCH
 from .logs import setup_logging
 from .output import FORMATS, escape_control, is_terminal, write_rows
+from .sources.importer import DEFAULT_BATCH
 
-F = TypeVar("F", bound=Callable[..., Any])
 MESSAGE_COLUMNS = ("received_at", "originator", "destination", "text", "id")
 REJECT_COLUMNS = ("id", "rejected_at", "code", "origin", "reason")
 DELIVERY_COLUMNS = (
@@ -180,13 +179,13 @@ def import_(
     A path that cannot be read is reported (`cannot read PATH: reason`) and the rest is
     imported; the exit status is then 1.  Ctrl-C commits the emails read so far and stops:
     running the same import again stores the rest, without duplicates."""
-    from .authenticity import Verifier
     from .delivery import make_router
-    from .importer import import_emails
-    from .parse import ParseOptions
-    from .pool import ParsePool, auto_workers
+    from .parse.authenticity import Verifier
+    from .parse.message import ParseOptions
+    from .sources.importer import import_emails
     from .sources.local import count_emails, iter_emails
-    from .store import Store
+    from .sources.pool import ParsePool, auto_workers
+    from .store.db import Store
 
     config = state.config()
     route = None if no_deliver else make_router(config.sinks)
@@ -220,7 +219,7 @@ def import_(
             pool,
             Store.open(
                 config.database.path,
-                raw_retention_days=config.database.raw_retention / 86400 or None,
+                raw_retention_days=config.database.raw_retention_days,
             ) as store,
             click.progressbar(
                 length=total or 0,
@@ -289,7 +288,7 @@ def parse(state: _State, file: Any) -> None:
     Exit status: 0 an SMS, 1 rejected (from the provider, but malformed), 3 skipped (not from
     a sender)."""
     from .models import Rejected, Skipped
-    from .parse import ParseOptions, parse_email
+    from .parse.message import ParseOptions, parse_email
     from .sources.local import first_of_mbox
 
     raw = file.read()
@@ -323,8 +322,8 @@ def parse(state: _State, file: Any) -> None:
 @pass_state
 def run(state: _State, once: bool) -> None:
     """Run the daemon: IDLE on every account, store each SMS once, deliver to the sinks."""
-    from .config import require_accounts
-    from .service import Daemon
+    from .config.reader import require_accounts
+    from .service.daemon import Daemon
 
     config = state.config()
     require_accounts(config)  # a daemon that reads nothing must not look healthy
@@ -422,7 +421,7 @@ def backfill(
     workers: int | None,
 ) -> None:
     """Read old mail from IMAP folders; interruptible, a rerun continues and duplicates nothing."""
-    from .backfill import BackfillRequest, run_backfill
+    from .sources.imap.backfill import BackfillRequest, run_backfill
 
     if folders and all_folders:
         raise click.UsageError("--folder and --all-folders exclude each other")
@@ -477,7 +476,7 @@ def messages(
     raw: bool,
 ) -> None:
     """List stored SMS, oldest first."""
-    from .store import Store
+    from .store.db import Store
 
     with Store.open_readonly(state.config().database.path) as store:
         rows = store.messages(
@@ -511,10 +510,10 @@ def rejects(
 
     ``--show`` writes the raw email exactly to a pipe or file; on a terminal its
     control characters are shown escaped, unless ``--raw``."""
-    from .store import Store
+    from .store.db import Store
 
     if release_id is not None:
-        from .importer import release_reject
+        from .sources.importer import release_reject
 
         config = state.config()
         with Store.open(config.database.path) as store:
@@ -574,7 +573,7 @@ def deliveries(
     raw: bool,
 ) -> None:
     """List the outbox: what is owed to which sink, and why it failed."""
-    from .store import Store
+    from .store.db import Store
 
     with Store.open_readonly(state.config().database.path) as store:
         write_rows(
@@ -593,7 +592,7 @@ def deliveries(
 @pass_state
 def replay(state: _State, sink: str, since: str | None, sms_id: str | None) -> None:
     """Queue stored SMS for SINK again (the running daemon sends them)."""
-    from .store import Store
+    from .store.db import Store
 
     config = state.config()
     config.sink(sink)
@@ -607,7 +606,7 @@ def replay(state: _State, sink: str, since: str | None, sms_id: str | None) -> N
 @pass_state
 def retry_dead(state: _State, sink: str | None) -> None:
     """Give dead deliveries a fresh set of attempts."""
-    from .store import Store
+    from .store.db import Store
 
     config = state.config()
     if sink:
@@ -627,7 +626,7 @@ def retry(state: _State, sink_names: tuple[str, ...], all_sinks: bool, dead: boo
 
     The running daemon sends them within a second; attempts already made still count
     (use --dead for rows that were given up on)."""
-    from .store import Store
+    from .store.db import Store
 
     if bool(sink_names) == all_sinks:
         raise click.UsageError("name one or more sinks, or give --all")
@@ -648,7 +647,7 @@ def retry(state: _State, sink_names: tuple[str, ...], all_sinks: bool, dead: boo
 def sinks(state: _State) -> None:
     """The installed sink types, the configured sinks and their backlog."""
     from .sinks import available_sink_types
-    from .store import Store
+    from .store.db import Store
 
     config = state.config()
     click.echo("types: " + ", ".join(available_sink_types()))
@@ -679,7 +678,7 @@ def status(state: _State, as_json: bool) -> None:
 
     Exit status (Nagios): 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN (the config or the database
     cannot be read); each problem is one line saying what to fix."""
-    from .status import collect_status, unknown_status
+    from .service.status import collect_status, unknown_status
 
     try:
         config = state.config()
@@ -698,7 +697,7 @@ def check(state: _State, send_test: bool) -> None:
     """Validate the config, then try every account (DNS, TCP, TLS, login, folders) and sink.
 
     Nothing is sent to a sink without --send-test.  Exit status 1 if any step failed."""
-    from .check import run_checks
+    from .check.accounts import run_checks
 
     report = run_checks(
         state.config(), send_test=send_test, on_line=lambda line: click.echo(line.line())
@@ -710,33 +709,12 @@ def check(state: _State, send_test: bool) -> None:
 @pass_state
 def systemd_unit(state: _State) -> None:
     """Print a hardened systemd unit for this installation (see "Install as a service")."""
-    from .systemd import unit_for_installation
+    from .service.systemd import unit_for_installation
 
     unit, warnings = unit_for_installation(state.config_path)
     click.echo(unit, nl=False)
     for warning in warnings:
         click.echo(f"warning: {warning}", err=True)
-
-
-# -- the demo -------------------------------------------------------------------------
-@cli.command()
-@click.option(
-    "--fixtures",
-    type=click.Path(exists=True, file_okay=False, path_type=Path),
-    default=Path("fixtures"),
-    show_default=True,
-)
-@click.option(
-    "--keep",
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Keep the demo's state (database, JSON Lines, Dovecot) in this folder.",
-)
-def demo(fixtures: Path, keep: Path | None) -> None:
-    """Start a throwaway Dovecot fed from FIXTURES, run the daemon on it, show SMS arriving."""
-    from .demo import run_demo
-
-    setup_logging("INFO", "text")
-    run_demo(fixtures, keep=keep, echo=click.echo, stop=threading.Event())
 
 
 def main() -> None:

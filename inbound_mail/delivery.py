@@ -54,22 +54,22 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from .config import FILTER_TIMEOUT, RetryPolicy, SinkConfig, SinkFilter
+from .config.model import FILTER_TIMEOUT, RetryPolicy, SinkConfig, SinkFilter
 from .errors import DeliveryError, PermanentDeliveryError, StoreError, TemporaryDeliveryError
 from .faults import fault_point
 from .logs import log_event
 from .models import SmsRecord
 from .sinks import BatchSink, Sink, create_sink
-from .store import AttemptOutcome, AttemptRecord, Delivery, Store
+from .store.db import AttemptOutcome, AttemptRecord, Delivery, Store
 
 __all__ = [
     "AttemptContext",
     "DeliveryPassResult",
     "DeliveryWorker",
     "OnAttempt",
-    "backoff_delay",
     "deliver_due",
     "make_router",
+    "retry_delay",
     "run_once_concurrently",
 ]
 
@@ -86,7 +86,11 @@ RECORD_BATCH = 100  # parallel: completions recorded in one transaction, at most
 RECORD_SECONDS = 0.05  # parallel: how long a completion waits for others to share its commit
 STORE_RETRY_CAP = 60.0
 ERROR_LIMIT = 4000
-_LEVELS = {"delivered": logging.INFO, "failed": logging.WARNING, "dead": logging.ERROR}
+_LEVELS: dict[AttemptOutcome, int] = {
+    "delivered": logging.INFO,
+    "failed": logging.WARNING,
+    "dead": logging.ERROR,
+}
 _log = logging.getLogger(__name__)
 
 
@@ -96,7 +100,7 @@ def make_router(
     """The ``route`` for :meth:`Store.ingest`: the names of the sinks whose filter matches.
 
     A ``text_regex`` that runs out of time on a text (see
-    :data:`~inbound_mail.config.FILTER_TIMEOUT`) counts as not matching, and is
+    :data:`~inbound_mail.config.model.FILTER_TIMEOUT`) counts as not matching, and is
     logged (``filter.timeout``, WARNING) with the sink and the SMS id.
     """
     pairs = [(sink.name, sink.filter) for sink in sinks]
@@ -123,7 +127,7 @@ def make_router(
     return route
 
 
-def backoff_delay(
+def retry_delay(
     policy: RetryPolicy,
     attempt: int,
     *,
@@ -260,7 +264,7 @@ class DeliveryWorker:
                 except Exception as exc:  # the store, or a bug: log, back off, go on
                     trace = None if isinstance(exc, StoreError) else _trace(exc)
                     log_event(self._log, logging.ERROR, "delivery.worker_error", sink=self.name,
-                              error=_describe(exc), traceback=trace, retry_in=delay)  # fmt: skip
+                              error=_error_text(exc), traceback=trace, retry_in=delay)  # fmt: skip
                     if stop.is_set():
                         return  # what was in flight is sent again after the restart
                     self._wakeup.wait(delay)
@@ -487,7 +491,7 @@ class DeliveryWorker:
         # A bug in the sink, or an error it did not translate: retry, and say what it was.
         log_event(self._log, logging.WARNING, "delivery.sink_raised", sink=self.name,
                   error_type=type(exc).__name__, error=str(exc), traceback=_trace(exc))  # fmt: skip
-        return replace(sent, error=_describe(exc))
+        return replace(sent, error=_error_text(exc))
 
     def _flushed(self, sent: list[_Sent]) -> list[_Sent]:
         """Flush the sink; if that fails, the batch's successes become failures."""
@@ -526,7 +530,7 @@ class DeliveryWorker:
             give_up = f"gave up after {(now - row.created_at) / 3600:.1f}h; last error: "
         if give_up is not None:
             return AttemptRecord(row.id, "dead", sent.started_at, sent.duration, give_up + error)
-        delay = backoff_delay(policy, attempt, retry_after=sent.retry_after)
+        delay = retry_delay(policy, attempt, retry_after=sent.retry_after)
         return AttemptRecord(row.id, "failed", sent.started_at, sent.duration, error, now + delay)
 
     def _report(self, sent: _Sent, record: AttemptRecord) -> None:
@@ -556,10 +560,10 @@ class DeliveryWorker:
                 self._on_attempt(self.name, record.outcome, sent.duration)
             except Exception as exc:  # an observer must never stop delivery
                 log_event(self._log, logging.WARNING, "delivery.observer_failed", sink=self.name,
-                          error=_describe(exc))  # fmt: skip
+                          error=_error_text(exc))  # fmt: skip
 
 
-def _describe(exc: BaseException) -> str:
+def _error_text(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 __all__ = [
     "DEDUP_FIELDS",
@@ -32,7 +33,9 @@ def dedup_id(originator: str, destination: str, date_time: str, text: str) -> st
     Each field is preceded by its byte length as 8 big-endian bytes, so no two
     different field tuples produce the same input to the hash (plain
     concatenation would let ``("1", "23")`` collide with ``("12", "3")``).
-    ``surrogateescape`` keeps undecodable bytes distinct instead of failing.
+    ``surrogatepass`` encodes a lone surrogate (a text decoded with
+    ``surrogateescape`` upstream) as its own bytes instead of failing, so distinct
+    texts keep distinct ids.  Never change the handler: every stored id would change.
     """
     digest = hashlib.sha256(_DEDUP_DOMAIN)
     for value in (originator, destination, date_time, text):
@@ -51,7 +54,7 @@ class SmsRecord:
     the configured zone.  ``keyword`` is set only when keyword splitting is on
     and the text starts with a 4-8 character alphanumeric word.
 
-    ``authenticated`` is the verdict of :mod:`inbound_mail.authenticity`: True
+    ``authenticated`` is the verdict of :mod:`inbound_mail.parse.authenticity`: True
     (DKIM or a trusted Authentication-Results passed), False (it did not, and
     ``authenticate = "report"`` or an operator's release let it through), None
     (not checked: the parser's own output, or ``authenticate = "off"``);
@@ -90,23 +93,65 @@ class Skipped:
     message_id: str | None = None
 
 
-#: Why an email is a reject: the parser could not read it (``malformed``), it was
-#: over ``max_size`` (``oversized``), the server never returned it
-#: (``unfetchable``), it claims the provider's address without proof
-#: (``unauthenticated``, with the evidence), it exceeds a limit of
-#: :mod:`inbound_mail.parse_limits` (``over_limit``), or the process died twice
-#: while parsing it (``parser_crash``, :mod:`inbound_mail.inflight`).
+#: Why an email is a reject: it was over ``max_size`` (``oversized``), the server
+#: never returned it (``unfetchable``), it claims the provider's address without
+#: proof (``unauthenticated``, with the evidence), it exceeds a limit of
+#: :mod:`inbound_mail.parse.limits` (``over_limit``), the process died twice while
+#: parsing it (``parser_crash``, :mod:`inbound_mail.sources.inflight`), or the
+#: parser could not read it: ``no_body``, ``body_too_long``, ``corrupt_body``,
+#: ``no_fields``, ``missing_field``, ``duplicate_field``, ``empty_field``,
+#: ``invalid_number``, ``invalid_date_time``, ``bad_mime``, ``parser_error``, and
+#: ``malformed`` for any other reason.  The metric and ``rejects`` show this column.
 RejectCode = Literal[
-    "malformed", "oversized", "unfetchable", "unauthenticated", "over_limit", "parser_crash"
-]
-REJECT_CODES: tuple[RejectCode, ...] = (
     "malformed",
     "oversized",
     "unfetchable",
     "unauthenticated",
     "over_limit",
     "parser_crash",
+    "no_body",
+    "body_too_long",
+    "corrupt_body",
+    "no_fields",
+    "missing_field",
+    "duplicate_field",
+    "empty_field",
+    "invalid_number",
+    "invalid_date_time",
+    "bad_mime",
+    "parser_error",
+]
+REJECT_CODES: tuple[RejectCode, ...] = get_args(RejectCode)
+
+# The parser's reasons, as it words them, and their codes: the parser codes its
+# rejects with these where it writes them, and the upgrade codes rejects stored
+# before the finer codes existed.  The first match wins.
+_REASONS: tuple[tuple[str, RejectCode], ...] = (
+    (r"^email is \d+ bytes, over", "oversized"),
+    (r"^no text/plain or text/html body", "no_body"),
+    (r"^body is \d+ characters", "body_too_long"),
+    (r"NUL characters", "corrupt_body"),
+    (r"^no field labels found", "no_fields"),
+    (r"^missing field", "missing_field"),
+    (r"^field \S+ appears twice", "duplicate_field"),
+    (r"^field \S+ is empty", "empty_field"),
+    (r"^field (To|From) .* (phone number|sender ID)", "invalid_number"),
+    (r"^invalid Date/Time", "invalid_date_time"),
+    (r"^cannot parse the MIME structure", "bad_mime"),
+    (r"^internal parser error", "parser_error"),
+    (r"; at most \d+$|^the MIME structure has over", "over_limit"),
+    (r"^parser crash", "parser_crash"),
+    (r"^unauthenticated: ", "unauthenticated"),
 )
+_REASON_CODES = tuple((re.compile(pattern), code) for pattern, code in _REASONS)
+
+
+def reject_code_for(reason: str) -> RejectCode:
+    """The code of one of the parser's reasons; ``malformed`` for any other."""
+    for pattern, code in _REASON_CODES:
+        if pattern.search(reason):
+            return code
+    return "malformed"
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,7 +1,7 @@
 """OAuth2 sign-in for IMAP accounts (Microsoft 365, Gmail, any RFC 6749 provider).
 
 An account with ``auth = "oauth2"`` logs in with a short-lived access token
-(SASL XOAUTH2 or OAUTHBEARER, see :mod:`inbound_mail.imap.oauth`).  This
+(SASL XOAUTH2 or OAUTHBEARER, see :mod:`inbound_mail.sources.imap.oauth`).  This
 module gets those tokens:
 
 - :class:`TokenSource`: the daemon's side.  It hands out a valid access token,
@@ -47,7 +47,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import httpx
 
-from .config import AccountConfig, OAuth2Config
+from .config.model import AccountConfig, OAuth2Config
 from .errors import AuthorizationExpiredError, CredentialError, OAuthError
 from .faults import fault_point
 from .logs import log_event

@@ -27,7 +27,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
 
-from .config import AccountConfig, Config
+from .config.model import AccountConfig, Config
 from .errors import CredentialError
 
 __all__ = [

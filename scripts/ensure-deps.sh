@@ -8,7 +8,7 @@
 # removes the other -- so cyrus-imapd is NEVER installed: its .deb is downloaded and
 # unpacked into .cache/cyrus-imapd/ of this repository, next to the system's
 # cyrus-common (cyrmaster, the libraries), cyrus-admin and sasl2-bin (saslpasswd2),
-# which do not conflict.  inbound_mail/testing/cyrus.py runs the unpacked binaries.
+# which do not conflict.  testsupport/cyrus.py runs the unpacked binaries.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 

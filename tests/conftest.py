@@ -23,14 +23,14 @@ from typing import Any
 
 import pytest
 
-from inbound_mail.testing.cyrus import CyrusServer
-from inbound_mail.testing.dkim import DkimKey
-from inbound_mail.testing.dns import DnsServer
-from inbound_mail.testing.dovecot import DovecotFactory, DovecotServer
-from inbound_mail.testing.mailbox import Mailbox, MailServer
-from inbound_mail.testing.nats_server import NatsServer
-from inbound_mail.testing.oauth_server import OAuthServer
-from inbound_mail.testing.redis_server import RedisServer
+from testsupport.cyrus import CyrusServer
+from testsupport.dkim import DkimKey
+from testsupport.dns import DnsServer
+from testsupport.dovecot import DovecotFactory, DovecotServer
+from testsupport.mailbox import Mailbox, MailServer
+from testsupport.nats_server import NatsServer
+from testsupport.oauth_server import OAuthServer
+from testsupport.redis_server import RedisServer
 
 # The ids of ``imap_server``'s parameters, and the session fixture of each.
 _SERVER_FIXTURES = {

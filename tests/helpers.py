@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, fields, is_dataclass
 from pathlib import Path
@@ -16,16 +18,20 @@ from typing import Any
 
 import pytest
 
-from inbound_mail.config import AccountConfig, load_config
-from inbound_mail.service import Daemon
+from inbound_mail.config.model import AccountConfig
+from inbound_mail.config.reader import load_config
+from inbound_mail.service.daemon import Daemon
 from inbound_mail.testing.toml import toml_value
 from inbound_mail.testing.wait import wait_until
 
 __all__ = [
     "ON_EVERY_SERVER",
+    "REPO",
     "SERVERS",
     "UNCHECKED_PARSE",
     "DaemonProcess",
+    "Message",
+    "NotifyListener",
     "count",
     "in_process_daemon",
     "on_every_server",
@@ -36,6 +42,8 @@ __all__ = [
     "write_config",
 ]
 
+REPO = Path(__file__).resolve().parent.parent
+"""The repository's root: fixtures/, config.example.toml, contrib/, tests/data/."""
 _SKIP = {"file", "index"}
 
 # ``[parse]`` for tests that import or parse unsigned provider emails (the golden
@@ -178,3 +186,58 @@ class DaemonProcess:
             self.proc.kill()
             self.proc.wait(10)
         self._log.close()
+
+
+Message = dict[str, str]
+
+
+class NotifyListener:
+    """The service manager's end: an AF_UNIX datagram socket (a path, or ``@abstract``)."""
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind("\0" + address[1:] if address.startswith("@") else address)
+        self.received: list[Message] = []
+
+    def env(self, watchdog_usec: int | None = None) -> dict[str, str]:
+        env = {"NOTIFY_SOCKET": self.address}
+        if watchdog_usec is not None:
+            env["WATCHDOG_USEC"] = str(watchdog_usec)
+        return env
+
+    def read(self, timeout: float) -> Message | None:
+        """The next datagram within ``timeout`` seconds, or None."""
+        self.sock.settimeout(max(timeout, 0.001))
+        try:
+            data = self.sock.recv(4096)
+        except TimeoutError:
+            return None
+        message = dict(line.split("=", 1) for line in data.decode().splitlines())
+        self.received.append(message)
+        return message
+
+    def wait_for(
+        self, predicate: Callable[[Message], bool], timeout: float = 15.0, *, seen: bool = False
+    ) -> Message:
+        """The next datagram that matches (``seen``: or one already received)."""
+        if seen and (old := [m for m in self.received if predicate(m)]):
+            return old[0]
+        deadline = time.monotonic() + timeout
+        while (remaining := deadline - time.monotonic()) > 0:
+            message = self.read(remaining)
+            if message is not None and predicate(message):
+                return message
+        raise AssertionError(f"no matching notification within {timeout} s: {self.received}")
+
+    def during(self, seconds: float) -> list[Message]:
+        """Every datagram that arrives in the next ``seconds``."""
+        deadline, got = time.monotonic() + seconds, []
+        while (remaining := deadline - time.monotonic()) > 0:
+            message = self.read(remaining)
+            if message is not None:
+                got.append(message)
+        return got
+
+    def close(self) -> None:
+        self.sock.close()

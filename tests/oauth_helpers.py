@@ -10,11 +10,11 @@ from typing import Any
 
 import httpx
 
-from inbound_mail.config import AccountConfig, OAuth2Config
+from inbound_mail.config.model import AccountConfig, OAuth2Config
 from inbound_mail.oauth import authorize
-from inbound_mail.testing.dovecot import DovecotServer
 from inbound_mail.testing.emails import build_provider_email
-from inbound_mail.testing.oauth_server import OAuthServer
+from testsupport.dovecot import DovecotServer
+from testsupport.oauth_server import OAuthServer
 
 from helpers import wait_until, write_config
 

@@ -10,8 +10,8 @@ from typing import Any
 
 from inbound_mail.models import dedup_id
 from inbound_mail.testing.emails import build_provider_email
-from inbound_mail.testing.nats_server import NatsServer
-from inbound_mail.testing.redis_server import RedisServer
+from testsupport.nats_server import NatsServer
+from testsupport.redis_server import RedisServer
 
 from helpers import rows
 

@@ -290,10 +290,10 @@ def test_import_as_a_user_who_cannot_list_a_folder_imports_the_rest() -> None:
 
 # -- item 11: import progress and Ctrl-C ---------------------------------------------------
 def test_import_progress_moves_per_email_not_per_transaction(tmp_path: Path) -> None:
-    from inbound_mail.importer import import_emails
     from inbound_mail.models import EmailOrigin
-    from inbound_mail.parse import ParseOptions
-    from inbound_mail.store import Store
+    from inbound_mail.parse.message import ParseOptions
+    from inbound_mail.sources.importer import import_emails
+    from inbound_mail.store.db import Store
 
     events: list[str] = []
     emails = [(_sms(n), EmailOrigin("eml", path=f"/x/{n}.eml")) for n in range(5)]
@@ -415,7 +415,7 @@ def test_demo_keeps_its_database_and_prints_the_exact_commands() -> None:
     import shutil
     import threading
 
-    from inbound_mail.demo import run_demo
+    from testsupport.demo import run_demo
 
     said: list[str] = []
     db = run_demo(FIXTURES, keep=None, echo=said.append, stop=threading.Event())
@@ -448,7 +448,7 @@ def _fill(path: Path) -> None:
 
 
 def test_the_heartbeat_file_is_rewritten_in_place_on_a_full_disk(small_fs: Path) -> None:
-    from inbound_mail.status import HeartbeatFile, read_heartbeat_file
+    from inbound_mail.service.status import HeartbeatFile, read_heartbeat_file
 
     db = small_fs / "sms.db"
     db.touch(mode=0o640)
@@ -472,8 +472,8 @@ def test_the_heartbeat_file_is_rewritten_in_place_on_a_full_disk(small_fs: Path)
 def test_status_takes_the_newer_heartbeat_file_with_its_storage_failure(tmp_path: Path) -> None:
     import time
 
-    from inbound_mail.status import DAEMON_KEY, HEARTBEAT_KEY, HeartbeatFile
-    from inbound_mail.store import Store
+    from inbound_mail.service.status import DAEMON_KEY, HEARTBEAT_KEY, HeartbeatFile
+    from inbound_mail.store.db import Store
 
     db = tmp_path / "sms.db"
     now = time.time()

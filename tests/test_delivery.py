@@ -13,13 +13,19 @@ from typing import Any
 
 import pytest
 
-from inbound_mail.config import RetryPolicy, SinkConfig, SinkFilter
-from inbound_mail.delivery import DeliveryWorker, backoff_delay, deliver_due, make_router
+from inbound_mail.config.model import RetryPolicy, SinkConfig, SinkFilter
+from inbound_mail.delivery import (
+    IDLE_RECHECK,
+    DeliveryWorker,
+    deliver_due,
+    make_router,
+    retry_delay,
+)
 from inbound_mail.errors import PermanentDeliveryError, TemporaryDeliveryError
 from inbound_mail.logs import KeyValueFormatter
 from inbound_mail.models import EmailOrigin, SmsRecord
 from inbound_mail.sinks import DeliveryContext
-from inbound_mail.store import IngestItem, Store
+from inbound_mail.store.db import IngestItem, Store
 from inbound_mail.testing.wait import wait_until
 from inbound_mail.testing.webhook_receiver import Answer, WebhookReceiver
 
@@ -137,7 +143,7 @@ def test_router_routes_by_destination(db: Path) -> None:
 
 def test_backoff_is_exponential_capped_jittered_with_a_floor() -> None:
     policy = RetryPolicy(retry_base=5, retry_cap=60)
-    assert [backoff_delay(policy, n, rand=lambda: 1.0) for n in (1, 2, 3, 4, 5, 99, 5000)] == [
+    assert [retry_delay(policy, n, rand=lambda: 1.0) for n in (1, 2, 3, 4, 5, 99, 5000)] == [
         5,
         10,
         20,
@@ -146,13 +152,13 @@ def test_backoff_is_exponential_capped_jittered_with_a_floor() -> None:
         60,
         60,
     ]
-    assert backoff_delay(policy, 3, rand=lambda: 0.25) == 5.0
-    assert backoff_delay(policy, 1, rand=lambda: 0.0, retry_after=30) == 30
-    assert all(0 <= backoff_delay(policy, 3) <= 20 for _ in range(200))
+    assert retry_delay(policy, 3, rand=lambda: 0.25) == 5.0
+    assert retry_delay(policy, 1, rand=lambda: 0.0, retry_after=30) == 30
+    assert all(0 <= retry_delay(policy, 3) <= 20 for _ in range(200))
 
 
 # -- the running worker ------------------------------------------------------------------
-def test_wake_sends_within_200ms(
+def test_wake_sends_before_the_idle_recheck(
     db: Path, receiver: WebhookReceiver, start: Callable[[DeliveryWorker], Running]
 ) -> None:
     route = lambda r: ["hook"]  # noqa: E731
@@ -162,10 +168,9 @@ def test_wake_sends_within_200ms(
     worker.wake()
     receiver.wait_for(1)  # now the worker is idle, asleep until its next re-check
     queue(db, [record(2)], route)
-    woken = time.monotonic()
     worker.wake()
-    (_, second) = receiver.wait_for(2, timeout=5)
-    assert second.received_at - woken < 0.2
+    # Without the wake-up, the idle worker would find the row at its next re-check.
+    receiver.wait_for(2, timeout=IDLE_RECHECK / 2)
 
 
 def test_stop_ends_an_idle_loop_promptly(
@@ -174,9 +179,7 @@ def test_stop_ends_an_idle_loop_promptly(
     queue(db, [record(1)], lambda r: ["hook"])
     running = start(DeliveryWorker(db, webhook(receiver.url)))
     wait_until(lambda: rows(db)[0]["status"] == "delivered")  # then it sleeps, idle
-    began = time.monotonic()
-    running.finish(timeout=2)
-    assert time.monotonic() - began < 0.5
+    running.finish(timeout=2)  # raises if the loop is still running then
 
 
 def test_sequential_order_is_kept_while_the_head_waits(
@@ -197,13 +200,12 @@ def test_parallel_mode_sends_concurrently(db: Path, receiver: WebhookReceiver) -
     receiver.default = Answer(delay=0.5)
     queue(db, [record(i) for i in range(4)], lambda r: ["hook"])
     worker = DeliveryWorker(db, webhook(receiver.url, parallel=4))
-    began = time.monotonic()
     result = worker.run_once()
     worker.close()
     assert result.delivered == 4
     arrivals = sorted(r.received_at for r in receiver.requests)
+    # Each answer takes 0.5 s: the four arrived before the first was answered.
     assert arrivals[-1] - arrivals[0] < 0.4, "all four were in flight before any answer"
-    assert time.monotonic() - began < 1.5
 
 
 def test_parallel_worker_keeps_slots_busy(

@@ -19,11 +19,11 @@ from urllib.parse import quote
 import pytest
 
 from inbound_mail.logs import log_event, setup_logging
-from inbound_mail.testing.dovecot import DovecotServer
 from inbound_mail.testing.emails import build_provider_email
-from inbound_mail.testing.mailbox import Mailbox
-from inbound_mail.testing.oauth_server import OAuthServer
 from inbound_mail.testing.webhook_receiver import Answer, WebhookReceiver
+from testsupport.dovecot import DovecotServer
+from testsupport.mailbox import Mailbox
+from testsupport.oauth_server import OAuthServer
 
 from helpers import DaemonProcess, rows, wait_until, write_config
 from oauth_helpers import CLIENT_SECRET, Rig

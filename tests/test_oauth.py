@@ -17,13 +17,13 @@ from typing import Any
 import httpx
 import pytest
 
-from inbound_mail.config import load_config
+from inbound_mail.config.reader import load_config
 from inbound_mail.errors import AuthorizationExpiredError, CredentialError, OAuthError
-from inbound_mail.imap.oauth import connect_oauth
 from inbound_mail.oauth import TokenSource, TokenStore, authorize, token_store_path
-from inbound_mail.status import collect_status
-from inbound_mail.testing.dovecot import DovecotServer
-from inbound_mail.testing.oauth_server import OAuthServer
+from inbound_mail.service.status import collect_status
+from inbound_mail.sources.imap.oauth import connect_oauth
+from testsupport.dovecot import DovecotServer
+from testsupport.oauth_server import OAuthServer
 
 from helpers import count, in_process_daemon, wait_until, write_config
 from oauth_helpers import CLIENT_SECRET, Rig, device_sign_in, sms_email
@@ -305,9 +305,9 @@ def test_an_expired_authorisation_is_not_a_stall(rig: Rig) -> None:
     """The worker waits an hour on its stop event: the watchdog must not restart it."""
     import threading as _threading
 
-    from inbound_mail._generation import account_stalled
-    from inbound_mail.imap.worker import AccountWorker
-    from inbound_mail.parse import ParseOptions
+    from inbound_mail.parse.message import ParseOptions
+    from inbound_mail.service.generation import account_stalled
+    from inbound_mail.sources.imap.worker import AccountWorker
 
     worker = AccountWorker(
         rig.account(),
@@ -321,7 +321,7 @@ def test_an_expired_authorisation_is_not_a_stall(rig: Rig) -> None:
 
 
 def test_systemd_unit_loads_the_oauth2_credentials(rig: Rig) -> None:
-    from inbound_mail.systemd import credential_names
+    from inbound_mail.service.systemd import credential_names
 
     account = rig.account(client_secret_credential="m365-secret")
     config = load_config(rig.config(account))

@@ -19,15 +19,16 @@ from click.testing import CliRunner, Result
 
 import inbound_mail.delivery as delivery_module
 from inbound_mail.cli import cli
-from inbound_mail.config import RetryPolicy, SinkConfig, load_config
+from inbound_mail.config.model import RetryPolicy, SinkConfig
+from inbound_mail.config.reader import load_config
 from inbound_mail.delivery import DeliveryWorker
 from inbound_mail.errors import TemporaryDeliveryError
 from inbound_mail.models import EmailOrigin, SmsRecord
-from inbound_mail.service import Daemon
+from inbound_mail.service.daemon import Daemon
 from inbound_mail.sinks import DeliveryContext, DeliveryOutcome
-from inbound_mail.store import IngestItem, Store
-from inbound_mail.testing.mailbox import Mailbox
+from inbound_mail.store.db import IngestItem, Store
 from inbound_mail.testing.webhook_receiver import Answer, WebhookReceiver
+from testsupport.mailbox import Mailbox
 
 from helpers import DaemonProcess, wait_until, write_config
 

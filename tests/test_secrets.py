@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from inbound_mail.config import AccountConfig
+from inbound_mail.config.model import AccountConfig
 from inbound_mail.errors import CredentialError
 from inbound_mail.secrets import read_password
 

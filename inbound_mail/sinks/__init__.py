@@ -8,7 +8,7 @@ too, so a third-party sink is one ``pip install`` away::
     mysink = "my_package.module:MySink"
 
 The entry point names a class (or any callable) with a ``from_config`` classmethod
-that takes a :class:`~inbound_mail.config.SinkConfig` and returns a :class:`Sink`.
+that takes a :class:`~inbound_mail.config.model.SinkConfig` and returns a :class:`Sink`.
 :class:`SinkOptions` reads and checks ``SinkConfig.options`` for it, and
 :func:`record_json` and :func:`redact_url` (defined in :mod:`inbound_mail.secrets`,
 with :func:`url_secrets`) are the helpers the built-ins share.
@@ -22,12 +22,12 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
-from ..config import DURATION_EXPECTED, format_duration, parse_duration
+from ..config.model import DURATION_EXPECTED, format_duration, parse_duration
 from ..errors import ConfigError
 from ..secrets import REDACTED, read_secret, redact_url, url_secrets
 
 if TYPE_CHECKING:
-    from ..config import SinkConfig
+    from ..config.model import SinkConfig
     from ..models import SmsRecord
 
 __all__ = [

@@ -19,7 +19,7 @@ SIGTERM, then SIGKILL a second later, and the attempt is retried.
 
 ``argv`` is executed as given: ``;``, ``|`` or ``$x`` are literal arguments.
 The environment is not the daemon's: only ``PATH``, ``HOME``, ``LANG``,
-``LC_*``, ``TZ``, ``TMPDIR``, ``USER`` and ``LOGNAME`` pass through, plus the
+``LANGUAGE``, ``LC_*``, ``TZ``, ``TMPDIR``, ``USER`` and ``LOGNAME`` pass through, plus the
 ``env`` table.  This keeps a password variable out of the program's
 *environment*, but it is no isolation: the program runs as the daemon's user,
 which can read ``/proc/<daemon pid>/environ``.  Under systemd, give the IMAP
@@ -41,7 +41,7 @@ from ..errors import PermanentDeliveryError, TemporaryDeliveryError
 from . import SinkOptions, record_json
 
 if TYPE_CHECKING:
-    from ..config import SinkConfig
+    from ..config.model import SinkConfig
     from ..models import SmsRecord
     from . import DeliveryContext
 

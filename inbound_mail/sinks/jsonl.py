@@ -28,7 +28,7 @@ from ..errors import TemporaryDeliveryError
 from . import SinkOptions, record_json
 
 if TYPE_CHECKING:
-    from ..config import SinkConfig
+    from ..config.model import SinkConfig
     from ..models import SmsRecord
     from . import DeliveryContext
 

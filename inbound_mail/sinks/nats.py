@@ -41,16 +41,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
-from ..errors import (
-    ConfigError,
-    DeliveryError,
-    PermanentDeliveryError,
-    TemporaryDeliveryError,
-)
+from ..errors import ConfigError, DeliveryError, PermanentDeliveryError, TemporaryDeliveryError
+from ..tls import client_context
 from . import REDACTED, SinkOptions, record_json, redact_url, url_secrets
 
 if TYPE_CHECKING:
-    from ..config import SinkConfig
+    from ..config.model import SinkConfig
     from ..models import SmsRecord
     from . import DeliveryContext, DeliveryOutcome
 
@@ -102,7 +98,7 @@ class NatsSink:
         self._token = token
         self._tls: ssl.SSLContext | None = None
         if ca_file is not None or urlsplit(url).scheme == "tls":
-            self._tls = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
+            self._tls = client_context(ca_file or None)
         self._secrets = sorted(
             {s for s in (*url_secrets(url), password or "", token or "") if len(s) >= 4},
             key=len,
@@ -155,7 +151,7 @@ class NatsSink:
             raise opts.error("token_file", "set either user and password or a token, not both")
         if ca_file is not None:
             try:
-                ssl.create_default_context(cafile=str(ca_file))
+                client_context(ca_file)
             except (OSError, ssl.SSLError) as exc:
                 raise opts.error("ca_file", f"expected a readable PEM CA bundle ({exc})") from None
         return cls(
@@ -475,7 +471,7 @@ class NatsSink:
     async def _on_error(self, exc: Exception) -> None:
         """nats-py reports asynchronous errors (a permissions violation, ...) here,
         instead of logging a traceback per event."""
-        self._last_error = self._scrub(_describe(exc))
+        self._last_error = self._scrub(_nats_error_text(exc))
 
     async def _quiet(self) -> None:
         """Disconnections are reported by the next ``deliver``, not by nats-py."""
@@ -497,7 +493,7 @@ def subject_matches(pattern: str, subject: str) -> bool:
     return len(want) == len(have)
 
 
-def _describe(exc: BaseException) -> str:
+def _nats_error_text(exc: BaseException) -> str:
     text = str(exc)
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 

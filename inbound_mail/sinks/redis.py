@@ -38,12 +38,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
-from ..config import format_duration
+from ..config.model import format_duration
 from ..errors import ConfigError, DeliveryError, PermanentDeliveryError, TemporaryDeliveryError
+from ..tls import client_context
 from . import REDACTED, SinkOptions, record_json, redact_url, url_secrets
 
 if TYPE_CHECKING:
-    from ..config import SinkConfig
+    from ..config.model import SinkConfig
     from ..models import SmsRecord
     from . import DeliveryContext, DeliveryOutcome
 
@@ -181,7 +182,7 @@ class RedisSink:
         opts.finish()
         if ca_file is not None:
             try:
-                ssl.create_default_context(cafile=str(ca_file))
+                client_context(ca_file)
             except (OSError, ssl.SSLError) as exc:
                 raise opts.error("ca_file", f"expected a readable PEM CA bundle ({exc})") from None
         return cls(

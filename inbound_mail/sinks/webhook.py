@@ -54,10 +54,11 @@ import httpx
 from .. import __version__
 from ..errors import PermanentDeliveryError, TemporaryDeliveryError
 from ..secrets import read_secret, redact_url, scrub, url_secrets
+from ..tls import client_context
 from . import SinkOptions, record_json
 
 if TYPE_CHECKING:
-    from ..config import SinkConfig
+    from ..config.model import SinkConfig
     from ..models import SmsRecord
     from . import DeliveryContext
 
@@ -320,7 +321,7 @@ class WebhookSink:
             phase = _TIMEOUT_PHASE.get(type(exc), "waiting")
             raise TemporaryDeliveryError(f"timed out {phase} (timeout {self.timeout:g}s)") from exc
         except httpx.HTTPError as exc:  # connection refused/reset, TLS, protocol errors
-            raise TemporaryDeliveryError(self._scrub(_describe(exc))) from exc
+            raise TemporaryDeliveryError(self._scrub(_http_error_text(exc))) from exc
         finally:
             _DEADLINE.at = None
         return self._judge(response, head)
@@ -411,7 +412,7 @@ def _read_head(response: httpx.Response) -> bytes:
     return b"".join(chunks)[:_BODY_LIMIT]
 
 
-def _describe(exc: httpx.HTTPError) -> str:
+def _http_error_text(exc: httpx.HTTPError) -> str:
     kinds: dict[type[httpx.HTTPError], str] = {
         httpx.ConnectError: "connection failed",
         httpx.ReadError: "connection lost reading the response",
@@ -448,7 +449,7 @@ def _check_headers(headers: Mapping[str, str]) -> None:
 
 def _tls_context(ca_file: str | Path) -> ssl.SSLContext:
     try:
-        return ssl.create_default_context(cafile=str(ca_file))
+        return client_context(ca_file)
     except (OSError, ssl.SSLError) as exc:
         raise ValueError(f"expected a readable PEM CA bundle ({exc})") from None
 

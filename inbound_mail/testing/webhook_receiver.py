@@ -194,10 +194,6 @@ class WebhookReceiver:
         scheme = "https" if self._ssl else "http"
         return f"{scheme}://127.0.0.1:{self.port}{self.path}"
 
-    @property
-    def is_up(self) -> bool:
-        return self._server is not None
-
     def up(self) -> None:
         """Listen (again, on the same port once one was chosen)."""
         if self._server is not None:

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 from harness import FaultRun, FaultRunFactory
 
-from inbound_mail.testing.dovecot import DovecotServer
-from inbound_mail.testing.mailbox import Mailbox
-from inbound_mail.testing.proxy import FaultProxy
 from inbound_mail.testing.webhook_receiver import WebhookReceiver
+from testsupport.dovecot import DovecotServer
+from testsupport.mailbox import Mailbox
+from testsupport.proxy import FaultProxy
 
 
 @pytest.fixture

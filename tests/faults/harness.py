@@ -25,10 +25,10 @@ from typing import Any
 
 from checker import Figures, Ledger, record_figures
 
-from inbound_mail.config import AccountConfig
-from inbound_mail.testing.mailbox import Mailbox
+from inbound_mail.config.model import AccountConfig
 from inbound_mail.testing.wait import wait_until
 from inbound_mail.testing.webhook_receiver import WebhookReceiver
+from testsupport.mailbox import Mailbox
 
 from helpers import DaemonProcess, count, rows, write_config
 

@@ -8,9 +8,9 @@ import time
 import pytest
 from harness import FaultRun, FaultRunFactory
 
-from inbound_mail.testing.dovecot import DovecotFactory
-from inbound_mail.testing.proxy import FaultProxy
 from inbound_mail.testing.wait import wait_until
+from testsupport.dovecot import DovecotFactory
+from testsupport.proxy import FaultProxy
 
 from helpers import count, rows
 

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from inbound_mail.oauth import TokenStore, token_store_path
-from inbound_mail.testing.dovecot import DovecotServer
-from inbound_mail.testing.oauth_server import OAuthServer
+from testsupport.dovecot import DovecotServer
+from testsupport.oauth_server import OAuthServer
 
 from helpers import count, wait_until
 from oauth_helpers import Rig, sms_email

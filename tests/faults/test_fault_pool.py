@@ -1,4 +1,4 @@
-"""The parse pool of ``backfill`` (inbound_mail.pool) under kill -9: a parse worker
+"""The parse pool of ``backfill`` (inbound_mail.sources.pool) under kill -9: a parse worker
 killed, or the writer killed with its workers running; nothing lost, nothing doubled.
 
 The backfill stores and queues; a daemon started afterwards delivers the queue to

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from inbound_mail.testing.proxy import FaultProxy
+from testsupport.proxy import FaultProxy
 
 pytestmark = pytest.mark.faults
 

@@ -31,9 +31,9 @@ from hypothesis.stateful import (
 )
 from imapclient.exceptions import IMAPClientError
 
-from inbound_mail.testing.dovecot import DovecotServer
 from inbound_mail.testing.wait import wait_until
 from inbound_mail.testing.webhook_receiver import WebhookReceiver
+from testsupport.dovecot import DovecotServer
 
 pytestmark = pytest.mark.faults
 

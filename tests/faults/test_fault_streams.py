@@ -25,11 +25,11 @@ from stream_daemons import (
 )
 
 from inbound_mail.models import EmailOrigin, SmsRecord
-from inbound_mail.store import IngestItem, Store
-from inbound_mail.testing.mailbox import Mailbox
-from inbound_mail.testing.nats_server import NatsServer
-from inbound_mail.testing.redis_server import RedisServer
+from inbound_mail.store.db import IngestItem, Store
 from inbound_mail.testing.wait import wait_until
+from testsupport.mailbox import Mailbox
+from testsupport.nats_server import NatsServer
+from testsupport.redis_server import RedisServer
 
 from helpers import DaemonProcess, rows, write_config
 
@@ -104,7 +104,7 @@ def test_kill_after_the_server_accepted_before_marked(
 DELIVER = """
 import json, logging, sys
 from pathlib import Path
-from inbound_mail.config import SinkConfig
+from inbound_mail.config.model import SinkConfig
 from inbound_mail.delivery import deliver_due
 from inbound_mail.logs import KeyValueFormatter
 handler = logging.StreamHandler()

@@ -1,0 +1,268 @@
+"""Parsing on every core: a pool of parse processes behind ONE writer.
+
+mail-parser holds the GIL, so ``backfill`` and ``import`` parse in worker
+processes while the one writer process reads (IMAP FETCH, files), stores and
+acknowledges, in order.  Every durability rule of the inline path holds,
+because only the parse moves:
+
+* emails are recorded in flight (:mod:`inbound_mail.sources.inflight`) by the writer
+  before they are shipped, and stored and acknowledged by the writer, in order,
+  after their outcomes come back;
+* a worker that dies (a crash, SIGKILL, the OOM killer) breaks the pool
+  (``BrokenProcessPool``): every email of the tasks that were in flight is
+  then parsed again ALONE in a fresh worker, one at a time, so the crash is
+  counted against the one email that caused it; an email that killed
+  :data:`~inbound_mail.sources.inflight.MAX_PARSE_CRASHES` workers on its own becomes
+  the same ``parser_crash`` reject as after process crashes, raw bytes kept.
+  The writer never parses an email that killed a worker.  If the writer itself
+  dies, the in-flight rows count the crash as before.
+
+What does not go to the pool: a group under :data:`INLINE_BELOW` emails (the
+daemon's one email per push gets no hop), and an email whose top header block
+names none of the configured senders (mail from another sender is classified
+by the parser's gate from its headers alone, without mail-parser: shipping it
+would cost more than that).
+
+Workers are started with ``forkserver`` (never ``fork`` after threads), once
+per pool; each has its own DNS cache if it ever verifies (the writer verifies).
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import re
+import select
+import signal
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from types import TracebackType
+
+from ..faults import fault_email
+from ..logs import log_event
+from ..models import ParseOutcome
+from ..parse.message import ParseOptions, parse_email
+from .inflight import MAX_PARSE_CRASHES, crash_reject
+
+__all__ = [
+    "CHUNK",
+    "INLINE_BELOW",
+    "MAX_AUTO_WORKERS",
+    "ParsePool",
+    "Parsing",
+    "auto_workers",
+]
+
+#: ``workers = 0`` (auto): one per core, at most this many (more rarely pays:
+#: the one writer's fetch and store become the limit).
+MAX_AUTO_WORKERS = 4
+#: A group smaller than this is parsed in the writer: shipping it costs more
+#: than it saves, and the daemon's push path must not get a hop.
+INLINE_BELOW = 32
+#: Emails per task sent to a worker: big enough to amortise the IPC, small
+#: enough to keep every worker busy and a crash's re-parse short.
+CHUNK = 100
+_END_OF_HEADER = re.compile(rb"\r?\n\r?\n")
+_HEADER_SCAN = 64 * 1024  # bytes of an email searched for a sender, at most
+_log = logging.getLogger("inbound_mail.pool")
+
+
+def auto_workers(setting: int = 0) -> int:
+    """The number of parse processes for ``setting`` (``[parse] workers`` or
+    ``--workers``): itself when positive, else one per core, at most
+    :data:`MAX_AUTO_WORKERS`."""
+    if setting > 0:
+        return setting
+    return max(1, min(os.cpu_count() or 1, MAX_AUTO_WORKERS))
+
+
+# In a worker: the options, set once when it starts (a dict, so no `global`).
+_worker: dict[str, ParseOptions] = {}
+
+
+def _init_worker(options: ParseOptions, writer: int) -> None:
+    _worker["options"] = options
+    # Ctrl-C reaches the whole process group: the writer decides what it means
+    # (commit what is parsed, then stop), so a worker must not die of it.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # A worker blocks on its task queue, of which it holds both ends: if the writer
+    # is killed (kill -9, the OOM killer), nothing would ever end it.  So it ends
+    # itself when the writer is gone.
+    threading.Thread(target=_exit_with, args=(writer,), daemon=True).start()
+
+
+def _exit_with(writer: int) -> None:
+    try:
+        handle: int | None = os.pidfd_open(writer)
+    except OSError:  # gone already, or no pidfd here: poll instead
+        handle = None
+    if handle is not None:
+        # Readable once the writer has exited (a zombie not reaped yet counts: its
+        # parent may be waiting for our end of their shared output pipes).
+        select.select([handle], [], [])
+    else:
+        while _alive(writer):
+            time.sleep(1.0)
+    os._exit(0)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _parse_task(raws: list[bytes]) -> list[ParseOutcome]:
+    """In a worker: parse each email (the fault hooks fire here, as in the writer)."""
+    options = _worker["options"]
+    outcomes = []
+    for raw in raws:
+        fault_email("crash-parse", raw)
+        fault_email("stall-parse", raw)
+        outcomes.append(parse_email(raw, options))
+    return outcomes
+
+
+class ParsePool:
+    """``workers`` parse processes, started on first use; ``workers <= 1`` parses
+    inline (today's single-process path)."""
+
+    def __init__(self, options: ParseOptions, workers: int) -> None:
+        self.options = options
+        self.workers = max(1, workers)
+        self._executor: ProcessPoolExecutor | None = None
+        self.crashes = 0  # workers lost: for tests and logs
+
+    @property
+    def depth(self) -> int:
+        """Tasks to keep in flight: enough that the workers keep parsing while the
+        writer commits a 10,000-email transaction (~1 s), a few MB of emails."""
+        return max(16, self.workers * 8)
+
+    def submit(self, raws: Sequence[bytes], *, alone: frozenset[int] = frozenset()) -> Parsing:
+        """Start parsing ``raws`` (already recorded in flight); the outcomes come
+        from :meth:`Parsing.outcomes`, in order.  Indexes in ``alone`` (emails a
+        dead process was parsing) are parsed in a task of their own."""
+        return Parsing(self, raws, alone)
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=True, cancel_futures=True)
+            self._executor = None
+
+    def __enter__(self) -> ParsePool:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- internals ----------------------------------------------------------
+    def _submit(self, raws: list[bytes]) -> Future[list[ParseOutcome]]:
+        if self._executor is None:
+            context = multiprocessing.get_context("forkserver")
+            # The server imports the parser once; each worker is forked from it ready.
+            context.set_forkserver_preload(["inbound_mail.sources.pool"])
+            self._executor = ProcessPoolExecutor(
+                self.workers,
+                mp_context=context,
+                initializer=_init_worker,
+                initargs=(self.options, os.getpid()),
+            )
+        try:
+            return self._executor.submit(_parse_task, raws)
+        except BrokenProcessPool:
+            self._broken()
+            return self._submit(raws)
+
+    def _broken(self) -> None:
+        """Forget a broken executor (its futures all fail); the next task starts a new one."""
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None
+
+    def _alone(self, raw: bytes) -> ParseOutcome:
+        """Parse one email of a task a worker died in, in a task of its own, until
+        it parses or has killed MAX_PARSE_CRASHES workers by itself."""
+        for crashes in range(MAX_PARSE_CRASHES):
+            future = self._submit([raw])
+            try:
+                return future.result()[0]
+            except BrokenProcessPool:
+                self._broken()
+                self.crashes += 1
+                log_event(_log, logging.ERROR, "parse.worker_died", crashes=crashes + 1,
+                          action="parsing the email alone again" if crashes + 1 < MAX_PARSE_CRASHES
+                          else "stored as a parser_crash reject")  # fmt: skip
+        return crash_reject(MAX_PARSE_CRASHES)
+
+
+class Parsing:
+    """One group being parsed; :meth:`outcomes` waits for it."""
+
+    def __init__(self, pool: ParsePool, raws: Sequence[bytes], alone: frozenset[int]) -> None:
+        self._pool = pool
+        self._raws = list(raws)
+        self._tasks: list[tuple[list[int], Future[list[ParseOutcome]]]] = []
+        indexes = range(len(self._raws))
+        if pool.workers <= 1:
+            shipped: list[int] = []
+        elif len(self._raws) < INLINE_BELOW:  # a crashed one never runs in the writer
+            shipped = [i for i in indexes if i in alone]
+        else:
+            shipped = [i for i in indexes if i in alone or _for_parser(self._raws[i], pool.options)]
+        chosen = set(shipped)
+        self._inline = [i for i in indexes if i not in chosen]
+        run: list[int] = []
+        for i in shipped:
+            if i in alone:
+                self._tasks.append(([i], pool._submit([self._raws[i]])))
+                continue
+            run.append(i)
+            if len(run) >= CHUNK:
+                self._tasks.append((run, pool._submit([self._raws[j] for j in run])))
+                run = []
+        if run:
+            self._tasks.append((run, pool._submit([self._raws[j] for j in run])))
+
+    def outcomes(self) -> list[ParseOutcome]:
+        """Every email's outcome, in order (inline ones are parsed now, in the writer)."""
+        results: list[ParseOutcome | None] = [None] * len(self._raws)
+        for i in self._inline:
+            raw = self._raws[i]
+            fault_email("crash-parse", raw)
+            fault_email("stall-parse", raw)
+            results[i] = parse_email(raw, self._pool.options)
+        for indexes, future in self._tasks:
+            try:
+                outcomes = future.result()
+            except BrokenProcessPool:
+                self._pool._broken()
+                outcomes = [self._pool._alone(self._raws[i]) for i in indexes]
+            for i, outcome in zip(indexes, outcomes, strict=True):
+                results[i] = outcome
+        self._raws = []
+        self._tasks = []
+        return [outcome for outcome in results if outcome is not None]
+
+
+def _for_parser(raw: bytes, options: ParseOptions) -> bool:
+    """Does the top header block name a configured sender anywhere?  Else the
+    parser's gate classifies the email from its headers alone: not worth a trip to
+    a worker.  A plain byte search (the writer must stay cheap: a header parse here
+    costs as much as the store); a wrong guess only moves a parse, never changes it."""
+    end = _END_OF_HEADER.search(raw, 0, _HEADER_SCAN)
+    head = raw[: end.start() if end else _HEADER_SCAN].lower()
+    return any(sender.encode("utf-8", "replace") in head for sender in options.senders)

@@ -1,0 +1,115 @@
+"""`inbound-mail backfill` against a real Dovecot: date ranges, folders, dry runs, no changes.
+
+The tests of the IMAP contract (``@ON_EVERY_SERVER``) run against Cyrus too, in both
+namespace layouts; a folder is named as the server names it (``mailbox.folder``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from inbound_mail.cli import cli
+from inbound_mail.testing.emails import build_provider_email
+from testsupport.mailbox import Mailbox
+
+from helpers import ON_EVERY_SERVER, count, rows, write_config
+
+
+def sms(n: int, day: str) -> bytes:
+    return build_provider_email(
+        f"+39347{n:07d}", "+393331234333", "20240501120000", f"backfill {n}", date=day
+    )
+
+
+def backfill(config: Path, *args: str) -> str:
+    result = CliRunner().invoke(cli, ["--config", str(config), "backfill", *args])
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+@ON_EVERY_SERVER
+def test_date_range_folders_and_dry_run(mailbox: Mailbox, tmp_path: Path) -> None:
+    archive = mailbox.folder("Archive")  # INBOX.Archive on Debian's Cyrus
+    mailbox.append(sms(1, "Mon, 01 Jan 2024 10:00:00 +0000"))
+    mailbox.append(sms(2, "Wed, 01 May 2024 10:00:00 +0000"))
+    mailbox.append(sms(3, "Sun, 01 Dec 2024 10:00:00 +0000"), folder=archive)
+    db = tmp_path / "sms.db"
+    config = write_config(tmp_path / "c.toml", [mailbox.account()], db=db)
+    name = mailbox.user
+
+    out = backfill(config, "--account", name, "--since", "2024-04-01", "--dry-run")
+    assert "1 new" in out and "dry run" in out
+    assert count(db) == 0, "a dry run stores nothing"
+
+    backfill(config, "--account", name, "--since", "2024-04-01", "--before", "2024-06-01")
+    assert [r[0] for r in rows(db, "SELECT text FROM messages")] == ["backfill 2"]
+
+    out = backfill(config, "--account", name, "--all-folders")
+    assert "Archive" in out and "INBOX" in out
+    assert count(db) == 3
+    assert rows(db, "SELECT count(*) FROM checkpoints") == [(0,)], "the daemon's checkpoints stay"
+    for folder in ("INBOX", archive):
+        assert not any("\\Seen" in f for f in mailbox.flags(folder).values()), folder
+
+    again = backfill(config, "--account", name, "--all-folders")
+    assert count(db) == 3 and count(db, "emails") == 3
+    assert "0 read" in again, "recorded UIDs are skipped by a rerun"
+
+
+@ON_EVERY_SERVER
+def test_apply_after_marks_stored_mail(mailbox: Mailbox, tmp_path: Path) -> None:
+    mailbox.append(sms(1, "Mon, 01 Jan 2024 10:00:00 +0000"))
+    db = tmp_path / "sms.db"
+    config = write_config(tmp_path / "c.toml", [mailbox.account()], db=db)
+    backfill(config, "--account", mailbox.user, "--apply-after")
+    assert all("\\Seen" in f for f in mailbox.flags().values())
+
+
+@ON_EVERY_SERVER
+def test_backfill_queues_deliveries_unless_told_not_to(mailbox: Mailbox, tmp_path: Path) -> None:
+    old = mailbox.folder("Old")
+    mailbox.append(sms(1, "Mon, 01 Jan 2024 10:00:00 +0000"))
+    mailbox.append(sms(2, "Mon, 01 Jan 2024 10:00:00 +0000"), folder=old)
+    db = tmp_path / "sms.db"
+    sink = {"name": "out", "type": "jsonl", "path": str(tmp_path / "out.jsonl")}
+    config = write_config(tmp_path / "c.toml", [mailbox.account()], db=db, sinks=[sink])
+    backfill(config, "--account", mailbox.user)
+    backfill(config, "--account", mailbox.user, "--folder", old, "--no-deliver")
+    assert count(db) == 2
+    queued = rows(db, "SELECT m.text FROM deliveries d JOIN messages m ON m.id = d.sms_id")
+    assert queued == [("backfill 1",)]
+
+
+def test_unknown_account_is_a_clear_error(tmp_path: Path) -> None:
+    config = write_config(tmp_path / "c.toml", [], db=tmp_path / "sms.db")
+    result = CliRunner().invoke(cli, ["--config", str(config), "backfill", "--account", "nope"])
+    assert result.exit_code == 1
+    assert "no account named 'nope'" in result.output
+
+
+def test_messages_after_backfill_are_json(mailbox: Mailbox, tmp_path: Path) -> None:
+    mailbox.append(sms(7, "Mon, 01 Jan 2024 10:00:00 +0000"))
+    db = tmp_path / "sms.db"
+    config = write_config(tmp_path / "c.toml", [mailbox.account()], db=db)
+    backfill(config, "--account", mailbox.user)
+    result = CliRunner().invoke(cli, ["--config", str(config), "messages", "--format", "jsonl"])
+    (line,) = result.output.splitlines()
+    assert json.loads(line)["text"] == "backfill 7"
+
+
+@ON_EVERY_SERVER
+def test_search_in_windows_finds_every_email(
+    mailbox: Mailbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import inbound_mail.sources.imap.sync as sync
+
+    monkeypatch.setattr(sync, "SEARCH_WINDOW", 7)
+    mailbox.deliver_files([sms(n, "Mon, 01 Jan 2024 10:00:00 +0000") for n in range(30)])
+    db = tmp_path / "sms.db"
+    config = write_config(tmp_path / "c.toml", [mailbox.account(fetch_batch=4)], db=db)
+    backfill(config, "--account", mailbox.user)
+    assert count(db) == 30

@@ -1,0 +1,187 @@
+"""The parse pool of ``backfill`` and ``import`` (inbound_mail.sources.pool): the same
+records as the inline path, and a parse worker that dies costs one email.
+
+Workers are really killed: the ``crash-parse`` fault point SIGKILLs the process
+that parses an email carrying ``X-Inbound-Mail-Fault: crash-parse``, which with
+a pool is a worker, not the writer.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from inbound_mail.config.reader import load_config
+from inbound_mail.errors import ConfigError
+from inbound_mail.models import EmailOrigin
+from inbound_mail.parse.message import DEFAULT_OPTIONS
+from inbound_mail.sources.importer import import_emails
+from inbound_mail.sources.inflight import CRASH_REASON
+from inbound_mail.sources.pool import CHUNK, INLINE_BELOW, MAX_AUTO_WORKERS, ParsePool, auto_workers
+from inbound_mail.store.db import Store
+from inbound_mail.testing.emails import build_provider_email
+from inbound_mail.testing.wait import wait_until
+from testsupport.mailbox import Mailbox
+
+from helpers import UNCHECKED_PARSE, count, rows, write_config
+
+CRASH = {"INBOUND_MAIL_FAULT": "crash-parse"}
+
+
+def sms(n: int) -> bytes:
+    return build_provider_email(f"+39347{n:07d}", "+393331234333", "20240501120000", f"pool {n}")
+
+
+def crashing(n: int) -> bytes:
+    return b"X-Inbound-Mail-Fault: crash-parse\r\n" + sms(n)
+
+
+def stranger(n: int) -> bytes:
+    return f"From: someone@example.org\r\nSubject: hi {n}\r\n\r\nnot an SMS\r\n".encode()
+
+
+def broken(n: int) -> bytes:
+    return f"From: smsin@agiletelecom.com\r\nSubject: {n}\r\n\r\nno fields here\r\n".encode()
+
+
+def mixed(total: int) -> list[bytes]:
+    kinds = (sms, sms, stranger, broken)
+    return [kinds[n % len(kinds)](n) for n in range(total)]
+
+
+def cli(
+    config: Path, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[bytes]:
+    base = {k: v for k, v in os.environ.items() if k != "INBOUND_MAIL_FAULT"}
+    return subprocess.run(
+        [sys.executable, "-m", "inbound_mail", "--config", str(config), *args],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        env={**base, **(env or {})},
+        timeout=300,
+        check=False,
+    )
+
+
+def stored(db: Path) -> list[tuple[object, ...]]:
+    return rows(db, "SELECT id, originator, text, message_id FROM messages ORDER BY id")
+
+
+def test_a_pool_stores_what_the_inline_path_stores(tmp_path: Path) -> None:
+    emails = [(raw, EmailOrigin("eml", path=f"/x/{n}.eml")) for n, raw in enumerate(mixed(250))]
+    tallies = []
+    for name, workers in (("inline", 1), ("pool", 2)):
+        with (
+            Store.open(tmp_path / f"{name}.db") as store,
+            ParsePool(DEFAULT_OPTIONS, workers) as pool,
+        ):
+            tallies.append(import_emails(emails, store, DEFAULT_OPTIONS, pool=pool, batch_size=60))
+            assert store.database.conn.execute("SELECT count(*) FROM parsing").fetchone()[0] == 0
+    assert tallies[0] == tallies[1]
+    assert (tallies[1].new, tallies[1].skipped, tallies[1].rejected) == (126, 62, 62)
+    assert stored(tmp_path / "inline.db") == stored(tmp_path / "pool.db")
+    reasons = "SELECT origin, reason, code FROM rejects ORDER BY origin"
+    assert rows(tmp_path / "inline.db", reasons) == rows(tmp_path / "pool.db", reasons)
+
+
+def test_an_import_with_a_pool_stopped_stores_what_it_shipped(tmp_path: Path) -> None:
+    total = 2 * 16 * CHUNK  # twice what a pool of 2 keeps in flight
+    emails = [(sms(n), EmailOrigin("eml", path=f"/x/{n}.eml")) for n in range(total)]
+    with Store.open(tmp_path / "sms.db") as store, ParsePool(DEFAULT_OPTIONS, 2) as pool:
+        parsed = [0]
+
+        def tick() -> None:
+            parsed[0] += 1
+
+        first = import_emails(
+            emails, store, DEFAULT_OPTIONS, pool=pool, on_parsed=tick,
+            should_stop=lambda: parsed[0] >= 150,
+        )  # fmt: skip
+        assert 150 <= first.new <= 150 + pool.depth * CHUNK < total
+        assert store.database.conn.execute("SELECT count(*) FROM parsing").fetchone()[0] == 0
+        rest = import_emails(emails, store, DEFAULT_OPTIONS, pool=pool)
+        assert (rest.new, rest.duplicates) == (total - first.new, first.new)
+
+
+def test_import_a_worker_killed_by_one_email_costs_that_email_only(tmp_path: Path) -> None:
+    db = tmp_path / "sms.db"
+    folder = tmp_path / "export"
+    folder.mkdir()
+    total = 4 * INLINE_BELOW
+    for n in range(total):
+        (folder / f"{n:04d}.eml").write_bytes(crashing(n) if n == 40 else sms(n))
+    config = write_config(tmp_path / "c.toml", db=db, extra=UNCHECKED_PARSE)
+    done = cli(config, "import", str(folder), "--workers", "2", env=CRASH)
+    assert done.returncode == 0, done.stderr.decode()
+    assert count(db) == total - 1
+    assert rows(db, "SELECT code, raw FROM rejects") == [("parser_crash", crashing(40))]
+    assert str(rows(db, "SELECT reason FROM rejects")[0][0]).startswith(CRASH_REASON)
+    assert count(db, "parsing") == 0
+    assert done.stderr.count(b"parse.worker_died") == 2  # alone, twice: then a reject
+    again = cli(config, "import", str(folder), "--workers", "2", env=CRASH)
+    assert again.returncode == 0 and count(db) == total - 1 and count(db, "rejects") == 1
+
+
+def test_backfill_a_worker_killed_by_one_email_costs_that_email_only(
+    mailbox: Mailbox, tmp_path: Path
+) -> None:
+    db = tmp_path / "sms.db"
+    total = 3 * INLINE_BELOW
+    mailbox.deliver_files([crashing(n) if n == 7 else sms(n) for n in range(total)])
+    account = mailbox.account(idle_deadline=5.0, connect_timeout=5.0)
+    config = write_config(tmp_path / "c.toml", [account], db=db, extra=UNCHECKED_PARSE)
+    done = cli(config, "backfill", "--account", mailbox.user, "--workers", "2", env=CRASH)
+    assert done.returncode == 0, done.stderr.decode()
+    assert count(db) == total - 1
+    assert rows(db, "SELECT code, raw FROM rejects") == [("parser_crash", crashing(7))]
+    assert count(db, "parsing") == 0
+
+
+def test_workers_setting_has_a_range(tmp_path: Path) -> None:
+    assert auto_workers(3) == 3
+    assert 1 <= auto_workers(0) <= MAX_AUTO_WORKERS
+    config = write_config(tmp_path / "c.toml", db=tmp_path / "x.db", extra="[parse]\nworkers = 2\n")
+    assert load_config(config).parse.workers == 2
+    bad = write_config(tmp_path / "b.toml", db=tmp_path / "x.db", extra="[parse]\nworkers = 65\n")
+    with pytest.raises(ConfigError, match="workers") as caught:
+        load_config(bad)
+    assert "0 to 64" in str(caught.value)
+
+
+def test_ctrl_c_on_the_process_group_commits_and_stops(tmp_path: Path) -> None:
+    # A terminal's Ctrl-C signals every process of the group, workers included:
+    # they must keep parsing what was shipped, and the writer commits it.
+    db = tmp_path / "sms.db"
+    folder = tmp_path / "export"
+    folder.mkdir()
+    total = 6000
+    for n in range(total):
+        (folder / f"{n:05d}.eml").write_bytes(sms(n))
+    config = write_config(tmp_path / "c.toml", db=db, extra=UNCHECKED_PARSE)
+    argv = [sys.executable, "-m", "inbound_mail", "--config", str(config), "import"]
+    argv += [str(folder), "--workers", "2", "--batch-size", "200"]
+    env = {k: v for k, v in os.environ.items() if k != "INBOUND_MAIL_FAULT"}
+    proc = subprocess.Popen(
+        argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        env=env, start_new_session=True,
+    )  # fmt: skip
+    try:
+        wait_until(lambda: count(db) >= 200, 120, message="a first batch committed")
+        os.killpg(proc.pid, signal.SIGINT)
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 130, stderr.decode()[-2000:]
+    assert b"abandoned" not in stderr and b"committed" in stderr
+    stored = count(db)
+    assert 200 <= stored < total and count(db, "parsing") == 0
+    again = cli(config, "import", str(folder), "--workers", "2")
+    assert again.returncode == 0 and count(db) == total
+    assert f"{total - stored} new, {stored} duplicates".encode() in again.stderr
