@@ -74,7 +74,7 @@ if ((${#missing[@]} > 0)); then
         echo "install them with:" >&2
         echo "  sudo apt-get install -y --no-install-recommends ${missing[*]}" >&2
         echo "then rerun $0, which unpacks cyrus-imapd into $cyrus_dir" >&2
-        echo "(never apt-get install cyrus-imapd: it removes dovecot-imapd)" >&2
+        echo "(never install the cyrus-imapd package through apt: it removes dovecot-imapd)" >&2
         exit 1
     fi
     echo "installing: ${missing[*]}"
@@ -96,6 +96,6 @@ if ! unpack_cyrus_imapd; then
     echo "  mkdir -p /tmp/cyrus-deb && cd /tmp/cyrus-deb && apt-get download cyrus-imapd=$(dpkg-query -W -f='${Version}' cyrus-common)" >&2
     echo "  dpkg -x /tmp/cyrus-deb/cyrus-imapd_*.deb $PWD/$cyrus_dir" >&2
     echo "  dpkg-query -W -f='\${Version}' cyrus-common >$PWD/$cyrus_dir/VERSION" >&2
-    echo "(never apt-get install cyrus-imapd: it removes dovecot-imapd)" >&2
+    echo "(never install the cyrus-imapd package through apt: it removes dovecot-imapd)" >&2
     exit 1
 fi

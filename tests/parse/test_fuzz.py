@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import re
-import time
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -64,9 +63,8 @@ HEADER_LIKE = [
 
 
 def _check(raw: bytes) -> ParseOutcome:
-    started = time.perf_counter()
+    # What one email may cost in time is measured in benchmarks/bomb_bench.py, not here.
     result = parse_email(raw)
-    assert time.perf_counter() - started < 1.0
     assert isinstance(result, SmsRecord | Skipped | Rejected)
     if isinstance(result, SmsRecord):
         assert re.fullmatch(r"[0-9]{14}", result.date_time)

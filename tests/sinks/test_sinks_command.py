@@ -6,7 +6,6 @@ import dataclasses
 import json
 import os
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -116,10 +115,9 @@ sys.stderr.write("started"); sys.stderr.flush()
 time.sleep(60)
 """
     sink = CommandSink("cmd", python(code), timeout=1.0)
-    start = time.monotonic()
+    # The error says the timeout fired (the program itself would sleep for 60 s).
     with pytest.raises(TemporaryDeliveryError, match="timed out after 1s; process group killed"):
         sink.deliver(SMS, CONTEXT)
-    assert time.monotonic() - start < 10
     child = int(pid_file.read_text())
     wait_until(lambda: not _alive(child), 5, message="the grandchild was killed too")
 
