@@ -19,10 +19,24 @@ GREETING = b"* OK hello\r\n" + b"".join(
 )
 
 
+HELLO = b"a0 HELLO\r\n"
+
+
 class _Echo(socketserver.BaseRequestHandler):
-    """Sends GREETING, then echoes every byte back."""
+    """Waits for the client's first bytes, sends GREETING, then echoes every byte back.
+
+    The client speaks first so that no byte, and so no cut, can reach it before its
+    connect() has returned: a reset that lands between the handshake and connect()'s
+    SO_ERROR check would fail the connect itself.
+    """
 
     def handle(self) -> None:
+        heard = b""
+        with contextlib.suppress(OSError):
+            while len(heard) < len(HELLO) and (chunk := self.request.recv(len(HELLO) - len(heard))):
+                heard += chunk
+        if heard != HELLO:
+            return
         self.request.sendall(GREETING)
         with contextlib.suppress(OSError):
             while data := self.request.recv(65536):
@@ -49,7 +63,10 @@ def proxy() -> Iterator[FaultProxy]:
 
 
 def connect(proxy: FaultProxy, timeout: float = 2.0) -> socket.socket:
-    return socket.create_connection((proxy.host, proxy.port), timeout=timeout)
+    """A connection through the proxy that has said HELLO (the echo server then greets)."""
+    sock = socket.create_connection((proxy.host, proxy.port), timeout=timeout)
+    sock.sendall(HELLO)
+    return sock
 
 
 def read_exactly(sock: socket.socket, size: int) -> bytes:
@@ -76,7 +93,7 @@ def test_forwards_both_ways(proxy: FaultProxy) -> None:
         assert read_exactly(sock, len(GREETING)) == GREETING
         sock.sendall(b"a1 NOOP\r\n")
         assert read_exactly(sock, 9) == b"a1 NOOP\r\n"
-    assert proxy.forwarded["client_to_server"] == 9
+    assert proxy.forwarded["client_to_server"] == len(HELLO) + 9
     assert proxy.forwarded["server_to_client"] == len(GREETING) + 9
 
 
