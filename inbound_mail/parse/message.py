@@ -1,12 +1,19 @@
 """Provider email -> :class:`SmsRecord`, :class:`Skipped` or :class:`Rejected`; pure, no I/O.
 
 :func:`parse_email` never raises: whatever the bytes, it returns one of the three
-outcomes.  The message is parsed once, by mail-parser (``mailparser``); the body
-part is decoded here, because a provider body needs a charset fallback that
-mail-parser does not do.  When mail-parser gives up (MIME nested beyond
-Python's recursion limit) or this module meets an unexpected error, the email
-is rejected ("cannot parse the MIME structure: ...", "internal parser error:
-...") if its From header names a configured sender, else skipped.
+outcomes.  The message is parsed once, by Python's :mod:`email` package; the
+Subject and Date headers are read by mail-parser's own decoders
+(``mailparser.utils.decode_headers``, ``mailparser.dates.parse_mail_date``), the
+very functions ``MailParser`` applies to them.  The whole ``MailParser`` is not
+built: it walks every part to collect attachments, Received chains, address
+lists and defects that nothing here reads, and that walk was two thirds of a
+provider email's parse (``benchmarks/README.md``, "Both cores");
+``tests/parse/test_parse_parity.py`` holds the two to the same outputs.  The
+body part is decoded here, because a provider body needs a charset fallback
+that mail-parser does not do.  When the email package gives up (MIME nested
+beyond Python's recursion limit) or this module meets an unexpected error, the
+email is rejected ("cannot parse the MIME structure: ...", "internal parser
+error: ...") if its From header names a configured sender, else skipped.
 
 Bounded work
     Before mail-parser sees the bytes, :mod:`inbound_mail.parse.limits` reads
@@ -121,7 +128,8 @@ from email.policy import compat32
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-import mailparser
+from mailparser.dates import parse_mail_date
+from mailparser.utils import decode_headers
 
 from ..config.model import ParseOptions
 from ..models import ParseOutcome, Rejected, Skipped, SmsRecord, reject_code_for
@@ -165,11 +173,10 @@ def parse_email(raw: bytes, options: ParseOptions = DEFAULT_OPTIONS) -> ParseOut
     try:
         message = message or email.message_from_bytes(raw)
         neutralise(message)  # only real charsets are decoded, by mail-parser too
-        mail = mailparser.MailParser(message)
-    except Exception as exc:  # mail-parser gave up (e.g. absurd MIME nesting)
+    except Exception as exc:  # the email package gave up (e.g. absurd MIME nesting)
         return _failed(raw, options, f"cannot parse the MIME structure: {_exception_text(exc)}")
     try:
-        return _storable(_parse_mail(mail, options))
+        return _storable(_parse_message(message, options))
     except Exception as exc:  # a bug here must cost one email, never the daemon
         return _failed(raw, options, f"internal parser error: {_exception_text(exc)}")
 
@@ -282,15 +289,14 @@ def sender_matches(from_values: Sequence[Any], senders: Iterable[str]) -> str | 
 # -- the steps ---------------------------------------------------------------------------------
 
 
-def _parse_mail(mail: Any, options: ParseOptions) -> ParseOutcome:
-    message: email.message.Message = mail.message
+def _parse_message(message: email.message.Message, options: ParseOptions) -> ParseOutcome:
     message_id = _clean(message.get("Message-ID"))
     from_values = message.get_all("From", [])
     address, problem, names = _from_address(from_values)
     if address is None or address not in options.senders:
         reason = problem or _not_ours(address or "", names, options)
         return Skipped(reason=reason, sender=address, message_id=message_id)
-    subject = _clean(mail.subject)
+    subject = _clean(decode_headers(message.get_all("Subject")))
     fields = _extract(message)
     if isinstance(fields, str):
         return _rejected(fields, address, message_id, subject)
@@ -309,7 +315,7 @@ def _parse_mail(mail: Any, options: ParseOptions) -> ParseOutcome:
         text=text,
         keyword=_keyword(text) if options.keyword else None,
         message_id=message_id,
-        email_date=_email_date(mail, message),
+        email_date=_email_date(message),
         subject=subject,
         sender=address,
     )
@@ -521,8 +527,11 @@ def _keyword(text: str) -> str | None:
     return match.group(1) if match else None
 
 
-def _email_date(mail: Any, message: email.message.Message) -> str | None:
-    value = mail.date
+def _email_date(message: email.message.Message) -> str | None:
+    """The first Date header as mail-parser reads it (its UTC moment), in ISO-8601 with
+    ``Z``; the raw header when that fails."""
+    raw = next((value for name, value in message.raw_items() if name.lower() == "date"), None)
+    value = parse_mail_date(raw).value
     if isinstance(value, datetime):
         try:
             utc = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
