@@ -10,8 +10,8 @@ Python can decode, under the codec Python has always given them (so decoding of
 real mail does not change).  Anything else is an *unknown charset*: the parser's
 usual fallback (UTF-8, then Windows-1252) applies.
 
-:func:`neutralise` applies the same rule to a parsed message before mail-parser
-sees it: a ``charset`` parameter or an RFC 2047 encoded word naming anything but
+:func:`neutralise` applies the same rule to a parsed message before its body and
+mail-parser's Subject decoder read it: a ``charset`` parameter or an RFC 2047 encoded word naming anything but
 a WHATWG label is renamed to :data:`UNKNOWN`, which no codec answers to.
 """
 

@@ -3,7 +3,8 @@
 A crafted email of 1 MiB once cost 1-37 s of CPU inside the standard library
 and mail-parser (tens of thousands of encoded words, MIME parameters, addresses
 or headers; issue 11).  :mod:`inbound_mail.parse.message` therefore asks two things of
-this module before it hands the bytes to mail-parser:
+this module before the full parse (the :mod:`email` package, then mail-parser's
+header decoders):
 
 1. :func:`scan_headers` reads the top header block only, so that the sender can
    be checked first and mail from anyone else costs almost nothing.  A block

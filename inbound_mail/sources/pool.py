@@ -1,6 +1,6 @@
 """Parsing on every core: a pool of parse processes behind ONE writer.
 
-mail-parser holds the GIL, so ``backfill`` and ``import`` parse in worker
+Parsing holds the GIL (pure Python), so ``backfill`` and ``import`` parse in worker
 processes while the one writer process reads (IMAP FETCH, files), stores and
 acknowledges, in order.  Every durability rule of the inline path holds,
 because only the parse moves:
@@ -20,7 +20,7 @@ because only the parse moves:
 What does not go to the pool: a group under :data:`INLINE_BELOW` emails (the
 daemon's one email per push gets no hop), and an email whose top header block
 names none of the configured senders (mail from another sender is classified
-by the parser's gate from its headers alone, without mail-parser: shipping it
+by the parser's gate from its headers alone, without the full parse: shipping it
 would cost more than that).
 
 Workers are started with ``forkserver`` (never ``fork`` after threads), once
