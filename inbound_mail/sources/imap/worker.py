@@ -73,7 +73,6 @@ __all__ = [
     "AccountState",
     "AccountWorker",
     "IdleOutcome",
-    "imap_errors",
     "reconnect_delay",
 ]
 
@@ -180,7 +179,7 @@ class AccountWorker:
     def run_once(self, options: SyncOptions | None = None) -> list[SyncResult]:
         """Connect, run one pass over every folder, log out.  Raises ImapError."""
         options = options or SyncOptions()
-        with self._session() as (_client, syncer), imap_errors(self.account.name):
+        with self._session() as (_client, syncer), imap_errors(self.account):
             return [syncer.sync(folder, options) for folder in self.account.folders]
 
     # -- daemon mode ---------------------------------------------------------
@@ -188,7 +187,7 @@ class AccountWorker:
         """The thread's body: sessions until ``stop`` is set, backoff between them."""
         while not self.stop.is_set():
             try:
-                with self._session() as (client, syncer), imap_errors(self.account.name):
+                with self._session() as (client, syncer), imap_errors(self.account):
                     self._serve(client, syncer)
             except Exception as exc:  # the worker must outlive every failure
                 self._failed(exc)
