@@ -258,7 +258,8 @@ HOSTILE = "\x1b[1A\x1b[2Kgotcha\x1b]0;pwned\x07 \u202eevil\x9b31m"
 
 def _store_texts(db: Path, texts: list[str], *, reject_raw: bytes | None = None) -> None:
     from inbound_mail.models import EmailOrigin, Rejected, SmsRecord
-    from inbound_mail.store.db import IngestItem, Store
+    from inbound_mail.store.db import Store
+    from inbound_mail.store.rows import IngestItem
 
     items = [
         IngestItem(

@@ -25,7 +25,8 @@ from inbound_mail.errors import PermanentDeliveryError, TemporaryDeliveryError
 from inbound_mail.logs import KeyValueFormatter
 from inbound_mail.models import EmailOrigin, SmsRecord
 from inbound_mail.sinks import DeliveryContext
-from inbound_mail.store.db import IngestItem, Store
+from inbound_mail.store.db import Store
+from inbound_mail.store.rows import IngestItem
 from inbound_mail.testing.wait import wait_until
 from inbound_mail.testing.webhook_receiver import Answer, WebhookReceiver
 

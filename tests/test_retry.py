@@ -26,7 +26,8 @@ from inbound_mail.errors import TemporaryDeliveryError
 from inbound_mail.models import EmailOrigin, SmsRecord
 from inbound_mail.service.daemon import Daemon
 from inbound_mail.sinks import DeliveryContext, DeliveryOutcome
-from inbound_mail.store.db import IngestItem, Store
+from inbound_mail.store.db import Store
+from inbound_mail.store.rows import IngestItem
 from inbound_mail.testing.webhook_receiver import Answer, WebhookReceiver
 from testsupport.mailbox import Mailbox
 

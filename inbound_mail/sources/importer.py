@@ -26,7 +26,8 @@ from ..models import EmailOrigin, ParseOutcome, Rejected, Skipped, SmsRecord, Ta
 from ..parse.authenticity import Deferred, Verifier
 from ..parse.limits import scan_headers
 from ..parse.message import ParseOptions, parse_email, sender_matches
-from ..store.db import IngestItem, IngestResult, Router, Store
+from ..store.db import Store
+from ..store.rows import IngestItem, IngestResult, Router
 from .inflight import iter_recorded, split_crashed, submit_recorded
 from .pool import CHUNK, ParsePool
 

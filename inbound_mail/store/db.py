@@ -42,7 +42,6 @@ from sqlite_utils import Database
 from ..errors import StoreError
 from ..models import EmailOrigin, Rejected, SmsRecord
 from . import schema as q
-from .lock import daemon_lock
 from .rows import (
     BACKLOG_KEYS,
     HEX_DIGITS,
@@ -52,7 +51,6 @@ from .rows import (
     BacklogStatus,
     Checkpoint,
     Delivery,
-    DeliveryStatus,
     IngestBatch,
     IngestItem,
     IngestResult,
@@ -65,22 +63,7 @@ from .rows import (
 )
 from .schema import connect, connect_readonly, rollback, translate_error
 
-__all__ = [
-    "SCHEDULE_KEY",
-    "AttemptOutcome",
-    "AttemptRecord",
-    "Checkpoint",
-    "Delivery",
-    "DeliveryStatus",
-    "IngestItem",
-    "IngestResult",
-    "PendingAck",
-    "RetryResult",
-    "Router",
-    "Store",
-    "daemon_lock",
-    "iso",
-]
+__all__ = ["SCHEDULE_KEY", "RetryResult", "Store"]
 
 
 #: This process's name in the ``parsing`` table: a row left under another name

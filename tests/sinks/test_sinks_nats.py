@@ -19,7 +19,8 @@ from inbound_mail.errors import ConfigError, PermanentDeliveryError, TemporaryDe
 from inbound_mail.models import EmailOrigin, SmsRecord
 from inbound_mail.sinks import BatchSink, Sink, create_sink, record_json
 from inbound_mail.sinks.nats import subject_matches
-from inbound_mail.store.db import IngestItem, Store
+from inbound_mail.store.db import Store
+from inbound_mail.store.rows import IngestItem
 from inbound_mail.testing.wait import wait_until
 from testsupport.nats_server import NatsServer
 

@@ -25,7 +25,8 @@ from inbound_mail.errors import (
 from inbound_mail.models import EmailOrigin, SmsRecord
 from inbound_mail.sinks import BatchSink, create_sink, record_json
 from inbound_mail.sinks.redis import RedisSink
-from inbound_mail.store.db import IngestItem, Store
+from inbound_mail.store.db import Store
+from inbound_mail.store.rows import IngestItem
 from inbound_mail.testing.wait import wait_until
 from testsupport.redis_server import RedisServer
 

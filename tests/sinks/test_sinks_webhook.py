@@ -23,7 +23,8 @@ from inbound_mail.logs import KeyValueFormatter
 from inbound_mail.models import EmailOrigin, SmsRecord
 from inbound_mail.sinks import create_sink, redact_url
 from inbound_mail.sinks.webhook import WebhookSink, parse_retry_after
-from inbound_mail.store.db import IngestItem, Store
+from inbound_mail.store.db import Store
+from inbound_mail.store.rows import IngestItem
 from inbound_mail.testing.wait import wait_until
 from inbound_mail.testing.webhook_receiver import Answer, WebhookReceiver
 from testsupport.certs import make_certificates

@@ -19,7 +19,8 @@ from inbound_mail.parse.message import DEFAULT_OPTIONS
 from inbound_mail.sources.imap.connection import connect
 from inbound_mail.sources.imap.sync import FolderSync
 from inbound_mail.sources.inflight import CRASH_REASON, MAX_PARSE_CRASHES, split_runs
-from inbound_mail.store.db import IngestItem, Store
+from inbound_mail.store.db import Store
+from inbound_mail.store.rows import IngestItem
 from inbound_mail.testing.emails import build_provider_email
 from testsupport.mailbox import Mailbox
 

@@ -21,7 +21,7 @@ from ...faults import fault_point
 from ...models import Tally
 from ...parse.authenticity import Verifier
 from ...parse.message import ParseOptions
-from ...store.db import IngestResult
+from ...store.rows import IngestResult
 from ..pool import ParsePool, auto_workers
 from .connection import imap_errors
 from .sync import FolderSync, SyncOptions, SyncResult

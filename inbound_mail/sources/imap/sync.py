@@ -64,7 +64,8 @@ from ...models import EmailOrigin, ParseOutcome, Rejected, SmsRecord, Tally
 from ...parse.authenticity import Deferred, Verifier
 from ...parse.limits import scan_headers
 from ...parse.message import ParseOptions, sender_matches
-from ...store.db import Checkpoint, IngestItem, IngestResult, PendingAck, Router, Store
+from ...store.db import Store
+from ...store.rows import Checkpoint, IngestItem, IngestResult, PendingAck, Router
 from ..inflight import parse_recorded, split_runs, submit_recorded
 from ..pool import ParsePool
 from .acks import AckRetries, apply_acks

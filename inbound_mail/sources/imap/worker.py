@@ -59,7 +59,8 @@ from ...oauth import TokenSource
 from ...parse.authenticity import Verifier
 from ...parse.message import ParseOptions
 from ...secrets import read_password
-from ...store.db import IngestResult, Router, Store
+from ...store.db import Store
+from ...store.rows import IngestResult, Router
 from ..pool import ParsePool
 from .acks import ACK_RETRY_BASE, AckRetries
 from .connection import connect, imap_errors

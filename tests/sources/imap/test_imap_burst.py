@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from inbound_mail.config.model import AccountConfig
-from inbound_mail.store.db import IngestResult
+from inbound_mail.store.rows import IngestResult
 from inbound_mail.testing.emails import build_provider_email
 from testsupport.mailbox import Mailbox
 
