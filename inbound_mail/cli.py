@@ -452,7 +452,8 @@ def backfill(
             state.config(), request, on_found=found, on_batch=lambda f, r: bar.update(r.read)
         )
     for folder, tally in totals.items():
-        _summary(f"{folder}{' (dry run)' if dry_run else ''}", tally.as_dict())
+        counts = tally.as_dict(deferred_hint="left in the folder: run backfill again later")
+        _summary(f"{folder}{' (dry run)' if dry_run else ''}", counts)
 
 
 # -- what is stored ---------------------------------------------------------------

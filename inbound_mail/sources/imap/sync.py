@@ -135,6 +135,7 @@ class FolderSync:
         self.verifier = verifier
         # (folder, uidvalidity) -> lowest UID deferred in this pass: the checkpoint stays below.
         self._deferred: dict[tuple[str, int], int] = {}
+        self.held_back = 0  # emails deferred so far, each time: what a pass's tally counts
         self.account = account
         self.store = store
         self.parse_options = parse_options
@@ -201,10 +202,9 @@ class FolderSync:
             for chunk in self._chunks(uids):
                 if self.should_stop():
                     break
+                held = self.held_back
                 batch = self._fetch_and_store(folder, result.uidvalidity, chunk, options, readonly)
-                result.tally.add(
-                    len(batch.new), len(batch.duplicates), batch.skipped, batch.rejected
-                )
+                result.tally.add_batch(batch, deferred=self.held_back - held)
 
     # -- steps -------------------------------------------------------------
     def _apply_owed_acks(self, folder: str, uidvalidity: int) -> int:
@@ -349,6 +349,7 @@ class FolderSync:
         # Recorded in flight, parsed, then held back: no crash to count at a restart.
         kept = {item.origin for item in checked}
         held = [item.origin for item in items if item.origin not in kept]
+        self.held_back += len(held)
         items = checked
         if options.dry_run:
             return _dry_result(items)
