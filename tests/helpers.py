@@ -20,7 +20,9 @@ import pytest
 
 from inbound_mail.config.model import AccountConfig
 from inbound_mail.config.reader import load_config
+from inbound_mail.models import SmsRecord
 from inbound_mail.service.daemon import Daemon
+from inbound_mail.testing.emails import build_provider_email
 from inbound_mail.testing.toml import toml_value
 from inbound_mail.testing.wait import wait_until
 
@@ -241,3 +243,35 @@ class NotifyListener:
 
     def close(self) -> None:
         self.sock.close()
+
+
+# -- factories: one numbered SMS record or provider email ---------------------------------
+DESTINATION = "+393331234333"
+
+
+def record(
+    i: int = 0, text: str | None = None, *, word: str = "message", **fields: Any
+) -> SmsRecord:
+    """SMS record number ``i``: its originator ends in ``i``, its text is ``"{word} {i}"``
+    unless ``text`` is given; ``fields`` set any other field of :class:`SmsRecord`."""
+    values: dict[str, Any] = {
+        "originator": f"+3933000{i:05d}",
+        "destination": DESTINATION,
+        "date_time": "20250525154559",
+        "received_at": "2025-05-25T13:45:59Z",
+        "text": text if text is not None else f"{word} {i}",
+    }
+    return SmsRecord(**(values | fields))
+
+
+def sink_record(i: int = 0, text: str | None = None) -> SmsRecord:
+    """What the sink tests send: :func:`record` with a Message-ID, text ``"News ON {i}"``."""
+    return record(i, text, word="News ON", message_id=f"<m{i}@example.com>")
+
+
+def provider_email(n: int, word: str = "sms", **kwargs: Any) -> bytes:
+    """Provider email number ``n``: from ``+39347`` and ``n``, text ``"{word} {n}"``;
+    ``kwargs`` go to :func:`~inbound_mail.testing.emails.build_provider_email`."""
+    return build_provider_email(
+        f"+39347{n:07d}", DESTINATION, "20240501120000", f"{word} {n}", **kwargs
+    )

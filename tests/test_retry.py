@@ -31,20 +31,10 @@ from inbound_mail.store.rows import IngestItem
 from inbound_mail.testing.webhook_receiver import Answer, WebhookReceiver
 from testsupport.mailbox import Mailbox
 
-from helpers import DaemonProcess, wait_until, write_config
+from helpers import DaemonProcess, record, wait_until, write_config
 
 HOUR = RetryPolicy(retry_base=3600.0, retry_cap=3600.0, max_attempts=100, max_age=7 * 86400)
 FAST_ACCOUNT = {"idle_deadline": 5.0, "connect_timeout": 5.0, "poll_interval": 1.0}
-
-
-def record(i: int) -> SmsRecord:
-    return SmsRecord(
-        originator=f"+3933000{i:05d}",
-        destination="+393331234333",
-        date_time="20250525154559",
-        received_at="2025-05-25T13:45:59Z",
-        text=f"message {i}",
-    )
 
 
 def queue(db: Path, n: int, sinks: tuple[str, ...] = ("hook",), start: int = 0) -> None:

@@ -24,20 +24,11 @@ from inbound_mail.store.rows import IngestItem
 from inbound_mail.testing.wait import wait_until
 from testsupport.nats_server import NatsServer
 
+from helpers import sink_record as record
+
 CONTEXT = AttemptContext(delivery_id=1, attempt=1)
 FAST = RetryPolicy(retry_base=0.05, retry_cap=0.5, max_attempts=1000, max_age=3600)
 _keys = itertools.count()
-
-
-def record(i: int = 0, text: str | None = None) -> SmsRecord:
-    return SmsRecord(
-        originator=f"+3933000{i:05d}",
-        destination="+393331234333",
-        date_time="20250525154559",
-        received_at="2025-05-25T13:45:59Z",
-        text=text if text is not None else f"News ON {i}",
-        message_id=f"<m{i}@example.com>",
-    )
 
 
 def new_stream(server: NatsServer, window: float = 120.0) -> tuple[str, str]:

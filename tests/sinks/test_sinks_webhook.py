@@ -29,22 +29,12 @@ from inbound_mail.testing.wait import wait_until
 from inbound_mail.testing.webhook_receiver import Answer, WebhookReceiver
 from testsupport.certs import make_certificates
 
+from helpers import sink_record as record
+
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 CONTEXT = AttemptContext(delivery_id=1, attempt=1)
 FAST = RetryPolicy(retry_base=0.05, retry_cap=0.5, max_attempts=100, max_age=3600)
 _keys = itertools.count()
-
-
-def record(i: int = 0, text: str | None = None) -> SmsRecord:
-    return SmsRecord(
-        originator=f"+3933000{i:05d}",
-        destination="+393331234333",
-        date_time="20250525154559",
-        received_at="2025-05-25T13:45:59Z",
-        text=text if text is not None else f"News ON {i}",
-        keyword=None,
-        message_id=f"<m{i}@example.com>",
-    )
 
 
 def queue(db: Path, records: Sequence[SmsRecord], sink: str = "hook") -> None:
