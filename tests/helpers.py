@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import socket
@@ -18,10 +19,14 @@ from typing import Any
 
 import pytest
 
-from inbound_mail.config.model import AccountConfig
+from inbound_mail.config.model import AccountConfig, SinkConfig
 from inbound_mail.config.reader import load_config
-from inbound_mail.models import SmsRecord
+from inbound_mail.errors import ConfigError
+from inbound_mail.models import EmailOrigin, SmsRecord
 from inbound_mail.service.daemon import Daemon
+from inbound_mail.sinks import create_sink
+from inbound_mail.store.db import Store
+from inbound_mail.store.rows import IngestItem
 from inbound_mail.testing.emails import build_provider_email
 from inbound_mail.testing.toml import toml_value
 from inbound_mail.testing.wait import wait_until
@@ -275,3 +280,40 @@ def provider_email(n: int, word: str = "sms", **kwargs: Any) -> bytes:
     return build_provider_email(
         f"+39347{n:07d}", DESTINATION, "20240501120000", f"{word} {n}", **kwargs
     )
+
+
+# -- the outbox of one sink --------------------------------------------------------------
+_keys = itertools.count()
+
+
+def queue(db: Path, records: Sequence[SmsRecord], sink: str = "bus") -> None:
+    """Store ``records`` (each from a new origin) and queue each for ``sink``."""
+    items = [
+        IngestItem(b"raw", r, EmailOrigin(kind="eml", path="x", key=str(next(_keys))))
+        for r in records
+    ]
+    with Store.open(db) as store:
+        store.ingest(items, route=lambda r: [sink])
+
+
+def statuses(db: Path, sink: str = "bus") -> list[str]:
+    """The status of each delivery to ``sink``, in id order."""
+    with Store.open(db) as store:
+        return [r["status"] for r in store.deliveries(sink=sink)]
+
+
+def last_errors(db: Path, sink: str = "bus") -> list[str]:
+    """The last error of each delivery to ``sink``, in id order."""
+    with Store.open(db) as store:
+        return [r["last_error"] for r in store.deliveries(sink=sink)]
+
+
+# -- sink options ------------------------------------------------------------------------
+def assert_bad_option(sink_type: str, options: dict[str, Any], key: str, problem: str) -> None:
+    """The ConfigError names the file, the sink's key and the problem."""
+    options = {k: v for k, v in options.items() if v is not None}
+    config = SinkConfig(name="bus", type=sink_type, options=options, file="/etc/im.toml", index=1)
+    with pytest.raises(ConfigError) as caught:
+        create_sink(config)
+    assert f"sinks[1].{key}" in str(caught.value) and "/etc/im.toml" in str(caught.value)
+    assert problem in str(caught.value)

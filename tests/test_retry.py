@@ -56,13 +56,6 @@ def invoke(config: Path, *args: str) -> Result:
 
 
 @pytest.fixture
-def db(tmp_path: Path) -> Path:
-    path = tmp_path / "inbound.db"
-    Store.open(path).close()
-    return path
-
-
-@pytest.fixture
 def receiver() -> Iterator[WebhookReceiver]:
     with WebhookReceiver() as server:
         yield server
