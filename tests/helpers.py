@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import pwd
 import signal
 import socket
 import sqlite3
@@ -317,3 +318,30 @@ def assert_bad_option(sink_type: str, options: dict[str, Any], key: str, problem
         create_sink(config)
     assert f"sinks[1].{key}" in str(caught.value) and "/etc/im.toml" in str(caught.value)
     assert problem in str(caught.value)
+
+
+# -- harness ---------------------------------------------------------------------------
+def run_unprivileged(script: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    """Run ``python -c script ROOT`` (ROOT: ``tmp_path/server``) as ``nobody`` when we
+    are root, else as ourselves: a harness must work for either."""
+    root = tmp_path / "server"
+    argv = [sys.executable, "-c", script, str(root)]
+    if os.geteuid() == 0:
+        nobody = pwd.getpwnam("nobody")
+        root.mkdir()
+        os.chown(root, nobody.pw_uid, nobody.pw_gid)
+        # As nobody (which Cyrus then runs as: cyrus_user).  CAP_DAC_READ_SEARCH only
+        # lets it reach the interpreter and this checkout (which may sit under /root);
+        # everything it writes is its own.
+        capability = "+dac_read_search"
+        argv = [
+            "setpriv",
+            f"--reuid={nobody.pw_uid}",
+            f"--regid={nobody.pw_gid}",
+            "--clear-groups",
+            f"--inh-caps={capability}",
+            f"--ambient-caps={capability}",
+            *argv,
+        ]
+    environment = {**os.environ, "HOME": str(tmp_path)}
+    return subprocess.run(argv, capture_output=True, text=True, timeout=120, env=environment)

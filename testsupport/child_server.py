@@ -13,20 +13,19 @@ from __future__ import annotations
 import shutil
 import signal
 from pathlib import Path
-from types import TracebackType
-from typing import ClassVar, Self
+from typing import ClassVar
 
 from inbound_mail.testing.wait import wait_until
 
 from . import HarnessError
-from .process import ProcessGroup
+from .process import ProcessGroup, Started
 
 __all__ = ["ChildServer"]
 
 _START_TIMEOUT = 30.0
 
 
-class ChildServer:
+class ChildServer(Started):
     """The base of :class:`~testsupport.redis_server.RedisServer` and
     :class:`~testsupport.nats_server.NatsServer` (see the module doc)."""
 
@@ -86,18 +85,6 @@ class ChildServer:
 
     def close(self) -> None:
         self.stop()
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def log_tail(self, lines: int = 30) -> str:
         try:

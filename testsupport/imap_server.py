@@ -20,15 +20,14 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
-from types import TracebackType
-from typing import Any, ClassVar, Self
+from typing import Any, ClassVar
 
 import imapclient
 
 from inbound_mail.config.model import AccountConfig, TlsMode
 
 from . import HarnessError
-from .process import ProcessGroup, free_ports
+from .process import ProcessGroup, Started, free_ports
 
 __all__ = ["ImapServer", "PortTaken", "append_message"]
 
@@ -39,7 +38,7 @@ class PortTaken(HarnessError):
     """The server could not bind a port we picked: someone took it meanwhile."""
 
 
-class ImapServer:
+class ImapServer(Started):
     """The base of :class:`~testsupport.dovecot.DovecotServer` and
     :class:`~testsupport.cyrus.CyrusServer` (see the module doc)."""
 
@@ -142,18 +141,6 @@ class ImapServer:
         self.stop()
         if self._cleanup is not None:
             self._cleanup()
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     # -- users and accounts ------------------------------------------------------------
 
