@@ -35,7 +35,8 @@ from _common import child_report
 
 from inbound_mail.config.model import SinkConfig
 from inbound_mail.models import EmailOrigin, SmsRecord
-from inbound_mail.store.db import IngestItem, Store
+from inbound_mail.store.db import Store
+from inbound_mail.store.rows import IngestItem
 
 SECRET = "whsec_" + base64.b64encode(b"inbound-mail benchmark key 32 b!").decode()
 SINK = "bench"

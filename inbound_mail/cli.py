@@ -22,6 +22,7 @@ from .config.model import Config
 from .config.reader import default_config_path, load_config
 from .errors import InboundMailError
 from .logs import setup_logging
+from .models import REJECT_CODES
 from .output import FORMATS, escape_control, is_terminal, write_rows
 from .sources.importer import DEFAULT_BATCH
 
@@ -452,7 +453,8 @@ def backfill(
             state.config(), request, on_found=found, on_batch=lambda f, r: bar.update(r.read)
         )
     for folder, tally in totals.items():
-        _summary(f"{folder}{' (dry run)' if dry_run else ''}", tally.as_dict())
+        counts = tally.as_dict(deferred_hint="left in the folder: run backfill again later")
+        _summary(f"{folder}{' (dry run)' if dry_run else ''}", counts)
 
 
 # -- what is stored ---------------------------------------------------------------
@@ -485,6 +487,22 @@ def messages(
         write_rows(rows, fmt, sys.stdout, columns=MESSAGE_COLUMNS, raw=raw)
 
 
+def _reject_codes(
+    _ctx: click.Context, param: click.Parameter, values: tuple[str, ...]
+) -> tuple[str, ...]:
+    """``--code a --code b,c`` as ``("a", "b", "c")``; a code ``models`` does not know is
+    a usage error that lists the valid ones."""
+    codes = tuple(code.strip() for value in values for code in value.split(",") if code.strip())
+    unknown = [code for code in codes if code not in REJECT_CODES]
+    if unknown:
+        raise click.BadParameter(
+            f"unknown reject code {', '.join(map(repr, unknown))}; "
+            f"valid codes: {', '.join(REJECT_CODES)}",
+            param=param,
+        )
+    return codes
+
+
 @cli.command()
 @click.option("--show", "show_id", type=int, help="Print one reject's reason and raw email.")
 @click.option(
@@ -492,6 +510,16 @@ def messages(
     "release_id",
     type=int,
     help="Accept one reject after looking at it: store and deliver its SMS, once.",
+)
+@click.option(
+    "--code",
+    "codes",
+    multiple=True,
+    callback=_reject_codes,
+    metavar="CODE",
+    help="Only rejects with this code (repeatable, or a comma list): "
+    + ", ".join(REJECT_CODES)
+    + ".",
 )
 @click.option("--limit", type=click.IntRange(min=1))
 @format_option
@@ -501,6 +529,7 @@ def rejects(
     state: _State,
     show_id: int | None,
     release_id: int | None,
+    codes: tuple[str, ...],
     limit: int | None,
     fmt: str,
     raw: bool,
@@ -529,7 +558,7 @@ def rejects(
         return
     with Store.open_readonly(state.config().database.path) as store:
         if show_id is None:
-            rows = store.rejects(limit=limit)
+            rows = store.rejects(limit=limit, codes=codes)
             write_rows(rows, fmt, sys.stdout, columns=REJECT_COLUMNS, raw=raw)
             return
         reject = store.get_reject(show_id)

@@ -60,7 +60,8 @@ from .faults import fault_point
 from .logs import log_event
 from .models import SmsRecord
 from .sinks import BatchSink, Sink, create_sink
-from .store.db import AttemptOutcome, AttemptRecord, Delivery, Store
+from .store.db import Store
+from .store.rows import AttemptOutcome, AttemptRecord, Delivery
 
 __all__ = [
     "AttemptContext",

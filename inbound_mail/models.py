@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Sized
 from dataclasses import asdict, dataclass
-from typing import Any, Literal, get_args
+from typing import Any, Literal, Protocol, get_args
 
 __all__ = [
     "DEDUP_FIELDS",
     "REJECT_CODES",
+    "Batch",
+    "Counted",
     "EmailOrigin",
     "ParseOutcome",
     "RejectCode",
@@ -196,35 +199,56 @@ class EmailOrigin:
         return f"{self.kind}:{self.path}{suffix}"
 
 
+Counted = Literal["new", "duplicates", "skipped", "rejected", "deferred"]
+"""What became of one email, as a :class:`Tally` counts it: ``deferred`` is not stored,
+since its authenticity verdict must wait (DNS failure)."""
+
+
+class Batch(Protocol):
+    """What a store transaction reports (``store.rows.IngestResult`` is one)."""
+
+    @property
+    def new(self) -> Sized: ...
+    @property
+    def duplicates(self) -> Sized: ...
+    @property
+    def skipped(self) -> int: ...
+    @property
+    def rejected(self) -> int: ...
+
+
 @dataclass(slots=True)
 class Tally:
-    """Running counts over many batches (kept as numbers, so memory stays flat)."""
+    """Running counts over many batches (kept as numbers, so memory stays flat): the one
+    summary of ``import``, ``backfill`` and a sync pass."""
 
     new: int = 0
     duplicates: int = 0
     skipped: int = 0
     rejected: int = 0
-    deferred: int = 0  # not stored: the authenticity verdict must wait (DNS failure)
+    deferred: int = 0
 
     @property
     def read(self) -> int:
         return self.new + self.duplicates + self.skipped + self.rejected + self.deferred
 
-    def add(
-        self,
-        new: int = 0,
-        duplicates: int = 0,
-        skipped: int = 0,
-        rejected: int = 0,
-        deferred: int = 0,
-    ) -> None:
-        self.new += new
-        self.duplicates += duplicates
-        self.skipped += skipped
-        self.rejected += rejected
-        self.deferred += deferred
+    def add(self, outcome: Counted, count: int = 1) -> None:
+        """Count ``count`` emails that became ``outcome``."""
+        setattr(self, outcome, getattr(self, outcome) + count)
 
-    def as_dict(self) -> dict[str, int]:
+    def add_batch(self, batch: Batch, *, deferred: int = 0) -> None:
+        """Count what one store transaction did, plus ``deferred`` emails held back from it."""
+        self.merge(
+            Tally(len(batch.new), len(batch.duplicates), batch.skipped, batch.rejected, deferred)
+        )
+
+    def merge(self, other: Tally) -> None:
+        for outcome in get_args(Counted):
+            self.add(outcome, getattr(other, outcome))
+
+    def as_dict(self, *, deferred_hint: str = "import them again later") -> dict[str, int]:
+        """The summary line's counts; ``deferred`` only when there are some (the usual
+        summary stays as it was), with ``deferred_hint`` saying how to pick them up."""
         counts = {
             "read": self.read,
             "new": self.new,
@@ -232,6 +256,6 @@ class Tally:
             "skipped": self.skipped,
             "rejected": self.rejected,
         }
-        if self.deferred:  # only then: the usual summary stays as it was
-            counts["deferred (DNS failed: import them again later)"] = self.deferred
+        if self.deferred:
+            counts[f"deferred (DNS failed: {deferred_hint})"] = self.deferred
         return counts

@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from inbound_mail.store.db import Store
 from testsupport.cyrus import CyrusServer
 from testsupport.dkim import DkimKey
 from testsupport.dns import DnsServer
@@ -155,3 +157,11 @@ def oauth_server(_oauth_session: tuple[OAuthServer, DovecotServer]) -> Iterator[
 def oauth_dovecot(_oauth_session: tuple[OAuthServer, DovecotServer]) -> DovecotServer:
     """A Dovecot whose oauth2 passdb introspects tokens at ``oauth_server``."""
     return _oauth_session[1]
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Path:
+    """An empty store's path (``test_cli`` has its own ``db``: a path not created yet)."""
+    path = tmp_path / "inbound.db"
+    Store.open(path).close()
+    return path

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import os
+import pwd
 import signal
 import socket
 import sqlite3
@@ -18,9 +20,15 @@ from typing import Any
 
 import pytest
 
-from inbound_mail.config.model import AccountConfig
+from inbound_mail.config.model import AccountConfig, SinkConfig
 from inbound_mail.config.reader import load_config
+from inbound_mail.errors import ConfigError
+from inbound_mail.models import EmailOrigin, SmsRecord
 from inbound_mail.service.daemon import Daemon
+from inbound_mail.sinks import create_sink
+from inbound_mail.store.db import Store
+from inbound_mail.store.rows import IngestItem
+from inbound_mail.testing.emails import build_provider_email
 from inbound_mail.testing.toml import toml_value
 from inbound_mail.testing.wait import wait_until
 
@@ -241,3 +249,99 @@ class NotifyListener:
 
     def close(self) -> None:
         self.sock.close()
+
+
+# -- factories: one numbered SMS record or provider email ---------------------------------
+DESTINATION = "+393331234333"
+
+
+def record(
+    i: int = 0, text: str | None = None, *, word: str = "message", **fields: Any
+) -> SmsRecord:
+    """SMS record number ``i``: its originator ends in ``i``, its text is ``"{word} {i}"``
+    unless ``text`` is given; ``fields`` set any other field of :class:`SmsRecord`."""
+    values: dict[str, Any] = {
+        "originator": f"+3933000{i:05d}",
+        "destination": DESTINATION,
+        "date_time": "20250525154559",
+        "received_at": "2025-05-25T13:45:59Z",
+        "text": text if text is not None else f"{word} {i}",
+    }
+    return SmsRecord(**(values | fields))
+
+
+def sink_record(i: int = 0, text: str | None = None) -> SmsRecord:
+    """What the sink tests send: :func:`record` with a Message-ID, text ``"News ON {i}"``."""
+    return record(i, text, word="News ON", message_id=f"<m{i}@example.com>")
+
+
+def provider_email(n: int, word: str = "sms", **kwargs: Any) -> bytes:
+    """Provider email number ``n``: from ``+39347`` and ``n``, text ``"{word} {n}"``;
+    ``kwargs`` go to :func:`~inbound_mail.testing.emails.build_provider_email`."""
+    return build_provider_email(
+        f"+39347{n:07d}", DESTINATION, "20240501120000", f"{word} {n}", **kwargs
+    )
+
+
+# -- the outbox of one sink --------------------------------------------------------------
+_keys = itertools.count()
+
+
+def queue(db: Path, records: Sequence[SmsRecord], sink: str = "bus") -> None:
+    """Store ``records`` (each from a new origin) and queue each for ``sink``."""
+    items = [
+        IngestItem(b"raw", r, EmailOrigin(kind="eml", path="x", key=str(next(_keys))))
+        for r in records
+    ]
+    with Store.open(db) as store:
+        store.ingest(items, route=lambda r: [sink])
+
+
+def statuses(db: Path, sink: str = "bus") -> list[str]:
+    """The status of each delivery to ``sink``, in id order."""
+    with Store.open(db) as store:
+        return [r["status"] for r in store.deliveries(sink=sink)]
+
+
+def last_errors(db: Path, sink: str = "bus") -> list[str]:
+    """The last error of each delivery to ``sink``, in id order."""
+    with Store.open(db) as store:
+        return [r["last_error"] for r in store.deliveries(sink=sink)]
+
+
+# -- sink options ------------------------------------------------------------------------
+def assert_bad_option(sink_type: str, options: dict[str, Any], key: str, problem: str) -> None:
+    """The ConfigError names the file, the sink's key and the problem."""
+    options = {k: v for k, v in options.items() if v is not None}
+    config = SinkConfig(name="bus", type=sink_type, options=options, file="/etc/im.toml", index=1)
+    with pytest.raises(ConfigError) as caught:
+        create_sink(config)
+    assert f"sinks[1].{key}" in str(caught.value) and "/etc/im.toml" in str(caught.value)
+    assert problem in str(caught.value)
+
+
+# -- harness ---------------------------------------------------------------------------
+def run_unprivileged(script: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    """Run ``python -c script ROOT`` (ROOT: ``tmp_path/server``) as ``nobody`` when we
+    are root, else as ourselves: a harness must work for either."""
+    root = tmp_path / "server"
+    argv = [sys.executable, "-c", script, str(root)]
+    if os.geteuid() == 0:
+        nobody = pwd.getpwnam("nobody")
+        root.mkdir()
+        os.chown(root, nobody.pw_uid, nobody.pw_gid)
+        # As nobody (which Cyrus then runs as: cyrus_user).  CAP_DAC_READ_SEARCH only
+        # lets it reach the interpreter and this checkout (which may sit under /root);
+        # everything it writes is its own.
+        capability = "+dac_read_search"
+        argv = [
+            "setpriv",
+            f"--reuid={nobody.pw_uid}",
+            f"--regid={nobody.pw_gid}",
+            "--clear-groups",
+            f"--inh-caps={capability}",
+            f"--ambient-caps={capability}",
+            *argv,
+        ]
+    environment = {**os.environ, "HOME": str(tmp_path)}
+    return subprocess.run(argv, capture_output=True, text=True, timeout=120, env=environment)

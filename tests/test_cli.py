@@ -156,6 +156,30 @@ def test_rejects_list_and_show(db: Path) -> None:
     assert missing.exit_code == 1 and "no reject with id 999999" in missing.output
 
 
+def test_rejects_code_filters_on_the_stored_code(db: Path) -> None:
+    invoke("--db", str(db), "import", *WHOLE, str(FIXTURES))
+    listed = json.loads(invoke("--db", str(db), "rejects", "--format", "json").output)
+    codes = sorted({r["code"] for r in listed})
+    assert len(codes) >= 2, codes  # the fixtures reject for more than one reason
+    first, rest = codes[0], codes[1:]
+    only = json.loads(
+        invoke("--db", str(db), "rejects", "--code", first, "--format", "json").output
+    )
+    assert only == [r for r in listed if r["code"] == first]
+    both = invoke("--db", str(db), "rejects", "--code", ",".join(rest), "--code", first,
+                  "--format", "json")  # fmt: skip
+    assert json.loads(both.output) == listed
+    none = invoke("--db", str(db), "rejects", "--code", "parser_crash", "--format", "json")
+    assert json.loads(none.output) == []
+
+
+def test_rejects_code_refuses_an_unknown_code_and_lists_the_valid_ones(db: Path) -> None:
+    result = invoke("--db", str(db), "rejects", "--code", "missing_field,no_such_code")
+    assert result.exit_code == 2
+    assert "unknown reject code 'no_such_code'" in result.output
+    assert "missing_field" in result.output and "invalid_date_time" in result.output
+
+
 def test_parse_prints_the_record_and_writes_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -258,7 +282,8 @@ HOSTILE = "\x1b[1A\x1b[2Kgotcha\x1b]0;pwned\x07 \u202eevil\x9b31m"
 
 def _store_texts(db: Path, texts: list[str], *, reject_raw: bytes | None = None) -> None:
     from inbound_mail.models import EmailOrigin, Rejected, SmsRecord
-    from inbound_mail.store.db import IngestItem, Store
+    from inbound_mail.store.db import Store
+    from inbound_mail.store.rows import IngestItem
 
     items = [
         IngestItem(

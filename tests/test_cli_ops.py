@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import tempfile
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,7 @@ from click.testing import CliRunner, Result
 from inbound_mail.cli import cli
 from inbound_mail.testing.emails import build_provider_email
 
-from helpers import UNCHECKED_PARSE
+from helpers import UNCHECKED_PARSE, provider_email
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 NUMBER = "+393331234333"
@@ -186,8 +187,7 @@ def test_run_with_a_config_without_accounts_names_the_file(tmp_path: Path) -> No
 
 
 # -- item 7: one unreadable path never costs the rest --------------------------------------
-def _sms(n: int) -> bytes:
-    return build_provider_email(f"+39347{n:07d}", NUMBER, "20240501120000", f"sms {n}")
+sms = partial(provider_email, word="sms")
 
 
 def _imported(db: Path) -> int:
@@ -200,11 +200,11 @@ def _imported(db: Path) -> int:
 def test_import_reports_links_that_loop_or_dangle_and_imports_the_rest(tmp_path: Path) -> None:
     root = tmp_path / "export"
     (root / "b").mkdir(parents=True)
-    (root / "a.eml").write_bytes(_sms(1))
-    (root / "b" / "c.eml").write_bytes(_sms(2))
+    (root / "a.eml").write_bytes(sms(1))
+    (root / "b" / "c.eml").write_bytes(sms(2))
     (root / "b" / "loop.eml").symlink_to(root / "b" / "loop.eml")
     (root / "dangling.eml").symlink_to(root / "gone.eml")
-    (root / "z.eml").write_bytes(_sms(3))
+    (root / "z.eml").write_bytes(sms(3))
     db = tmp_path / "sms.db"
     result = invoke("--db", str(db), "import", str(root))
     assert result.exit_code == 1, result.output
@@ -228,7 +228,7 @@ def test_import_skips_fifos_instead_of_hanging_on_them(tmp_path: Path) -> None:
     folder = tmp_path / "folder"
     folder.mkdir()
     os.mkfifo(folder / "also-a-pipe")
-    (folder / "a.eml").write_bytes(_sms(1))
+    (folder / "a.eml").write_bytes(sms(1))
     db = tmp_path / "sms.db"
     done = subprocess.run(
         [sys.executable, "-m", "inbound_mail", "--db", str(db), "import", str(fifo), str(folder)],
@@ -256,10 +256,10 @@ def test_import_as_a_user_who_cannot_list_a_folder_imports_the_rest() -> None:
         top.chmod(0o777)
         export = top / "export"
         (export / "secret").mkdir(parents=True)
-        (export / "a.eml").write_bytes(_sms(1))
-        (export / "secret" / "b.eml").write_bytes(_sms(2))
-        (export / "unreadable.eml").write_bytes(_sms(3))
-        (export / "z.eml").write_bytes(_sms(4))
+        (export / "a.eml").write_bytes(sms(1))
+        (export / "secret" / "b.eml").write_bytes(sms(2))
+        (export / "unreadable.eml").write_bytes(sms(3))
+        (export / "z.eml").write_bytes(sms(4))
         (export / "secret").chmod(0o000)
         (export / "unreadable.eml").chmod(0o000)
         db = top / "sms.db"
@@ -296,7 +296,7 @@ def test_import_progress_moves_per_email_not_per_transaction(tmp_path: Path) -> 
     from inbound_mail.store.db import Store
 
     events: list[str] = []
-    emails = [(_sms(n), EmailOrigin("eml", path=f"/x/{n}.eml")) for n in range(5)]
+    emails = [(sms(n), EmailOrigin("eml", path=f"/x/{n}.eml")) for n in range(5)]
     with Store.open(tmp_path / "sms.db") as store:
         import_emails(
             emails,
@@ -322,7 +322,7 @@ def test_ctrl_c_during_import_commits_what_was_read_and_a_rerun_completes(
     mbox = tmp_path / "big.mbox"
     with mbox.open("wb") as out:
         for n in range(total):
-            out.write(b"From x\n" + _sms(n).replace(b"\r\n", b"\n") + b"\n")
+            out.write(b"From x\n" + sms(n).replace(b"\r\n", b"\n") + b"\n")
     db = tmp_path / "sms.db"
     argv = [sys.executable, "-m", "inbound_mail", "--db", str(db), "import"]
     proc = subprocess.Popen(
@@ -362,7 +362,7 @@ def _count_or_zero(db: Path) -> int:
 def test_parse_on_an_mbox_says_how_many_emails_and_parses_the_first(tmp_path: Path) -> None:
     mbox = tmp_path / "export.mbox"
     mbox.write_bytes(
-        b"".join(b"From x\n" + _sms(n).replace(b"\r\n", b"\n") + b"\n" for n in (1, 2, 3))
+        b"".join(b"From x\n" + sms(n).replace(b"\r\n", b"\n") + b"\n" for n in (1, 2, 3))
     )
     result = CliRunner().invoke(cli, ["parse", str(mbox)])
     assert result.exit_code == 0, result.output

@@ -25,22 +25,15 @@ from inbound_mail.errors import PermanentDeliveryError, TemporaryDeliveryError
 from inbound_mail.logs import KeyValueFormatter
 from inbound_mail.models import EmailOrigin, SmsRecord
 from inbound_mail.sinks import DeliveryContext
-from inbound_mail.store.db import IngestItem, Store
+from inbound_mail.store.db import Store
+from inbound_mail.store.rows import IngestItem
 from inbound_mail.testing.wait import wait_until
 from inbound_mail.testing.webhook_receiver import Answer, WebhookReceiver
 
+from helpers import record
+
 FAST = RetryPolicy(retry_base=0.05, retry_cap=0.5, max_attempts=100, max_age=3600)
 _keys = itertools.count()
-
-
-def record(i: int, destination: str = "+393331234333") -> SmsRecord:
-    return SmsRecord(
-        originator=f"+3933000{i:05d}",
-        destination=destination,
-        date_time="20250525154559",
-        received_at="2025-05-25T13:45:59Z",
-        text=f"message {i}",
-    )
 
 
 def queue(db: Path, records: Sequence[SmsRecord], route: Callable[[SmsRecord], Any]) -> None:
@@ -72,13 +65,6 @@ class Running:
         self.stop.set()
         self.thread.join(timeout)
         assert not self.thread.is_alive(), "the worker did not stop"
-
-
-@pytest.fixture
-def db(tmp_path: Path) -> Path:
-    path = tmp_path / "inbound.db"
-    Store.open(path).close()
-    return path
 
 
 @pytest.fixture
@@ -133,9 +119,9 @@ def test_router_routes_by_destination(db: Path) -> None:
         SinkConfig(name="archive", type="jsonl"),
     ]
     route = make_router(sinks)
-    assert route(record(1, "+39111")) == ["sales", "archive"]
-    assert route(record(2, "+39333")) == ["archive"]
-    queue(db, [record(1, "+39111"), record(2, "+39222")], route)
+    assert route(record(1, destination="+39111")) == ["sales", "archive"]
+    assert route(record(2, destination="+39333")) == ["archive"]
+    queue(db, [record(1, destination="+39111"), record(2, destination="+39222")], route)
     assert [r["destination"] for r in rows(db, "sales")] == ["+39111"]
     assert [r["destination"] for r in rows(db, "support")] == ["+39222"]
     assert len(rows(db, "archive")) == 2

@@ -7,7 +7,8 @@ import re
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from inbound_mail.models import DEDUP_FIELDS, SmsRecord, dedup_id
+from inbound_mail.models import DEDUP_FIELDS, SmsRecord, Tally, dedup_id
+from inbound_mail.store.rows import IngestResult
 
 FIELD = st.text(max_size=12)  # includes lone surrogates: the id must not fail on them
 TUPLES = st.tuples(FIELD, FIELD, FIELD, FIELD)
@@ -85,3 +86,22 @@ def test_id_ignores_email_metadata(
     )
     assert plain.id == dressed.id == dedup_id(*fields)
     assert dressed.to_dict()["id"] == plain.id
+
+
+def test_a_tally_counts_outcomes_batches_and_other_tallies() -> None:
+    tally = Tally()
+    tally.add("new")
+    tally.add("rejected", 2)
+    batch = IngestResult(new=[], duplicates=[], skipped=3, rejected=1)
+    tally.add_batch(batch, deferred=4)
+    other = Tally(new=1, duplicates=1)
+    tally.merge(other)
+    assert tally == Tally(new=2, duplicates=1, skipped=3, rejected=3, deferred=4)
+    assert tally.read == 13
+    assert other == Tally(new=1, duplicates=1), "merge leaves the other tally alone"
+
+
+def test_a_tally_shows_deferred_only_when_there_are_some() -> None:
+    assert "deferred" not in " ".join(Tally(new=1).as_dict())
+    counts = Tally(deferred=2).as_dict(deferred_hint="try later")
+    assert counts["deferred (DNS failed: try later)"] == 2

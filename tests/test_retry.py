@@ -26,24 +26,15 @@ from inbound_mail.errors import TemporaryDeliveryError
 from inbound_mail.models import EmailOrigin, SmsRecord
 from inbound_mail.service.daemon import Daemon
 from inbound_mail.sinks import DeliveryContext, DeliveryOutcome
-from inbound_mail.store.db import IngestItem, Store
+from inbound_mail.store.db import Store
+from inbound_mail.store.rows import IngestItem
 from inbound_mail.testing.webhook_receiver import Answer, WebhookReceiver
 from testsupport.mailbox import Mailbox
 
-from helpers import DaemonProcess, wait_until, write_config
+from helpers import DaemonProcess, record, wait_until, write_config
 
 HOUR = RetryPolicy(retry_base=3600.0, retry_cap=3600.0, max_attempts=100, max_age=7 * 86400)
 FAST_ACCOUNT = {"idle_deadline": 5.0, "connect_timeout": 5.0, "poll_interval": 1.0}
-
-
-def record(i: int) -> SmsRecord:
-    return SmsRecord(
-        originator=f"+3933000{i:05d}",
-        destination="+393331234333",
-        date_time="20250525154559",
-        received_at="2025-05-25T13:45:59Z",
-        text=f"message {i}",
-    )
 
 
 def queue(db: Path, n: int, sinks: tuple[str, ...] = ("hook",), start: int = 0) -> None:
@@ -62,13 +53,6 @@ def outbox(db: Path, sink: str = "hook", **kwargs: Any) -> list[dict[str, Any]]:
 
 def invoke(config: Path, *args: str) -> Result:
     return CliRunner().invoke(cli, ["--config", str(config), *args])
-
-
-@pytest.fixture
-def db(tmp_path: Path) -> Path:
-    path = tmp_path / "inbound.db"
-    Store.open(path).close()
-    return path
 
 
 @pytest.fixture

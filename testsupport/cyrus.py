@@ -39,13 +39,11 @@ processes drop to when started as root, can reach; :meth:`close` removes it.
 
 from __future__ import annotations
 
-import itertools
 import os
 import pwd
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -53,19 +51,15 @@ import uuid
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager, suppress
-from dataclasses import replace
 from pathlib import Path
-from types import MappingProxyType, TracebackType
+from types import MappingProxyType
 from typing import Any, Literal, get_args
-
-import imapclient
-
-from inbound_mail.config.model import AccountConfig, TlsMode
 
 from . import HarnessError
 from .certs import make_certificates
+from .imap_server import ImapServer, PortTaken, append_message, flag_text
 from .mailbox import Mailbox
-from .process import ProcessGroup, free_ports, greets
+from .process import ProcessGroup, greets
 
 __all__ = [
     "DEFAULT_USERS",
@@ -85,7 +79,6 @@ _START_TIMEOUT = 20.0
 _CYRUS_USER = "cyrus"  # made by cyrus-common; root-started Cyrus drops to it
 _ADMIN = "cyrusadmin"
 _SERVERNAME = "localhost"  # also the sasldb realm that logins without a realm use
-_APPENDUID = re.compile(rb"APPENDUID \d+ (\d+)")
 # Cyrus user names end up in mailbox names (user.NAME): no separators, no dots.
 _USER_NAME = re.compile(r"[a-z0-9_][a-z0-9_-]*")
 _REPO = Path(__file__).resolve().parents[1]
@@ -110,14 +103,14 @@ def cyrus_imapd_dir() -> Path:
     return Path(override) if override else _REPO / ".cache" / "cyrus-imapd"
 
 
-class CyrusServer:
+class CyrusServer(ImapServer):
     """One private Cyrus instance; a context manager that starts and removes it.
 
     ``idle=False`` leaves ``idled`` out, as Debian's stock ``cyrus.conf`` does: IDLE is
     still offered, but imapd then looks for new mail only once a minute.
     """
 
-    host = "127.0.0.1"
+    error = CyrusError
 
     def __init__(
         self,
@@ -163,87 +156,6 @@ class CyrusServer:
             return name
         return self.personal_prefix + name
 
-    # -- lifecycle ---------------------------------------------------------------
-
-    @property
-    def imap_port(self) -> int:
-        """The plain-text listener (STARTTLS offered), picked at the first start."""
-        return self._require_ports()[0]
-
-    @property
-    def imaps_port(self) -> int:
-        """The implicit-TLS listener, picked at the first start."""
-        return self._require_ports()[1]
-
-    @property
-    def running(self) -> bool:
-        """True while cyrmaster is alive."""
-        return self._process is not None and self._process.running
-
-    @property
-    def runtime_dir(self) -> Path | None:
-        """The private directory of config, sockets, logins and mail, once started."""
-        return self._runtime
-
-    @property
-    def pid(self) -> int | None:
-        """cyrmaster's pid (also its process group) while it runs."""
-        return self._process.pid if self._process is not None and self.running else None
-
-    def start(self) -> None:
-        """Start cyrmaster and return once imapd greets and idled listens.
-
-        The ports are picked at the first start and kept by later starts, so
-        clients can reconnect to a restarted server.
-        """
-        if self.running:
-            return
-        self._prepare()
-        for attempt in itertools.count(1):
-            fresh_ports = self._ports is None
-            if fresh_ports:
-                imap_port, imaps_port = free_ports(2)
-                self._ports = (imap_port, imaps_port)
-            self._write_config()
-            try:
-                self._launch()
-                return
-            except _PortTaken:
-                if not fresh_ports or attempt == 3:
-                    raise
-                self._ports = None
-
-    def stop(self) -> None:
-        """SIGTERM to cyrmaster and its children; no process of the instance is left after."""
-        self._end(signal.SIGTERM)
-
-    def kill(self) -> None:
-        """SIGKILL cyrmaster and all its children at once, as a crash would."""
-        self._end(signal.SIGKILL)
-
-    def restart(self) -> None:
-        """Stop and start again, on the same ports and with the same mail."""
-        self.stop()
-        self.start()
-
-    def close(self) -> None:
-        """Stop the server and delete its private directory."""
-        self.stop()
-        if self._cleanup is not None:
-            self._cleanup()
-
-    def __enter__(self) -> CyrusServer:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
     # -- users and accounts --------------------------------------------------------
 
     def add_user(self, user: str, password: str) -> None:
@@ -255,51 +167,19 @@ class CyrusServer:
         if self.running:
             self._ensure_inbox(user)
 
-    def password(self, user: str) -> str:
-        """The password of ``user``."""
-        try:
-            return self._users[user]
-        except KeyError:
-            raise CyrusError(f"no user {user!r} on this server") from None
-
     def new_mailbox(self, prefix: str = "user") -> Mailbox:
         """A new user with an empty INBOX, so a test can share the server yet stay isolated."""
         user = f"{prefix.lower()}-{uuid.uuid4().hex[:10]}"
         self.add_user(user, uuid.uuid4().hex)
         return Mailbox(self, user)
 
-    def account(
-        self, user: str = "sms", *, tls: TlsMode = "implicit", **overrides: Any
-    ) -> AccountConfig:
-        """An :class:`AccountConfig` for ``user``: the right port for ``tls``, our CA,
-        a 0600 password file and ``authenticate="off"``, as ``DovecotServer.account``
-        (which says why).  ``overrides`` replace any other field."""
-        port = self.imaps_port if tls == "implicit" else self.imap_port
-        account = AccountConfig(
-            name=user,
-            host=self.host,
-            port=port,
-            username=user,
-            tls=tls,
-            ca_file=self.ca_file,
-            password_file=self._password_file(user),
-            connect_timeout=10.0,
-            authenticate="off",
-        )
-        return replace(account, **overrides)
-
     # -- mail ------------------------------------------------------------------------
-
-    def append(self, user: str, folder: str, raw: bytes, flags: Iterable[str] = ()) -> int:
-        """APPEND ``raw`` to ``folder`` (the server's name; created if missing), return its UID."""
-        with self.session(user) as client:
-            return _append(client, folder, raw, flags)
 
     def deliver_files(self, user: str, folder: str, raws: Iterable[bytes]) -> None:
         """Load many messages at once (one session of APPENDs: Cyrus has no doveadm)."""
         with self.session(user) as client:
             for raw in raws:
-                _append(client, folder, raw, ())
+                append_message(client, folder, raw, (), CyrusError)
 
     def create_folder(self, user: str, folder: str) -> None:
         """Create (and subscribe) ``folder`` for ``user``; an existing folder is fine."""
@@ -312,40 +192,6 @@ class CyrusServer:
         """Every folder of ``user``, by the server's names."""
         with self.session(user) as client:
             return sorted(str(name) for _flags, _sep, name in client.list_folders())
-
-    def folder_uids(self, user: str, folder: str = "INBOX") -> list[int]:
-        """The UIDs in ``folder``, ascending."""
-        with self.session(user) as client:
-            client.select_folder(folder, readonly=True)
-            return sorted(int(uid) for uid in client.search("ALL"))
-
-    def flags(self, user: str, folder: str = "INBOX") -> dict[int, frozenset[str]]:
-        """Each message's flags by UID, as strings such as ``"\\\\Seen"``."""
-        with self.session(user) as client:
-            client.select_folder(folder, readonly=True)
-            fetched = client.get_flags(client.search("ALL"))
-        return {
-            int(uid): frozenset(_text(flag) for flag in flags if _text(flag) != "\\Recent")
-            for uid, flags in fetched.items()
-        }
-
-    def message_count(self, user: str, folder: str = "INBOX") -> int:
-        """How many messages ``folder`` holds."""
-        with self.session(user) as client:
-            status = client.folder_status(folder, [b"MESSAGES"])
-        return int(status[b"MESSAGES"])
-
-    def uidvalidity(self, user: str, folder: str = "INBOX") -> int:
-        """The UIDVALIDITY of ``folder``."""
-        with self.session(user) as client:
-            status = client.folder_status(folder, [b"UIDVALIDITY"])
-        return int(status[b"UIDVALIDITY"])
-
-    @contextmanager
-    def session(self, user: str) -> Iterator[Any]:
-        """A logged-in :class:`imapclient.IMAPClient` on the plain port, logged out after."""
-        with self._client(user, self.password(user)) as client:
-            yield client
 
     # -- faults and administration ----------------------------------------------------
 
@@ -398,40 +244,7 @@ class CyrusServer:
                     client.append(name, raw, flags=flags, msg_time=when)
         return self.uidvalidity(user, folder)
 
-    def log_tail(self, lines: int = 30) -> str:
-        """The last lines of cyrmaster's output, for error messages."""
-        try:
-            text = self.log_path.read_text(encoding="utf-8", errors="replace")
-        except FileNotFoundError:
-            return "(no log written)"
-        return "\n".join(text.splitlines()[-lines:]) or "(empty)"
-
     # -- internals ----------------------------------------------------------------------
-
-    def _require_ports(self) -> tuple[int, int]:
-        if self._ports is None:
-            raise CyrusError("the server has not been started: its ports are not chosen yet")
-        return self._ports
-
-    def _end(self, signum: signal.Signals) -> None:
-        if self._process is not None:
-            self._process.end(signum)
-            self._process = None
-
-    @contextmanager
-    def _client(self, user: str, password: str) -> Iterator[Any]:
-        client = imapclient.IMAPClient(self.host, self.imap_port, ssl=False, timeout=30)
-        # Without it every command whose CRLF goes in a second write waits ~40 ms
-        # for Nagle and Cyrus's delayed ACK.
-        client.socket().setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        try:
-            client.login(user, password)
-            yield client
-        finally:
-            try:
-                client.logout()
-            except (imapclient.exceptions.IMAPClientError, OSError):
-                client.shutdown()
 
     @contextmanager
     def _admin(self) -> Iterator[Any]:
@@ -614,14 +427,6 @@ DAEMON {{
             raise CyrusError(f"saslpasswd2 for {user!r} exited {result.returncode}: {detail}")
         self._own(sasldb)
 
-    def _password_file(self, user: str) -> Path:
-        path = self.root / "secrets" / user
-        path.parent.mkdir(mode=0o700, exist_ok=True)
-        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(descriptor, "w", encoding="utf-8") as file:
-            file.write(self.password(user) + "\n")
-        return path
-
     @staticmethod
     def _own(path: Path) -> None:
         if os.geteuid() == 0:
@@ -640,7 +445,7 @@ CyrusFactory = Callable[..., CyrusServer]
 """A fixture that starts servers of one test: ``CyrusServer`` options in, a started server out."""
 
 
-class _PortTaken(CyrusError):
+class _PortTaken(CyrusError, PortTaken):
     """cyrmaster could not bind a port we picked: someone took it meanwhile."""
 
 
@@ -649,16 +454,6 @@ def _cyrus_user() -> str:
     if os.geteuid() == 0:
         return _CYRUS_USER
     return pwd.getpwuid(os.geteuid()).pw_name
-
-
-def _append(client: Any, folder: str, raw: bytes, flags: Iterable[str]) -> int:
-    if folder.upper() != "INBOX" and not client.folder_exists(folder):
-        client.create_folder(folder)
-    response: bytes = client.append(folder, raw, flags=tuple(flags))
-    match = _APPENDUID.search(response)
-    if match is None:
-        raise CyrusError(f"APPEND gave no APPENDUID: {response!r}")
-    return int(match.group(1))
 
 
 def _messages(client: Any, folder: str) -> list[tuple[bytes, tuple[bytes, ...], Any]]:
@@ -670,7 +465,7 @@ def _messages(client: Any, folder: str) -> list[tuple[bytes, tuple[bytes, ...], 
     return [
         (
             fetched[uid][b"BODY[]"],
-            tuple(f for f in fetched[uid][b"FLAGS"] if _text(f) != "\\Recent"),
+            tuple(f for f in fetched[uid][b"FLAGS"] if flag_text(f) != "\\Recent"),
             fetched[uid][b"INTERNALDATE"],
         )
         for uid in sorted(fetched)
@@ -683,7 +478,3 @@ def _alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
-
-
-def _text(flag: bytes | str) -> str:
-    return flag.decode() if isinstance(flag, bytes) else flag

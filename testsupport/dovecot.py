@@ -20,40 +20,32 @@ removes it.
 
 from __future__ import annotations
 
-import itertools
 import os
 import re
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
 import uuid
 import weakref
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import contextmanager
-from dataclasses import replace
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from types import MappingProxyType, TracebackType
+from types import MappingProxyType
 from typing import Any
-
-import imapclient
-
-from inbound_mail.config.model import AccountConfig, TlsMode
 
 from . import HarnessError
 from .certs import make_certificates
 from .dovecot_conf import ServerIdentity, render_config
+from .imap_server import ImapServer, PortTaken
 from .mailbox import Mailbox
 from .maildir import ensure_maildir, write_messages
-from .process import ProcessGroup, free_ports, greets
+from .process import ProcessGroup, greets
 
 __all__ = ["DEFAULT_USERS", "DovecotError", "DovecotFactory", "DovecotServer", "Mailbox"]
 
 DEFAULT_USERS: Mapping[str, str] = MappingProxyType({"sms": "secret"})
 _START_TIMEOUT = 10.0
 _DOVEADM_NOT_FOUND = 68  # EX_NOHOST, which doveadm uses for "not found"
-_APPENDUID = re.compile(rb"APPENDUID \d+ (\d+)")
 _USER_NAME = re.compile(r"[A-Za-z0-9_@+-][A-Za-z0-9._@+-]*")
 
 
@@ -61,10 +53,10 @@ class DovecotError(HarnessError):
     """The test Dovecot could not be started, stopped or driven."""
 
 
-class DovecotServer:
+class DovecotServer(ImapServer):
     """One private Dovecot instance; a context manager that starts and removes it."""
 
-    host = "127.0.0.1"
+    error = DovecotError
     # What the master starts for each IMAP login: in dovecot-imapd, while the master
     # is in dovecot-core, so Dovecot starts without it and fails at the first login.
     imap_binary = Path("/usr/lib/dovecot/imap")
@@ -102,93 +94,12 @@ class DovecotServer:
 
     # -- lifecycle ---------------------------------------------------------------
 
-    @property
-    def imap_port(self) -> int:
-        """The plain-text listener (STARTTLS offered), picked at the first start."""
-        return self._require_ports()[0]
-
-    @property
-    def imaps_port(self) -> int:
-        """The implicit-TLS listener, picked at the first start."""
-        return self._require_ports()[1]
-
-    @property
-    def running(self) -> bool:
-        """True while the master process is alive."""
-        return self._process is not None and self._process.running
-
-    @property
-    def runtime_dir(self) -> Path | None:
-        """The private directory of sockets, users and mail, once started (see the module doc)."""
-        return self._runtime
-
-    @property
-    def pid(self) -> int | None:
-        """The master's pid (also its process group) while it runs."""
-        return self._process.pid if self._process is not None and self.running else None
-
-    def start(self) -> None:
-        """Start the master and return once it greets IMAP clients (well under 2 s).
-
-        The ports are picked at the first start and kept by later starts, so
-        clients can reconnect to a restarted server.
-        """
-        if self.running:
-            return
+    def _check_installed(self) -> None:
         if not os.access(self.imap_binary, os.X_OK):
             raise DovecotError(
                 f"Dovecot's IMAP server {self.imap_binary} is not installed: run "
                 "scripts/ensure-deps.sh (apt-get install dovecot-imapd)"
             )
-        self._prepare()
-        for attempt in itertools.count(1):
-            fresh_ports = self._ports is None
-            if fresh_ports:
-                imap_port, imaps_port = free_ports(2)
-                self._ports = (imap_port, imaps_port)
-            self._write_config()
-            try:
-                self._launch()
-                return
-            except _PortTaken:
-                # Another process grabbed a port between our probe and Dovecot's bind.
-                if not fresh_ports or attempt == 3:
-                    raise
-                self._ports = None
-
-    def stop(self) -> None:
-        """Shut down like an administrator would: every client gets ``* BYE``, and no
-        process of the instance is left when this returns."""
-        # SIGTERM to the whole group: the master alone waits up to 6 s for its
-        # children and leaves IDLEing imap processes running after it exits.
-        self._end(signal.SIGTERM)
-
-    def kill(self) -> None:
-        """SIGKILL the master and all its children at once, as a crash would."""
-        self._end(signal.SIGKILL)
-
-    def restart(self) -> None:
-        """Stop and start again, on the same ports and with the same mail."""
-        self.stop()
-        self.start()
-
-    def close(self) -> None:
-        """Stop the server and delete its private directory (sockets, mail)."""
-        self.stop()
-        if self._cleanup is not None:
-            self._cleanup()
-
-    def __enter__(self) -> DovecotServer:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     # -- users and accounts --------------------------------------------------------
 
@@ -199,55 +110,13 @@ class DovecotServer:
         if self._runtime is not None:
             self._write_user(user)
 
-    def password(self, user: str) -> str:
-        """The password of ``user``."""
-        try:
-            return self._users[user]
-        except KeyError:
-            raise DovecotError(f"no user {user!r} on this server") from None
-
     def new_mailbox(self, prefix: str = "user") -> Mailbox:
         """A new user with an empty mailbox, so a test can share the server yet stay isolated."""
         user = f"{prefix}-{uuid.uuid4().hex[:10]}"
         self.add_user(user, uuid.uuid4().hex)
         return Mailbox(self, user)
 
-    def account(
-        self, user: str = "sms", *, tls: TlsMode = "implicit", **overrides: Any
-    ) -> AccountConfig:
-        """An :class:`AccountConfig` for ``user``: the right port for ``tls``, our CA,
-        a 0600 password file and ``authenticate="off"`` (see below).  ``overrides``
-        replace any other field."""
-        port = self.imaps_port if tls == "implicit" else self.imap_port
-        account = AccountConfig(
-            name=user,
-            host=self.host,
-            port=port,
-            username=user,
-            tls=tls,
-            ca_file=self.ca_file,
-            password_file=self._password_file(user),
-            connect_timeout=10.0,
-            # The one place tests opt out of the authenticity check: most tests append
-            # unsigned provider emails to exercise everything else.  Trust tests (and
-            # benchmarks of it) pass authenticate="require" or "report" with real DKIM
-            # signatures and a real DNS server (testsupport.dkim / .dns).
-            authenticate="off",
-        )
-        return replace(account, **overrides)
-
     # -- mail ------------------------------------------------------------------------
-
-    def append(self, user: str, folder: str, raw: bytes, flags: Iterable[str] = ()) -> int:
-        """APPEND ``raw`` to ``folder`` (created if missing) and return its UID."""
-        with self.session(user) as client:
-            if folder.upper() != "INBOX" and not client.folder_exists(folder):
-                client.create_folder(folder)
-            response: bytes = client.append(folder, raw, flags=tuple(flags))
-        match = _APPENDUID.search(response)
-        if match is None:
-            raise DovecotError(f"APPEND gave no APPENDUID: {response!r}")
-        return int(match.group(1))
 
     def deliver_files(self, user: str, folder: str, raws: Iterable[bytes]) -> None:
         """Bulk-load messages by writing Maildir files directly, then let Dovecot index them.
@@ -279,41 +148,6 @@ class DovecotServer:
                 client.create_folder(folder)
                 client.subscribe_folder(folder)
 
-    def folder_uids(self, user: str, folder: str = "INBOX") -> list[int]:
-        """The UIDs in ``folder``, ascending."""
-        with self.session(user) as client:
-            client.select_folder(folder, readonly=True)
-            return sorted(int(uid) for uid in client.search("ALL"))
-
-    def flags(self, user: str, folder: str = "INBOX") -> dict[int, frozenset[str]]:
-        """Each message's flags by UID, as strings such as ``"\\\\Seen"``."""
-        with self.session(user) as client:
-            client.select_folder(folder, readonly=True)
-            fetched = client.get_flags(client.search("ALL"))
-        return {
-            int(uid): frozenset(_text(flag) for flag in flags if _text(flag) != "\\Recent")
-            for uid, flags in fetched.items()
-        }
-
-    def message_count(self, user: str, folder: str = "INBOX") -> int:
-        """How many messages ``folder`` holds."""
-        with self.session(user) as client:
-            status = client.folder_status(folder, [b"MESSAGES"])
-        return int(status[b"MESSAGES"])
-
-    @contextmanager
-    def session(self, user: str) -> Iterator[Any]:
-        """A logged-in :class:`imapclient.IMAPClient` on the plain port, logged out after."""
-        client = imapclient.IMAPClient(self.host, self.imap_port, ssl=False, timeout=30)
-        try:
-            client.login(user, self.password(user))
-            yield client
-        finally:
-            try:
-                client.logout()
-            except (imapclient.exceptions.IMAPClientError, OSError):
-                client.shutdown()
-
     # -- faults and administration ----------------------------------------------------
 
     def kick(self, user: str) -> None:
@@ -337,25 +171,7 @@ class DovecotServer:
             raise DovecotError(f"doveadm {' '.join(args)} exited {result.returncode}: {detail}")
         return result
 
-    def log_tail(self, lines: int = 30) -> str:
-        """The last lines of the Dovecot log, for error messages."""
-        try:
-            text = self.log_path.read_text(encoding="utf-8", errors="replace")
-        except FileNotFoundError:
-            return "(no log written)"
-        return "\n".join(text.splitlines()[-lines:])
-
     # -- internals ----------------------------------------------------------------------
-
-    def _require_ports(self) -> tuple[int, int]:
-        if self._ports is None:
-            raise DovecotError("the server has not been started: its ports are not chosen yet")
-        return self._ports
-
-    def _end(self, signum: signal.Signals) -> None:
-        if self._process is not None:
-            self._process.end(signum)
-            self._process = None
 
     def _prepare(self) -> None:
         if self._runtime is not None:
@@ -452,14 +268,6 @@ class DovecotServer:
         staged.chmod(0o644)  # read by the auth process, which runs as the dovecot user
         staged.replace(path)
 
-    def _password_file(self, user: str) -> Path:
-        path = self.root / "secrets" / user
-        path.parent.mkdir(mode=0o700, exist_ok=True)
-        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(descriptor, "w", encoding="utf-8") as file:
-            file.write(self.password(user) + "\n")
-        return path
-
     def _own(self, path: Path) -> None:
         if os.geteuid() == 0:
             os.chown(path, self._identity.uid, self._identity.gid)
@@ -477,7 +285,7 @@ DovecotFactory = Callable[..., DovecotServer]
 """The ``fresh_dovecot`` fixture: ``DovecotServer`` options in, a started server out."""
 
 
-class _PortTaken(DovecotError):
+class _PortTaken(DovecotError, PortTaken):
     """Dovecot could not bind a port we picked: someone took it meanwhile."""
 
 
@@ -488,7 +296,3 @@ def _binary(name: str) -> str:
             f"{name} is not installed: run scripts/ensure-deps.sh (apt-get install dovecot-imapd)"
         )
     return found
-
-
-def _text(flag: bytes | str) -> str:
-    return flag.decode() if isinstance(flag, bytes) else flag

@@ -20,24 +20,19 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
-import signal
 import ssl
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import Any, TypeVar
-
-from inbound_mail.testing.wait import wait_until
 
 from . import HarnessError
 from .certs import make_certificates
-from .process import ProcessGroup, free_ports
+from .child_server import ChildServer
+from .process import free_ports
 
 __all__ = ["NatsServer", "NatsServerError", "StreamMessage"]
 
-_START_TIMEOUT = 30.0
 T = TypeVar("T")
 
 
@@ -58,8 +53,13 @@ class StreamMessage:
         return json.loads(self.data)
 
 
-class NatsServer:
+class NatsServer(ChildServer):
     """One private ``nats-server`` with JetStream; see the module docstring."""
+
+    program = "nats-server"
+    fallback = "/usr/sbin/nats-server"
+    package = "nats-server"
+    error = NatsServerError
 
     def __init__(
         self,
@@ -85,7 +85,6 @@ class NatsServer:
         self.config_path = root / "nats.conf"
         self.log_path = root / "nats.log"
         self.ca_file: Path | None = None
-        self._group: ProcessGroup | None = None
 
     # -- what a client needs -----------------------------------------------------------
     @property
@@ -158,71 +157,15 @@ class NatsServer:
 
         return self.run(work)
 
-    # -- life cycle --------------------------------------------------------------------
-    @property
-    def running(self) -> bool:
-        return self._group is not None and self._group.running
-
-    def start(self) -> None:
-        """Start the server (a no-op while it runs) and wait until it is ready."""
-        if self.running:
-            return
-        binary = shutil.which("nats-server") or "/usr/sbin/nats-server"
-        if not Path(binary).exists():
-            raise NatsServerError("nats-server is missing: apt-get install nats-server")
+    # -- life cycle (ChildServer) -------------------------------------------------------
+    def _argv(self, binary: str) -> list[str]:
         self._write_config()
-        log_start = self.log_path.stat().st_size if self.log_path.exists() else 0
-        self._group = ProcessGroup([binary, "-c", str(self.config_path)], self.log_path)
+        return [binary, "-c", str(self.config_path)]
 
-        def ready() -> bool:
-            if not self.running:
-                raise NatsServerError(f"nats-server exited:\n{self.log_tail()}")
-            with self.log_path.open("rb") as log:
-                log.seek(log_start)
-                return b"Server is ready" in log.read()
-
-        try:
-            wait_until(ready, _START_TIMEOUT, interval=0.05, message="nats-server ready")
-        except TimeoutError:
-            self.stop()
-            raise NatsServerError(f"nats-server did not start:\n{self.log_tail()}") from None
-
-    def stop(self) -> None:
-        """Shut the server down (SIGTERM)."""
-        if self._group is not None:
-            self._group.end(signal.SIGTERM)
-            self._group = None
-
-    def kill(self) -> None:
-        if self._group is not None:
-            self._group.end(signal.SIGKILL)
-            self._group = None
-
-    def restart(self) -> None:
-        self.stop()
-        self.start()
-
-    def close(self) -> None:
-        self.stop()
-
-    def __enter__(self) -> NatsServer:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-    def log_tail(self, lines: int = 30) -> str:
-        try:
-            text = self.log_path.read_text(encoding="utf-8", errors="replace")
-        except OSError:
-            return "(no log)"
-        return "\n".join(text.splitlines()[-lines:])
+    def _ready(self, log_start: int) -> bool:
+        with self.log_path.open("rb") as log:
+            log.seek(log_start)
+            return b"Server is ready" in log.read()
 
     def _write_config(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)

@@ -31,7 +31,6 @@ import secrets
 import threading
 import time
 from dataclasses import dataclass, field
-from types import TracebackType
 from typing import Any, ClassVar
 
 from authlib.oauth2 import AuthorizationServer
@@ -48,6 +47,8 @@ from authlib.oauth2.rfc8628 import (
 )
 from werkzeug.serving import make_server
 from werkzeug.wrappers import Request, Response
+
+from .process import Started
 
 __all__ = ["INTROSPECTION_CLIENT", "OAuthServer"]
 
@@ -365,7 +366,7 @@ class _Revocation(RevocationEndpoint):  # type: ignore[misc]
         self.server.owner.revoke_user(token.user)
 
 
-class OAuthServer:
+class OAuthServer(Started):
     """The server: a context manager that serves on a free port of 127.0.0.1."""
 
     host = "127.0.0.1"
@@ -462,18 +463,6 @@ class OAuthServer:
             self._thread.join(10)
             self._thread = None
         self._http.server_close()
-
-    def __enter__(self) -> OAuthServer:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     # -- the WSGI app ------------------------------------------------------------------
     def _app(self, environ: dict[str, Any], start_response: Any) -> Any:

@@ -1,5 +1,6 @@
 """A locally started server's processes and ports: free ports, a greeting probe, and a
-command run as a process group that can be ended whole."""
+command run as a process group that can be ended whole; and :class:`Started`, what makes
+every harness a ``with`` block."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ import weakref
 from collections.abc import Sequence
 from contextlib import ExitStack, suppress
 from pathlib import Path
+from types import TracebackType
+from typing import Self
 
 __all__ = ["ProcessGroup", "free_ports", "greets"]
 
@@ -112,3 +115,26 @@ def _group_alive(pgid: int) -> bool:
         if int(group) == pgid and state != "Z":
             return True
     return False
+
+
+class Started:
+    """A harness used as ``with X(...) as x``: :meth:`start` on entering, :meth:`close`
+    on leaving, whatever happened inside."""
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

@@ -35,10 +35,11 @@ import struct
 import threading
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any, Literal, TypeVar
 
 from inbound_mail.testing.wait import wait_until
+
+from .process import Started
 
 __all__ = ["Direction", "FaultProxy"]
 
@@ -105,7 +106,7 @@ class _Link:
             writer.close()
 
 
-class FaultProxy:
+class FaultProxy(Started):
     """A TCP proxy from ``127.0.0.1:port`` to ``(target_host, target_port)``; see the module doc."""
 
     host = "127.0.0.1"
@@ -151,18 +152,6 @@ class FaultProxy:
         thread.join(10)
         loop.close()
         self._loop = self._thread = None
-
-    def __enter__(self) -> FaultProxy:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     # -- faults ------------------------------------------------------------------------
     @property

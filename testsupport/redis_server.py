@@ -18,29 +18,29 @@ trust :attr:`RedisServer.ca_file`) and :attr:`RedisServer.url` is ``rediss://``.
 
 from __future__ import annotations
 
-import shutil
-import signal
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Literal
-
-from inbound_mail.testing.wait import wait_until
 
 from . import HarnessError
 from .certs import make_certificates
-from .process import ProcessGroup, free_ports
+from .child_server import ChildServer
+from .process import free_ports
 
 __all__ = ["RedisServer", "RedisServerError"]
-
-_START_TIMEOUT = 30.0
 
 
 class RedisServerError(HarnessError):
     """The test Redis could not be started."""
 
 
-class RedisServer:
-    """One private ``redis-server``; see the module docstring."""
+class RedisServer(ChildServer):
+    """One private ``redis-server``; see the module docstring.  A SIGKILL (:meth:`kill`)
+    loses nothing acknowledged with ``appendfsync="always"``."""
+
+    program = "redis-server"
+    fallback = "/usr/bin/redis-server"
+    package = "redis-server"
+    error = RedisServerError
 
     def __init__(
         self,
@@ -61,7 +61,6 @@ class RedisServer:
         self.data_dir = root / "data"
         self.log_path = root / "redis.log"
         self.ca_file: Path | None = None
-        self._group: ProcessGroup | None = None
 
     # -- what a client needs -----------------------------------------------------------
     @property
@@ -95,19 +94,9 @@ class RedisServer:
         with self.client() as client:
             return list(client.xrange(stream))
 
-    # -- life cycle --------------------------------------------------------------------
-    @property
-    def running(self) -> bool:
-        return self._group is not None and self._group.running
-
-    def start(self) -> None:
-        """Start the server (a no-op while it runs) and wait until it answers PING."""
-        if self.running:
-            return
+    # -- life cycle (ChildServer) -------------------------------------------------------
+    def _argv(self, binary: str) -> list[str]:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        binary = shutil.which("redis-server") or "/usr/bin/redis-server"
-        if not Path(binary).exists():
-            raise RedisServerError("redis-server is missing: apt-get install redis-server")
         argv = [binary, "--bind", self.host, "--dir", str(self.data_dir)]
         argv += ["--daemonize", "no", "--save", "", "--appendonly", "yes"]
         argv += [
@@ -128,54 +117,9 @@ class RedisServer:
             argv += ["--tls-ca-cert-file", str(certs.ca_file), "--tls-auth-clients", "no"]
         else:
             argv += ["--port", str(self.port)]
-        self._group = ProcessGroup(argv, self.log_path)
-        try:
-            wait_until(self._answers, _START_TIMEOUT, interval=0.05, message="redis-server up")
-        except TimeoutError:
-            self.stop()
-            raise RedisServerError(f"redis-server did not start:\n{self.log_tail()}") from None
+        return argv
 
-    def stop(self) -> None:
-        """Shut the server down (SIGTERM: the append-only file is complete)."""
-        if self._group is not None:
-            self._group.end(signal.SIGTERM)
-            self._group = None
-
-    def kill(self) -> None:
-        """SIGKILL, no shutdown: what was acknowledged is still on disk (fsync always)."""
-        if self._group is not None:
-            self._group.end(signal.SIGKILL)
-            self._group = None
-
-    def restart(self) -> None:
-        self.stop()
-        self.start()
-
-    def close(self) -> None:
-        self.stop()
-
-    def __enter__(self) -> RedisServer:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-    def log_tail(self, lines: int = 30) -> str:
-        try:
-            text = self.log_path.read_text(encoding="utf-8", errors="replace")
-        except OSError:
-            return "(no log)"
-        return "\n".join(text.splitlines()[-lines:])
-
-    def _answers(self) -> bool:
-        if not self.running:
-            raise RedisServerError(f"redis-server exited:\n{self.log_tail()}")
+    def _ready(self, log_start: int) -> bool:
         try:
             with self.client(socket_timeout=2, socket_connect_timeout=2) as client:
                 return bool(client.ping())

@@ -140,7 +140,7 @@ def _check_account(account: AccountConfig, config: Config) -> Iterator[CheckLine
         return
     yield line("ok", "login", f"logged in as {account.username}")
     try:
-        with imap_errors(account.name):
+        with imap_errors(account):
             yield from _capability_lines(client, account, line)
             yield from _folder_lines(client, account, config, line)
     except InboundMailError as exc:

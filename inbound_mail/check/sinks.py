@@ -25,8 +25,7 @@ from ..delivery import AttemptContext
 from ..errors import ConfigError, InboundMailError
 from ..models import SmsRecord
 from ..sinks import Sink, SinkOptions, create_sink, redact_url
-from ..sources.imap.connection import is_name_mismatch, names_in_certificate
-from ..tls import client_context
+from ..tls import certificate_refused, client_context, names_in_certificate
 from .lines import CheckLevel, CheckLine, reason
 
 __all__ = ["check_sink", "sink_config_error"]
@@ -82,17 +81,16 @@ def _webhook_reachable(config: SinkConfig, sink: Sink) -> tuple[CheckLevel, str]
                 with context.wrap_socket(sock, server_hostname=host) as tls_sock:
                     return "ok", f"{shown}: TCP and {tls_sock.version()} to {host}:{port}"
     except ssl.SSLCertVerificationError as exc:
-        if is_name_mismatch(exc):
-            names = ", ".join(_names_on(host, port, context)) or "other hosts"
-            return (
-                "FAIL",
-                f"{shown}: certificate is not valid for {host}: it names {names}; use one of "
-                f"them in {config.key('url')}, or give the receiver a certificate for {host}",
-            )
-        return (
-            "FAIL",
-            f"{shown}: certificate not trusted ({exc.verify_message}): set {config.key('ca_file')}",
+        why = certificate_refused(
+            exc,
+            where=f"{host}:{port}",
+            host=host,
+            names=lambda: _names_on(host, port, context),
+            host_setting=config.key("url"),
+            ca_setting=config.key("ca_file"),
+            peer="receiver",
         )
+        return "FAIL", f"{shown}: {why}"
     except OSError as exc:
         return (
             "FAIL",

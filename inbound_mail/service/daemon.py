@@ -46,8 +46,9 @@ from ..oauth import read_client_secret
 from ..secrets import exposed_secrets_warning, read_password
 from ..sinks import Sink
 from ..sources.imap.worker import AccountHealth, AccountWorker
-from ..store.db import IngestResult, Store, daemon_lock
-from ..store.rows import AttemptOutcome
+from ..store.db import Store
+from ..store.lock import daemon_lock
+from ..store.rows import AttemptOutcome, IngestResult
 from .generation import Generation, account_stalled
 from .metrics import Metrics, create_metrics
 from .notify import Health, Notifier, Supervisor, watchdog_interval

@@ -32,7 +32,7 @@ from ..sources.imap.worker import (
     AccountState,
     AccountWorker,
 )
-from ..store.db import IngestResult
+from ..store.rows import IngestResult
 
 __all__ = ["Generation", "account_stalled"]
 

@@ -39,8 +39,8 @@ from ..config.model import Config
 from ..errors import ConfigError, InboundMailError
 from ..logs import log_event
 from ..models import REJECT_CODES
-from ..store.db import IngestResult, Store
-from ..store.rows import ATTEMPT_OUTCOMES, epoch_of
+from ..store.db import Store
+from ..store.rows import ATTEMPT_OUTCOMES, IngestResult, epoch_of
 
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric

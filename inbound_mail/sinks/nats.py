@@ -41,9 +41,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
-from ..errors import ConfigError, DeliveryError, PermanentDeliveryError, TemporaryDeliveryError
+from ..errors import DeliveryError, PermanentDeliveryError, TemporaryDeliveryError
 from ..tls import client_context
 from . import REDACTED, SinkOptions, record_json, redact_url, url_secrets
+from .clients import ca_file_option, require_client, timeout_option, url_option
 
 if TYPE_CHECKING:
     from ..config.model import SinkConfig
@@ -54,19 +55,12 @@ __all__ = ["NatsSink", "subject_matches"]
 
 T = TypeVar("T")
 _CONNECT_TIMEOUT_CAP = 10.0
-_MAX_TIMEOUT = 600.0
 _SCHEMES = ("nats", "tls")
 _SHORT_WINDOW = 3600.0
 _PUBLISHERS = 100  # deliver_many without publish_async: publishes in flight at once
 # The JetStream API error code for "expected stream does not match".
 _EXPECTED_STREAM_MISMATCH = 10060
 _log = logging.getLogger(__name__)
-
-
-def _missing_extra(config: SinkConfig) -> ConfigError:
-    return config.error(
-        "type", "the nats sink needs the nats-py client: pip install 'inbound-mail[nats]'"
-    )
 
 
 class NatsSink:
@@ -119,29 +113,20 @@ class NatsSink:
         """Build from ``[[sinks]]`` options: url, subject, stream, timeout, user with
         password_file / password_env / password_credential, or token_file /
         token_env / token_credential, ca_file."""
-        try:
-            import nats  # noqa: F401
-        except ImportError:
-            raise _missing_extra(config) from None
+        require_client(config, "nats", "nats-py")
         opts = SinkOptions(config)
-        url = opts.required_str("url")
-        try:
-            _check_url(url)
-        except ValueError as exc:
-            raise opts.error("url", str(exc)) from None
+        url = url_option(opts, _check_url)
         subject = opts.required_str("subject")
         if any(c in subject for c in " \t\r\n*>") or ".." in subject or subject[0] == ".":
             raise opts.error("subject", "expected a subject without spaces or wildcards (* >)")
         stream = opts.required_str("stream")
         if any(c in stream for c in " \t\r\n*>./\\"):
             raise opts.error("stream", "expected a JetStream stream name (no spaces, . * > / \\)")
-        timeout = opts.duration("timeout", 30.0)
-        if not 0.1 <= timeout <= _MAX_TIMEOUT:
-            raise opts.error("timeout", "expected a duration from 0.1s to 10m")
+        timeout = timeout_option(opts)
         user = opts.optional_str("user")
         password = opts.secret("password")
         token = opts.secret("token")
-        ca_file = opts.path("ca_file") if opts.optional_str("ca_file") is not None else None
+        ca_file = ca_file_option(opts)
         opts.finish()
         if (user is None) != (password is None):
             missing = "password_file (or password_env / password_credential)"
@@ -149,11 +134,6 @@ class NatsSink:
                              f"user and {missing} go together")  # fmt: skip
         if token is not None and user is not None:
             raise opts.error("token_file", "set either user and password or a token, not both")
-        if ca_file is not None:
-            try:
-                client_context(ca_file)
-            except (OSError, ssl.SSLError) as exc:
-                raise opts.error("ca_file", f"expected a readable PEM CA bundle ({exc})") from None
         return cls(
             config.name,
             url,

@@ -31,17 +31,14 @@ trip for the batch, each record still added at most once.  It is an optional ext
 
 from __future__ import annotations
 
-import math
-import ssl
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
-from ..config.model import format_duration
-from ..errors import ConfigError, DeliveryError, PermanentDeliveryError, TemporaryDeliveryError
-from ..tls import client_context
+from ..errors import DeliveryError, PermanentDeliveryError, TemporaryDeliveryError
 from . import REDACTED, SinkOptions, record_json, redact_url, url_secrets
+from .clients import bounded_duration, ca_file_option, require_client, timeout_option, url_option
 
 if TYPE_CHECKING:
     from ..config.model import SinkConfig
@@ -53,7 +50,6 @@ __all__ = ["RedisSink"]
 Format = Literal["json", "fields"]
 _FORMATS = ("json", "fields")
 _CONNECT_TIMEOUT_CAP = 10.0
-_MAX_TIMEOUT = 600.0
 _MIN_WINDOW, _MAX_WINDOW = 1.0, 30 * 86400.0
 DEFAULT_DEDUP_WINDOW = 86400.0
 # Refusals that pass: the server is alive but cannot take the write right now.
@@ -88,13 +84,6 @@ redis.call('SET', KEYS[1], '1', 'EX', 10)
 if kind == 'stream' then redis.call('XTRIM', KEYS[2], 'MINID', '0') end
 return {kind, redis.call('XLEN', KEYS[2])}
 """
-
-
-def _missing_extra(config: SinkConfig) -> ConfigError:
-    return config.error(
-        "type",
-        "the redis sink needs the redis-py client: pip install 'inbound-mail[redis]'",
-    )
 
 
 class RedisSink:
@@ -157,16 +146,9 @@ class RedisSink:
     def from_config(cls, config: SinkConfig) -> RedisSink:
         """Build from ``[[sinks]]`` options: url, stream, format, maxlen, dedup_window,
         timeout, username, password_file / password_env / password_credential, ca_file."""
-        try:
-            import redis  # noqa: F401
-        except ImportError:
-            raise _missing_extra(config) from None
+        require_client(config, "redis", "redis-py")
         opts = SinkOptions(config)
-        url = opts.required_str("url")
-        try:
-            _check_url(url)
-        except ValueError as exc:
-            raise opts.error("url", str(exc)) from None
+        url = url_option(opts, _check_url)
         stream = opts.required_str("stream")
         try:
             _marker_prefix(stream)
@@ -174,17 +156,14 @@ class RedisSink:
             raise opts.error("stream", str(exc)) from None
         fmt: Format = "fields" if opts.choice("format", _FORMATS, "json") == "fields" else "json"
         maxlen = opts.integer("maxlen", 0, minimum=0, maximum=10**12)
-        window = _bounded(opts, "dedup_window", DEFAULT_DEDUP_WINDOW, _MIN_WINDOW, _MAX_WINDOW)
-        timeout = _bounded(opts, "timeout", 30.0, 0.1, _MAX_TIMEOUT)
+        window = bounded_duration(
+            opts, "dedup_window", DEFAULT_DEDUP_WINDOW, _MIN_WINDOW, _MAX_WINDOW
+        )
+        timeout = timeout_option(opts)
         username = opts.optional_str("username")
         password = opts.secret("password")
-        ca_file = opts.path("ca_file") if opts.optional_str("ca_file") is not None else None
+        ca_file = ca_file_option(opts)
         opts.finish()
-        if ca_file is not None:
-            try:
-                client_context(ca_file)
-            except (OSError, ssl.SSLError) as exc:
-                raise opts.error("ca_file", f"expected a readable PEM CA bundle ({exc})") from None
         return cls(
             config.name,
             url,
@@ -381,13 +360,3 @@ def _check_url(url: str) -> None:
         raise ValueError(
             "expected a redis:// or rediss:// (TLS) URL with a host, e.g. redis://127.0.0.1:6379/0"
         )
-
-
-def _bounded(opts: SinkOptions, name: str, default: float, low: float, high: float) -> float:
-    """A duration option within ``[low, high]`` seconds."""
-    seconds = opts.duration(name, default, high=math.inf)  # the range is checked here
-    if not low <= seconds <= high:
-        raise opts.error(
-            name, f"expected a duration from {format_duration(low)} to {format_duration(high)}"
-        )
-    return seconds

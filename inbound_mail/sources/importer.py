@@ -26,7 +26,8 @@ from ..models import EmailOrigin, ParseOutcome, Rejected, Skipped, SmsRecord, Ta
 from ..parse.authenticity import Deferred, Verifier
 from ..parse.limits import scan_headers
 from ..parse.message import ParseOptions, parse_email, sender_matches
-from ..store.db import IngestItem, IngestResult, Router, Store
+from ..store.db import Store
+from ..store.rows import IngestItem, IngestResult, Router
 from .inflight import iter_recorded, split_crashed, submit_recorded
 from .pool import CHUNK, ParsePool
 
@@ -133,9 +134,7 @@ def import_emails(
             del items
             if on_batch:
                 on_batch(result)
-            total.add(
-                len(result.new), len(result.duplicates), result.skipped, result.rejected, deferred
-            )
+            total.add_batch(result, deferred=deferred)
             # Drop this batch before the next one is read: otherwise two batches are
             # alive at once, and peak memory grows with the batch size twice over.
             del result
@@ -174,8 +173,7 @@ def _import_pooled(
         result = store.ingest(items, route=route, not_stored=held)
         if on_batch:
             on_batch(result)
-        total.add(len(result.new), len(result.duplicates), result.skipped, result.rejected,
-                  len(held))  # fmt: skip
+        total.add_batch(result, deferred=len(held))
         items, held = [], []
 
     while True:

@@ -29,7 +29,8 @@ from typing import TYPE_CHECKING, TypeVar
 from ..faults import fault_email
 from ..models import EmailOrigin, Rejected
 from ..parse.message import ParseOptions, parse_email
-from ..store.db import IngestItem, Store
+from ..store.db import Store
+from ..store.rows import IngestItem
 
 if TYPE_CHECKING:
     from .pool import ParsePool

@@ -42,7 +42,6 @@ from sqlite_utils import Database
 from ..errors import StoreError
 from ..models import EmailOrigin, Rejected, SmsRecord
 from . import schema as q
-from .lock import daemon_lock
 from .rows import (
     BACKLOG_KEYS,
     HEX_DIGITS,
@@ -52,7 +51,6 @@ from .rows import (
     BacklogStatus,
     Checkpoint,
     Delivery,
-    DeliveryStatus,
     IngestBatch,
     IngestItem,
     IngestResult,
@@ -65,22 +63,7 @@ from .rows import (
 )
 from .schema import connect, connect_readonly, rollback, translate_error
 
-__all__ = [
-    "SCHEDULE_KEY",
-    "AttemptOutcome",
-    "AttemptRecord",
-    "Checkpoint",
-    "Delivery",
-    "DeliveryStatus",
-    "IngestItem",
-    "IngestResult",
-    "PendingAck",
-    "RetryResult",
-    "Router",
-    "Store",
-    "daemon_lock",
-    "iso",
-]
+__all__ = ["SCHEDULE_KEY", "RetryResult", "Store"]
 
 
 #: This process's name in the ``parsing`` table: a row left under another name
@@ -392,10 +375,14 @@ class Store:
         query = f"SELECT * FROM messages WHERE true{where} ORDER BY received_at, stored_at LIMIT ?"
         return self._rows("cannot read messages", query, [*params, sql_limit(limit)])
 
-    def rejects(self, *, limit: int | None = None) -> Iterator[dict[str, Any]]:
-        """Rejected emails in id order, without ``raw`` but with its ``size`` in bytes."""
-        query = f"SELECT {q.REJECT_COLUMNS} FROM rejects ORDER BY id LIMIT ?"
-        return self._rows("cannot read rejects", query, (sql_limit(limit),))
+    def rejects(
+        self, *, limit: int | None = None, codes: Sequence[str] = ()
+    ) -> Iterator[dict[str, Any]]:
+        """Rejected emails in id order, without ``raw`` but with its ``size`` in bytes;
+        with ``codes``, only those whose stored ``code`` is one of them."""
+        where = f"WHERE code IN ({', '.join('?' * len(codes))})" if codes else ""
+        query = f"SELECT {q.REJECT_COLUMNS} FROM rejects {where} ORDER BY id LIMIT ?"
+        return self._rows("cannot read rejects", query, (*codes, sql_limit(limit)))
 
     def get_reject(self, reject_id: int) -> dict[str, Any] | None:
         """One reject with its ``raw`` bytes, or None."""

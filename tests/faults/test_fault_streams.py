@@ -25,7 +25,8 @@ from stream_daemons import (
 )
 
 from inbound_mail.models import EmailOrigin, SmsRecord
-from inbound_mail.store.db import IngestItem, Store
+from inbound_mail.store.db import Store
+from inbound_mail.store.rows import IngestItem
 from inbound_mail.testing.wait import wait_until
 from testsupport.mailbox import Mailbox
 from testsupport.nats_server import NatsServer

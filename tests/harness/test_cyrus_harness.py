@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import os
-import pwd
 import socket
 import ssl
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +15,8 @@ from imapclient.exceptions import IMAPClientAbortError, LoginError
 from inbound_mail.testing.wait import wait_until
 from testsupport.cyrus import CyrusError, CyrusFactory, CyrusServer
 from testsupport.mailbox import Mailbox
+
+from helpers import run_unprivileged
 
 LAYOUTS = pytest.mark.parametrize("imap_server", ["cyrus-debian", "cyrus-upstream"], indirect=True)
 
@@ -222,26 +220,7 @@ with CyrusServer(Path(sys.argv[1]), layout="upstream") as server:
 
 
 def test_runs_as_an_unprivileged_user(tmp_path: Path) -> None:
-    root = tmp_path / "server"
-    argv = [sys.executable, "-c", _UNPRIVILEGED_SCRIPT, str(root)]
-    if os.geteuid() == 0:
-        nobody = pwd.getpwnam("nobody")
-        root.mkdir()
-        os.chown(root, nobody.pw_uid, nobody.pw_gid)
-        # As nobody, which Cyrus then runs as (cyrus_user).  CAP_DAC_READ_SEARCH only
-        # lets it reach the interpreter and this checkout; everything it writes is its own.
-        capability = "+dac_read_search"
-        argv = [
-            "setpriv",
-            f"--reuid={nobody.pw_uid}",
-            f"--regid={nobody.pw_gid}",
-            "--clear-groups",
-            f"--inh-caps={capability}",
-            f"--ambient-caps={capability}",
-            *argv,
-        ]
-    environment = {**os.environ, "HOME": str(tmp_path)}
-    result = subprocess.run(argv, capture_output=True, text=True, timeout=120, env=environment)
+    result = run_unprivileged(_UNPRIVILEGED_SCRIPT, tmp_path)
 
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["1", "6"]

@@ -463,6 +463,22 @@ def test_backfill_of_old_mail_relies_on_the_servers_verdict(
     assert "no key in DNS" in evidence
 
 
+def test_backfill_counts_a_deferred_email_in_its_summary(
+    mailbox: Mailbox, tmp_path: Path, dns_server: DnsServer, dkim_key: DkimKey
+) -> None:
+    key = DkimKey.generate(selector="backfillfail")
+    key.publish(dns_server)
+    mailbox.append(key.sign(sms("servfail backfill")))
+    mailbox.append(dkim_key.sign(sms("authentic backfill")))
+    config, db, _ = imap_config(tmp_path, mailbox, dns_server)
+    with dns_server.behaving(key.record_name, "servfail"):
+        result = invoke(config, "backfill", "--account", mailbox.user, "--no-deliver")
+    assert result.exit_code == 0, result.output
+    assert "2 read, 1 new" in result.output
+    assert "1 deferred (DNS failed: left in the folder: run backfill again later)" in result.output
+    assert rows(db, "SELECT text FROM messages") == [("authentic backfill",)]
+
+
 @pytest.mark.parametrize(
     "header",
     [

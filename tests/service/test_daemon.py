@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import signal
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,7 @@ from helpers import (
     DaemonProcess,
     count,
     in_process_daemon,
+    provider_email,
     rows,
     wait_until,
     write_config,
@@ -30,10 +32,7 @@ from helpers import (
 FAST = {"idle_deadline": 5.0, "connect_timeout": 5.0, "poll_interval": 1.0}
 
 
-def sms(n: int, text: str = "hello", **kwargs: object) -> bytes:
-    return build_provider_email(
-        f"+39347{n:07d}", "+393331234333", "20240501120000", f"{text} {n}", **kwargs
-    )  # type: ignore[arg-type]
+sms = partial(provider_email, word="hello")
 
 
 def noise(n: int) -> bytes:

@@ -147,7 +147,8 @@ def test_a_taken_port_is_a_clear_config_error(tmp_path: Path) -> None:
 
 def test_rejects_are_classified_by_their_code_where_it_says_why(tmp_path: Path) -> None:
     from inbound_mail.models import EmailOrigin
-    from inbound_mail.store.db import IngestItem, Store
+    from inbound_mail.store.db import Store
+    from inbound_mail.store.rows import IngestItem
 
     db = tmp_path / "s.db"
     config = load_config(

@@ -10,15 +10,15 @@ import os
 import signal
 import uuid
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
 import pytest
 
 from inbound_mail.service.notify import Notifier, watchdog_interval
-from inbound_mail.testing.emails import build_provider_email
 from testsupport.mailbox import Mailbox
 
-from helpers import DaemonProcess, NotifyListener, count, write_config
+from helpers import DaemonProcess, NotifyListener, count, provider_email, write_config
 
 
 @pytest.fixture
@@ -28,8 +28,7 @@ def abstract_listener() -> Iterator[NotifyListener]:
     listener.close()
 
 
-def sms(n: int) -> bytes:
-    return build_provider_email(f"+39347{n:07d}", "+393331234333", "20240501120000", f"hi {n}")
+sms = partial(provider_email, word="hi")
 
 
 def test_ready_status_watchdog_and_stopping(

@@ -4,20 +4,19 @@ from __future__ import annotations
 
 import signal
 import uuid
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-from inbound_mail.testing.emails import build_provider_email
 from testsupport.dovecot import DovecotServer
 from testsupport.mailbox import Mailbox
 
-from helpers import DaemonProcess, NotifyListener, count, wait_until, write_config
+from helpers import DaemonProcess, NotifyListener, count, provider_email, wait_until, write_config
 
 FAST: dict[str, Any] = {"idle_deadline": 5.0, "connect_timeout": 5.0}
 
 
-def sms(n: int) -> bytes:
-    return build_provider_email(f"+39347{n:07d}", "+393331234333", "20240501120000", f"sms {n}")
+sms = partial(provider_email, word="sms")
 
 
 def lines(path: Path) -> int:

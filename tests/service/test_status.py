@@ -13,7 +13,8 @@ from inbound_mail.cli import cli
 from inbound_mail.config.reader import load_config
 from inbound_mail.models import EmailOrigin, SmsRecord
 from inbound_mail.service.status import HEARTBEAT_KEY, collect_status
-from inbound_mail.store.db import AttemptRecord, IngestItem, Store
+from inbound_mail.store.db import Store
+from inbound_mail.store.rows import AttemptRecord, IngestItem
 from inbound_mail.testing.emails import build_provider_email
 from testsupport.mailbox import Mailbox
 
@@ -116,7 +117,7 @@ def test_thresholds_name_what_to_fix(tmp_path: Path) -> None:
 
 
 def test_fast_reliable_recent_traffic_is_ok(tmp_path: Path) -> None:
-    from inbound_mail.store.db import iso
+    from inbound_mail.store.rows import iso
 
     config = _database(
         tmp_path, durations=[0.2] * 20, failures=0, received_at=iso(time.time() - 60)

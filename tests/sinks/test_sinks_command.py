@@ -16,7 +16,8 @@ from inbound_mail.errors import ConfigError, PermanentDeliveryError, TemporaryDe
 from inbound_mail.models import EmailOrigin, SmsRecord
 from inbound_mail.sinks import create_sink
 from inbound_mail.sinks.command import ENV_VALUE_LIMIT, CommandSink
-from inbound_mail.store.db import IngestItem, Store
+from inbound_mail.store.db import Store
+from inbound_mail.store.rows import IngestItem
 from inbound_mail.testing.wait import wait_until
 
 CONTEXT = AttemptContext(delivery_id=1, attempt=1)

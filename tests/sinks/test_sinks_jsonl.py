@@ -16,24 +16,17 @@ import pytest
 from inbound_mail.config.model import SinkConfig
 from inbound_mail.delivery import AttemptContext, DeliveryWorker
 from inbound_mail.errors import ConfigError, TemporaryDeliveryError
-from inbound_mail.models import EmailOrigin, SmsRecord
+from inbound_mail.models import EmailOrigin
 from inbound_mail.sinks import create_sink
 from inbound_mail.sinks.jsonl import JsonlSink
-from inbound_mail.store.db import IngestItem, Store
+from inbound_mail.store.db import Store
+from inbound_mail.store.rows import IngestItem
 from inbound_mail.testing.wait import wait_until
+
+from helpers import record
 
 CONTEXT = AttemptContext(delivery_id=1, attempt=1)
 _keys = itertools.count()
-
-
-def record(i: int = 0, text: str | None = None) -> SmsRecord:
-    return SmsRecord(
-        originator=f"+3933000{i:05d}",
-        destination="+393331234333",
-        date_time="20250525154559",
-        received_at="2025-05-25T13:45:59Z",
-        text=text if text is not None else f"message {i}",
-    )
 
 
 def lines(path: Path) -> list[dict[str, object]]:

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import base64
-import itertools
 import logging
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import replace
 from email.utils import formatdate
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -20,41 +20,21 @@ from inbound_mail.config.model import RetryPolicy, SinkConfig
 from inbound_mail.delivery import AttemptContext, DeliveryWorker
 from inbound_mail.errors import ConfigError, PermanentDeliveryError, TemporaryDeliveryError
 from inbound_mail.logs import KeyValueFormatter
-from inbound_mail.models import EmailOrigin, SmsRecord
 from inbound_mail.sinks import create_sink, redact_url
 from inbound_mail.sinks.webhook import WebhookSink, parse_retry_after
-from inbound_mail.store.db import IngestItem, Store
+from inbound_mail.store.db import Store
 from inbound_mail.testing.wait import wait_until
 from inbound_mail.testing.webhook_receiver import Answer, WebhookReceiver
 from testsupport.certs import make_certificates
 
+from helpers import queue as queue_for
+from helpers import sink_record as record
+
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 CONTEXT = AttemptContext(delivery_id=1, attempt=1)
+# Every record of this file goes to the one sink, "hook".
+queue = partial(queue_for, sink="hook")
 FAST = RetryPolicy(retry_base=0.05, retry_cap=0.5, max_attempts=100, max_age=3600)
-_keys = itertools.count()
-
-
-def record(i: int = 0, text: str | None = None) -> SmsRecord:
-    return SmsRecord(
-        originator=f"+3933000{i:05d}",
-        destination="+393331234333",
-        date_time="20250525154559",
-        received_at="2025-05-25T13:45:59Z",
-        text=text if text is not None else f"News ON {i}",
-        keyword=None,
-        message_id=f"<m{i}@example.com>",
-    )
-
-
-def queue(db: Path, records: Sequence[SmsRecord], sink: str = "hook") -> None:
-    items = [
-        IngestItem(
-            raw=b"raw", outcome=r, origin=EmailOrigin(kind="eml", path="x", key=str(next(_keys)))
-        )
-        for r in records
-    ]
-    with Store.open(db) as store:
-        store.ingest(items, route=lambda r: [sink])
 
 
 def sink_config(url: str, *, retry: RetryPolicy = FAST, **options: Any) -> SinkConfig:
@@ -75,13 +55,6 @@ def attempt_errors(db: Path) -> list[str | None]:
 def receiver() -> Iterator[WebhookReceiver]:
     with WebhookReceiver() as server:
         yield server
-
-
-@pytest.fixture
-def db(tmp_path: Path) -> Path:
-    path = tmp_path / "inbound.db"
-    Store.open(path).close()
-    return path
 
 
 def run_worker(worker: DeliveryWorker, until: Any, timeout: float = 10.0) -> None:

@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 
 from inbound_mail.models import EmailOrigin, Skipped
@@ -19,20 +20,25 @@ from inbound_mail.parse.message import DEFAULT_OPTIONS
 from inbound_mail.sources.imap.connection import connect
 from inbound_mail.sources.imap.sync import FolderSync
 from inbound_mail.sources.inflight import CRASH_REASON, MAX_PARSE_CRASHES, split_runs
-from inbound_mail.store.db import IngestItem, Store
-from inbound_mail.testing.emails import build_provider_email
+from inbound_mail.store.db import Store
+from inbound_mail.store.rows import IngestItem
 from testsupport.mailbox import Mailbox
 
-from helpers import UNCHECKED_PARSE, DaemonProcess, NotifyListener, count, rows, write_config
+from helpers import (
+    UNCHECKED_PARSE,
+    DaemonProcess,
+    NotifyListener,
+    count,
+    provider_email,
+    rows,
+    write_config,
+)
 
 FAST = {"idle_deadline": 5.0, "connect_timeout": 5.0, "poll_interval": 1.0}
 CRASH = {"INBOUND_MAIL_FAULT": "crash-parse"}
 
 
-def sms(n: int) -> bytes:
-    return build_provider_email(
-        f"+39347{n:07d}", "+393331234333", "20240501120000", f"inflight {n}"
-    )
+sms = partial(provider_email, word="inflight")
 
 
 def crashing(n: int) -> bytes:

@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -24,17 +25,15 @@ from inbound_mail.sources.importer import import_emails
 from inbound_mail.sources.inflight import CRASH_REASON
 from inbound_mail.sources.pool import CHUNK, INLINE_BELOW, MAX_AUTO_WORKERS, ParsePool, auto_workers
 from inbound_mail.store.db import Store
-from inbound_mail.testing.emails import build_provider_email
 from inbound_mail.testing.wait import wait_until
 from testsupport.mailbox import Mailbox
 
-from helpers import UNCHECKED_PARSE, count, rows, write_config
+from helpers import UNCHECKED_PARSE, count, provider_email, rows, write_config
 
 CRASH = {"INBOUND_MAIL_FAULT": "crash-parse"}
 
 
-def sms(n: int) -> bytes:
-    return build_provider_email(f"+39347{n:07d}", "+393331234333", "20240501120000", f"pool {n}")
+sms = partial(provider_email, word="pool")
 
 
 def crashing(n: int) -> bytes:

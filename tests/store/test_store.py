@@ -20,14 +20,9 @@ from inbound_mail.delivery import make_router
 from inbound_mail.errors import StoreError, StoreLockedError
 from inbound_mail.models import EmailOrigin, Rejected, Skipped, SmsRecord
 from inbound_mail.store import schema as _schema
-from inbound_mail.store.db import (
-    AttemptRecord,
-    Checkpoint,
-    IngestItem,
-    PendingAck,
-    Store,
-    daemon_lock,
-)
+from inbound_mail.store.db import Store
+from inbound_mail.store.lock import daemon_lock
+from inbound_mail.store.rows import AttemptRecord, Checkpoint, IngestItem, PendingAck
 from inbound_mail.testing.wait import wait_until
 
 T0 = 1_714_550_400.0  # 2024-05-01T08:00:00Z

@@ -23,7 +23,7 @@ from dataclasses import dataclass, replace
 from imapclient import IMAPClient
 from imapclient.exceptions import CapabilityError
 
-from ...store.db import PendingAck
+from ...store.rows import PendingAck
 
 __all__ = ["AckFailure", "AckRetries", "apply_acks"]
 

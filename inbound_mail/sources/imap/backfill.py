@@ -21,10 +21,11 @@ from ...faults import fault_point
 from ...models import Tally
 from ...parse.authenticity import Verifier
 from ...parse.message import ParseOptions
-from ...store.db import IngestResult
+from ...store.rows import IngestResult
 from ..pool import ParsePool, auto_workers
+from .connection import imap_errors
 from .sync import FolderSync, SyncOptions, SyncResult
-from .worker import AccountWorker, imap_errors
+from .worker import AccountWorker
 
 __all__ = ["BackfillRequest", "run_backfill"]
 
@@ -81,7 +82,7 @@ def run_backfill(
     with (
         pool,
         worker.connected_syncer(on_batch=batch_done, on_found=on_found) as (client, syncer),
-        imap_errors(account.name),
+        imap_errors(account),
     ):
         folders = list(request.folders) or (
             _all_folders(client) if request.all_folders else list(account.folders)

@@ -1,8 +1,10 @@
 """Opening an authenticated IMAP connection: TLS, TCP keepalive, login.
 
 This is where :mod:`ssl`, :mod:`socket`, :mod:`imaplib` and imapclient errors
-enter the library; :func:`connect` turns them into the ``ImapError`` tree, each
-naming the account and telling what to do:
+enter the library.  One table, :data:`TRANSLATION`, applied by :func:`imap_errors`
+while connecting (``phase="connect"``: :func:`connect`, ``check``) and in session
+(``phase="session"``: the worker, backfill, ``check``), turns them into the
+``ImapError`` tree, each naming the account and telling what to do:
 
 - :class:`~inbound_mail.errors.ImapAuthError`: the server refused the login
   (retrying will not help);
@@ -24,9 +26,10 @@ import logging
 import re
 import socket
 import ssl
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import imapclient
 from imapclient import IMAPClient
@@ -41,20 +44,22 @@ from ...errors import (
     InboundMailError,
 )
 from ...logs import log_event
-from ...tls import client_context
+from ...tls import certificate_refused, client_context, names_in_certificate
 
 __all__ = [
+    "TRANSLATION",
+    "ErrorRule",
+    "Phase",
     "capabilities",
     "certificate_names",
     "connect",
     "imap_errors",
-    "is_name_mismatch",
     "login",
-    "names_in_certificate",
     "oauth_login",
     "open_session",
     "server_text",
     "tls_context",
+    "translate",
     "untrusted_certificate",
 ]
 
@@ -86,14 +91,14 @@ def open_session(account: AccountConfig, *, log: logging.Logger | None = None) -
     """The first half of :func:`connect`: connected, TLS established (``starttls``
     included), not logged in yet."""
     context = None if account.tls == "none" else tls_context(account)
-    with _translated_errors(account):
+    with imap_errors(account, "connect"):
         return _open(account, context, log or _log)
 
 
 def login(client: IMAPClient, account: AccountConfig, password: str) -> None:
     """The second half of :func:`connect`; closes ``client`` if the login fails."""
     try:
-        with _translated_errors(account):
+        with imap_errors(account, "connect"):
             client.login(account.username, password)
     except BaseException:
         _close(client)
@@ -104,7 +109,7 @@ def oauth_login(client: IMAPClient, account: AccountConfig, mechanism: str, toke
     """SASL ``mechanism`` (``"OAUTHBEARER"`` or ``"XOAUTH2"``) with an access token; closes
     ``client`` if the login fails.  A refusal says what to check for OAuth2, not the password."""
     try:
-        with _translated_errors(account):
+        with imap_errors(account, "connect"):
             if mechanism == "OAUTHBEARER":
                 client.oauthbearer_login(account.username, token)
             else:
@@ -169,25 +174,15 @@ def _decoded_literal(match: re.Match[str]) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else match.group(0)
 
 
-# OpenSSL's X509_V_ERR_HOSTNAME_MISMATCH and X509_V_ERR_IP_ADDRESS_MISMATCH: the chain
-# is trusted, the certificate is for other names -- which no ca_file can fix.
-_NAME_MISMATCH = (62, 64)
-
-
 def untrusted_certificate(exc: ssl.SSLCertVerificationError, account: AccountConfig) -> str:
     """Why the server's certificate was refused, and what fixes it."""
-    where = f"{account.host}:{account.port}"
-    if is_name_mismatch(exc):
-        names = certificate_names(account)
-        held = f"it names {', '.join(names)}" if names else "it names other hosts"
-        return (
-            f"certificate of {where} is not valid for {account.host}: {held}; set "
-            f"{account.key('host')} to one of its names, or give the server a certificate "
-            f"for {account.host}"
-        )
-    return (
-        f"certificate of {where} not trusted ({exc.verify_message}): set "
-        f"{account.key('ca_file')} to the CA that signed it, or fix the server certificate"
+    return certificate_refused(
+        exc,
+        where=f"{account.host}:{account.port}",
+        host=account.host,
+        names=lambda: certificate_names(account),
+        host_setting=account.key("host"),
+        ca_setting=account.key("ca_file"),
     )
 
 
@@ -208,21 +203,6 @@ def certificate_names(account: AccountConfig) -> list[str]:
     finally:
         _close(client)
     return names_in_certificate(cert)
-
-
-def names_in_certificate(cert: Mapping[str, Any]) -> list[str]:
-    """``DNS:...`` and ``IP:...`` from a ``getpeercert()`` dict (its CN if it has no SAN)."""
-    names = [f"{'IP' if kind == 'IP Address' else kind}:{value}"
-             for kind, value in cert.get("subjectAltName", ())]  # fmt: skip
-    if not names:
-        names = [f"CN={value}" for rdn in cert.get("subject", ()) for key, value in rdn
-                 if key == "commonName"]  # fmt: skip
-    return names
-
-
-def is_name_mismatch(exc: ssl.SSLCertVerificationError) -> bool:
-    """The chain is trusted but the certificate is for other names (no CA fixes that)."""
-    return exc.verify_code in _NAME_MISMATCH
 
 
 def _open(
@@ -278,60 +258,110 @@ def _enable_keepalive(sock: socket.socket) -> None:
             sock.setsockopt(socket.IPPROTO_TCP, option, value)
 
 
-@contextmanager
-def _translated_errors(account: AccountConfig) -> Iterator[None]:
-    where = f"{account.host}:{account.port}"
-    name = account.name
-    try:
-        yield
-    except ImapError:
-        raise
-    except ssl.SSLCertVerificationError as exc:
-        raise ImapTlsError(untrusted_certificate(exc, account), account=name) from exc
-    except ssl.SSLError as exc:
-        raise ImapTlsError(f"TLS with {where} failed: {exc.reason or exc}", account=name) from exc
-    except LoginError as exc:
-        said = server_text(exc)
-        if any(code in said for code in _TEMPORARY_LOGIN_CODES):
-            raise ImapConnectionError(
-                f"{where} cannot log in user {account.username} right now: {said}", account=name
-            ) from exc
-        raise ImapAuthError(
-            f"login refused for user {account.username} at {where}; check username and "
-            f"password (server said: {said})",
-            account=name,
-        ) from exc
-    except (OSError, imaplib.IMAP4.abort) as exc:
-        reason = server_text(exc) if isinstance(exc, imaplib.IMAP4.abort) else str(exc)
-        if isinstance(exc, TimeoutError):
-            reason = f"timed out after {account.connect_timeout:g} s"
-        raise ImapConnectionError(f"cannot connect to {where}: {reason}", account=name) from exc
-    except imaplib.IMAP4.error as exc:
-        raise ImapError(
-            f"unexpected answer from {where}: {server_text(exc)}", account=name
-        ) from exc
+Phase = Literal["connect", "session"]
+"""``connect``: opening, TLS and login (nothing is known to work yet); ``session``: after
+login (it worked, so a failure means the connection or a command was lost)."""
+
+
+@dataclass(frozen=True)
+class ErrorRule:
+    """One row of :data:`TRANSLATION`: in ``phase``, an exception of a type in ``catches``
+    (and for which ``when`` holds) becomes ``error`` with the text ``says``.
+
+    ``says`` is a template with the fields ``{where}`` (host:port), ``{user}``,
+    ``{timeout}`` (connect_timeout) and ``{said}`` (what the exception says, decoded
+    by :func:`server_text`), or a function of the exception and the account."""
+
+    phase: Phase
+    catches: tuple[type[BaseException], ...]
+    error: type[ImapError]
+    says: str | Callable[[Any, AccountConfig], str]
+    when: Callable[[BaseException], bool] = lambda exc: True
+
+
+def _temporary_login(exc: BaseException) -> bool:
+    return any(code in server_text(exc) for code in _TEMPORARY_LOGIN_CODES)
+
+
+# First matching row wins: a subclass (SSLCertVerificationError, TimeoutError, LoginError,
+# IMAP4.abort) comes before its base (SSLError, OSError, IMAP4.error).
+TRANSLATION: tuple[ErrorRule, ...] = (
+    ErrorRule("connect", (ssl.SSLCertVerificationError,), ImapTlsError, untrusted_certificate),
+    ErrorRule("connect", (ssl.SSLError,), ImapTlsError, "TLS with {where} failed: {said}"),
+    ErrorRule(
+        "connect",
+        (LoginError,),
+        ImapConnectionError,
+        "{where} cannot log in user {user} right now: {said}",
+        when=_temporary_login,
+    ),
+    ErrorRule(
+        "connect",
+        (LoginError,),
+        ImapAuthError,
+        "login refused for user {user} at {where}; check username and password "
+        "(server said: {said})",
+    ),
+    ErrorRule(
+        "connect",
+        (TimeoutError,),
+        ImapConnectionError,
+        "cannot connect to {where}: timed out after {timeout:g} s",
+    ),
+    ErrorRule(
+        "connect",
+        (OSError, imaplib.IMAP4.abort),
+        ImapConnectionError,
+        "cannot connect to {where}: {said}",
+    ),
+    ErrorRule(
+        "connect", (imaplib.IMAP4.error,), ImapError, "unexpected answer from {where}: {said}"
+    ),
+    ErrorRule("session", (imaplib.IMAP4.abort,), ImapConnectionError, "connection lost: {said}"),
+    ErrorRule("session", (imaplib.IMAP4.error,), ImapError, "the server refused a command: {said}"),
+    ErrorRule("session", (OSError,), ImapConnectionError, "connection lost: {said}"),
+)
 
 
 @contextmanager
-def imap_errors(account: str) -> Iterator[None]:
-    """Translate the errors of an open session (imaplib, socket, TLS) into ImapError.
-
-    The one translation of IMAP errors after login, as :func:`_translated_errors`
-    is while connecting and logging in: both live here, at the boundary."""
+def imap_errors(account: AccountConfig, phase: Phase = "session") -> Iterator[None]:
+    """Translate what :mod:`ssl`, :mod:`socket`, :mod:`imaplib` and imapclient raise into
+    the ``ImapError`` tree, by the first row of :data:`TRANSLATION` for ``phase`` that
+    matches; the library's own errors pass unchanged, anything else propagates as is."""
     try:
         yield
     except InboundMailError:
         raise
-    except imaplib.IMAP4.abort as exc:
-        raise ImapConnectionError(f"connection lost: {server_text(exc)}", account=account) from exc
-    except imaplib.IMAP4.error as exc:
-        raise ImapError(
-            f"the server refused a command: {server_text(exc)}", account=account
-        ) from exc
-    except (TimeoutError, OSError, ssl.SSLError) as exc:
-        raise ImapConnectionError(
-            f"connection lost: {exc or type(exc).__name__}", account=account
-        ) from exc
+    except Exception as exc:
+        translated = translate(exc, account, phase)
+        if translated is None:
+            raise
+        raise translated from exc
+
+
+def translate(exc: BaseException, account: AccountConfig, phase: Phase) -> ImapError | None:
+    """``exc`` as the ``ImapError`` the table gives it, or None when no row matches."""
+    for rule in TRANSLATION:
+        if rule.phase == phase and isinstance(exc, rule.catches) and rule.when(exc):
+            if callable(rule.says):
+                text = rule.says(exc, account)
+            else:
+                text = rule.says.format(
+                    where=f"{account.host}:{account.port}",
+                    user=account.username,
+                    timeout=account.connect_timeout,
+                    said=_said(exc),
+                )
+            return rule.error(text, account=account.name)
+    return None
+
+
+def _said(exc: BaseException) -> str:
+    if isinstance(exc, imaplib.IMAP4.error):
+        return server_text(exc)
+    if isinstance(exc, ssl.SSLError) and exc.reason:
+        return str(exc.reason)
+    return str(exc) or type(exc).__name__
 
 
 def _close(client: IMAPClient) -> None:

@@ -64,7 +64,8 @@ from ...models import EmailOrigin, ParseOutcome, Rejected, SmsRecord, Tally
 from ...parse.authenticity import Deferred, Verifier
 from ...parse.limits import scan_headers
 from ...parse.message import ParseOptions, sender_matches
-from ...store.db import Checkpoint, IngestItem, IngestResult, PendingAck, Router, Store
+from ...store.db import Store
+from ...store.rows import Checkpoint, IngestItem, IngestResult, PendingAck, Router
 from ..inflight import parse_recorded, split_runs, submit_recorded
 from ..pool import ParsePool
 from .acks import AckRetries, apply_acks
@@ -134,6 +135,7 @@ class FolderSync:
         self.verifier = verifier
         # (folder, uidvalidity) -> lowest UID deferred in this pass: the checkpoint stays below.
         self._deferred: dict[tuple[str, int], int] = {}
+        self.held_back = 0  # emails deferred so far, each time: what a pass's tally counts
         self.account = account
         self.store = store
         self.parse_options = parse_options
@@ -200,10 +202,9 @@ class FolderSync:
             for chunk in self._chunks(uids):
                 if self.should_stop():
                     break
+                held = self.held_back
                 batch = self._fetch_and_store(folder, result.uidvalidity, chunk, options, readonly)
-                result.tally.add(
-                    len(batch.new), len(batch.duplicates), batch.skipped, batch.rejected
-                )
+                result.tally.add_batch(batch, deferred=self.held_back - held)
 
     # -- steps -------------------------------------------------------------
     def _apply_owed_acks(self, folder: str, uidvalidity: int) -> int:
@@ -348,6 +349,7 @@ class FolderSync:
         # Recorded in flight, parsed, then held back: no crash to count at a restart.
         kept = {item.origin for item in checked}
         held = [item.origin for item in items if item.origin not in kept]
+        self.held_back += len(held)
         items = checked
         if options.dry_run:
             return _dry_result(items)

@@ -59,7 +59,8 @@ from ...oauth import TokenSource
 from ...parse.authenticity import Verifier
 from ...parse.message import ParseOptions
 from ...secrets import read_password
-from ...store.db import IngestResult, Router, Store
+from ...store.db import Store
+from ...store.rows import IngestResult, Router
 from ..pool import ParsePool
 from .acks import ACK_RETRY_BASE, AckRetries
 from .connection import connect, imap_errors
@@ -73,7 +74,6 @@ __all__ = [
     "AccountState",
     "AccountWorker",
     "IdleOutcome",
-    "imap_errors",
     "reconnect_delay",
 ]
 
@@ -180,7 +180,7 @@ class AccountWorker:
     def run_once(self, options: SyncOptions | None = None) -> list[SyncResult]:
         """Connect, run one pass over every folder, log out.  Raises ImapError."""
         options = options or SyncOptions()
-        with self._session() as (_client, syncer), imap_errors(self.account.name):
+        with self._session() as (_client, syncer), imap_errors(self.account):
             return [syncer.sync(folder, options) for folder in self.account.folders]
 
     # -- daemon mode ---------------------------------------------------------
@@ -188,7 +188,7 @@ class AccountWorker:
         """The thread's body: sessions until ``stop`` is set, backoff between them."""
         while not self.stop.is_set():
             try:
-                with self._session() as (client, syncer), imap_errors(self.account.name):
+                with self._session() as (client, syncer), imap_errors(self.account):
                     self._serve(client, syncer)
             except Exception as exc:  # the worker must outlive every failure
                 self._failed(exc)

@@ -7,22 +7,18 @@ namespace layouts; a folder is named as the server names it (``mailbox.folder``)
 from __future__ import annotations
 
 import json
+from functools import partial
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
 from inbound_mail.cli import cli
-from inbound_mail.testing.emails import build_provider_email
 from testsupport.mailbox import Mailbox
 
-from helpers import ON_EVERY_SERVER, count, rows, write_config
+from helpers import ON_EVERY_SERVER, count, provider_email, rows, write_config
 
-
-def sms(n: int, day: str) -> bytes:
-    return build_provider_email(
-        f"+39347{n:07d}", "+393331234333", "20240501120000", f"backfill {n}", date=day
-    )
+sms = partial(provider_email, word="backfill")
 
 
 def backfill(config: Path, *args: str) -> str:
@@ -34,9 +30,9 @@ def backfill(config: Path, *args: str) -> str:
 @ON_EVERY_SERVER
 def test_date_range_folders_and_dry_run(mailbox: Mailbox, tmp_path: Path) -> None:
     archive = mailbox.folder("Archive")  # INBOX.Archive on Debian's Cyrus
-    mailbox.append(sms(1, "Mon, 01 Jan 2024 10:00:00 +0000"))
-    mailbox.append(sms(2, "Wed, 01 May 2024 10:00:00 +0000"))
-    mailbox.append(sms(3, "Sun, 01 Dec 2024 10:00:00 +0000"), folder=archive)
+    mailbox.append(sms(1, date="Mon, 01 Jan 2024 10:00:00 +0000"))
+    mailbox.append(sms(2, date="Wed, 01 May 2024 10:00:00 +0000"))
+    mailbox.append(sms(3, date="Sun, 01 Dec 2024 10:00:00 +0000"), folder=archive)
     db = tmp_path / "sms.db"
     config = write_config(tmp_path / "c.toml", [mailbox.account()], db=db)
     name = mailbox.user
@@ -62,7 +58,7 @@ def test_date_range_folders_and_dry_run(mailbox: Mailbox, tmp_path: Path) -> Non
 
 @ON_EVERY_SERVER
 def test_apply_after_marks_stored_mail(mailbox: Mailbox, tmp_path: Path) -> None:
-    mailbox.append(sms(1, "Mon, 01 Jan 2024 10:00:00 +0000"))
+    mailbox.append(sms(1, date="Mon, 01 Jan 2024 10:00:00 +0000"))
     db = tmp_path / "sms.db"
     config = write_config(tmp_path / "c.toml", [mailbox.account()], db=db)
     backfill(config, "--account", mailbox.user, "--apply-after")
@@ -72,8 +68,8 @@ def test_apply_after_marks_stored_mail(mailbox: Mailbox, tmp_path: Path) -> None
 @ON_EVERY_SERVER
 def test_backfill_queues_deliveries_unless_told_not_to(mailbox: Mailbox, tmp_path: Path) -> None:
     old = mailbox.folder("Old")
-    mailbox.append(sms(1, "Mon, 01 Jan 2024 10:00:00 +0000"))
-    mailbox.append(sms(2, "Mon, 01 Jan 2024 10:00:00 +0000"), folder=old)
+    mailbox.append(sms(1, date="Mon, 01 Jan 2024 10:00:00 +0000"))
+    mailbox.append(sms(2, date="Mon, 01 Jan 2024 10:00:00 +0000"), folder=old)
     db = tmp_path / "sms.db"
     sink = {"name": "out", "type": "jsonl", "path": str(tmp_path / "out.jsonl")}
     config = write_config(tmp_path / "c.toml", [mailbox.account()], db=db, sinks=[sink])
@@ -92,7 +88,7 @@ def test_unknown_account_is_a_clear_error(tmp_path: Path) -> None:
 
 
 def test_messages_after_backfill_are_json(mailbox: Mailbox, tmp_path: Path) -> None:
-    mailbox.append(sms(7, "Mon, 01 Jan 2024 10:00:00 +0000"))
+    mailbox.append(sms(7, date="Mon, 01 Jan 2024 10:00:00 +0000"))
     db = tmp_path / "sms.db"
     config = write_config(tmp_path / "c.toml", [mailbox.account()], db=db)
     backfill(config, "--account", mailbox.user)
@@ -108,7 +104,7 @@ def test_search_in_windows_finds_every_email(
     import inbound_mail.sources.imap.sync as sync
 
     monkeypatch.setattr(sync, "SEARCH_WINDOW", 7)
-    mailbox.deliver_files([sms(n, "Mon, 01 Jan 2024 10:00:00 +0000") for n in range(30)])
+    mailbox.deliver_files([sms(n, date="Mon, 01 Jan 2024 10:00:00 +0000") for n in range(30)])
     db = tmp_path / "sms.db"
     config = write_config(tmp_path / "c.toml", [mailbox.account(fetch_batch=4)], db=db)
     backfill(config, "--account", mailbox.user)

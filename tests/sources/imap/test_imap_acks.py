@@ -11,6 +11,7 @@ import imaplib
 import logging
 import threading
 from datetime import date
+from functools import partial
 from pathlib import Path
 
 import httpx
@@ -26,11 +27,18 @@ from inbound_mail.sources.imap.acks import AckRetries
 from inbound_mail.sources.imap.backfill import BackfillRequest, run_backfill
 from inbound_mail.sources.imap.connection import server_text
 from inbound_mail.sources.imap.namespace import FolderNames
-from inbound_mail.testing.emails import build_provider_email
 from testsupport.dovecot import DovecotFactory, DovecotServer
 from testsupport.mailbox import Mailbox
 
-from helpers import ON_EVERY_SERVER, count, in_process_daemon, rows, wait_until, write_config
+from helpers import (
+    ON_EVERY_SERVER,
+    count,
+    in_process_daemon,
+    provider_email,
+    rows,
+    wait_until,
+    write_config,
+)
 
 # Courier's and Debian Cyrus's layout: every personal folder lives under "INBOX.".
 INBOX_PREFIX = """
@@ -47,8 +55,7 @@ FAST = {"idle_deadline": 5.0, "connect_timeout": 5.0}
 REFUSED = "R" * 600
 
 
-def sms(n: int) -> bytes:
-    return build_provider_email(f"+39347{n:07d}", "+393331234333", "20240501120000", f"ack {n}")
+sms = partial(provider_email, word="ack")
 
 
 def check(config: Path) -> Result:

@@ -9,22 +9,28 @@ from __future__ import annotations
 
 import threading
 import time
+from functools import partial
 from pathlib import Path
 
 import pytest
 
 from inbound_mail.config.model import AccountConfig
-from inbound_mail.store.db import IngestResult
-from inbound_mail.testing.emails import build_provider_email
+from inbound_mail.store.rows import IngestResult
 from testsupport.mailbox import Mailbox
 
-from helpers import ON_EVERY_SERVER, count, in_process_daemon, wait_until, write_config
+from helpers import (
+    ON_EVERY_SERVER,
+    count,
+    in_process_daemon,
+    provider_email,
+    wait_until,
+    write_config,
+)
 
 BURST = 50
 
 
-def sms(n: int) -> bytes:
-    return build_provider_email(f"+39347{n:07d}", "+393331234333", "20240501120000", f"burst {n}")
+sms = partial(provider_email, word="burst")
 
 
 @ON_EVERY_SERVER

@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 from imapclient import IMAPClient
 
-from inbound_mail.errors import ImapAuthError, ImapConnectionError, ImapTlsError
+from inbound_mail.errors import ImapAuthError, ImapConnectionError, ImapError, ImapTlsError
 from inbound_mail.logs import KeyValueFormatter
-from inbound_mail.sources.imap.connection import capabilities, connect
+from inbound_mail.sources.imap.connection import TRANSLATION, capabilities, connect, imap_errors
 from testsupport.dovecot import DovecotFactory
 from testsupport.mailbox import Mailbox
 
@@ -239,3 +239,27 @@ def test_a_temporary_auth_failure_is_a_connection_error(mailbox: Mailbox) -> Non
         connect(mailbox.account(), mailbox.password)
 
     assert "UNAVAILABLE" in str(caught.value)
+
+
+def test_in_session_the_same_table_translates_a_refused_command_and_a_lost_connection(
+    mailbox: Mailbox, closing: list[IMAPClient]
+) -> None:
+    account = mailbox.account(name="work")
+    client = _open(mailbox, closing)
+
+    with pytest.raises(ImapError) as refused, imap_errors(account):
+        client.select_folder("no-such-folder")
+    assert type(refused.value) is ImapError
+    assert "the server refused a command" in str(refused.value)
+    assert refused.value.account == "work"
+
+    client.socket().shutdown(socket.SHUT_RDWR)  # the connection is gone under the session
+    with pytest.raises(ImapConnectionError, match="connection lost"), imap_errors(account):
+        client.noop()
+
+
+def test_the_table_lists_each_phase_and_every_error_it_raises() -> None:
+    phases = {rule.phase for rule in TRANSLATION}
+    raised = {rule.error for rule in TRANSLATION}
+    assert phases == {"connect", "session"}
+    assert raised == {ImapError, ImapAuthError, ImapConnectionError, ImapTlsError}
