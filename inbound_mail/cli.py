@@ -180,9 +180,9 @@ def import_(
     A path that cannot be read is reported (`cannot read PATH: reason`) and the rest is
     imported; the exit status is then 1.  Ctrl-C commits the emails read so far and stops:
     running the same import again stores the rest, without duplicates."""
+    from .config.model import ParseOptions
     from .delivery import make_router
     from .parse.authenticity import Verifier
-    from .parse.message import ParseOptions
     from .sources.importer import import_emails
     from .sources.local import count_emails, iter_emails
     from .sources.pool import ParsePool, auto_workers
@@ -288,8 +288,9 @@ def parse(state: _State, file: Any) -> None:
     An mbox holding several emails: the first is parsed, and the count is said.
     Exit status: 0 an SMS, 1 rejected (from the provider, but malformed), 3 skipped (not from
     a sender)."""
+    from .config.model import ParseOptions
     from .models import Rejected, Skipped
-    from .parse.message import ParseOptions, parse_email
+    from .parse.message import parse_email
     from .sources.local import first_of_mbox
 
     raw = file.read()

@@ -290,8 +290,8 @@ def test_import_as_a_user_who_cannot_list_a_folder_imports_the_rest() -> None:
 
 # -- item 11: import progress and Ctrl-C ---------------------------------------------------
 def test_import_progress_moves_per_email_not_per_transaction(tmp_path: Path) -> None:
+    from inbound_mail.config.model import ParseOptions
     from inbound_mail.models import EmailOrigin
-    from inbound_mail.parse.message import ParseOptions
     from inbound_mail.sources.importer import import_emails
     from inbound_mail.store.db import Store
 

@@ -305,7 +305,7 @@ def test_an_expired_authorisation_is_not_a_stall(rig: Rig) -> None:
     """The worker waits an hour on its stop event: the watchdog must not restart it."""
     import threading as _threading
 
-    from inbound_mail.parse.message import ParseOptions
+    from inbound_mail.config.model import ParseOptions
     from inbound_mail.service.generation import account_stalled
     from inbound_mail.sources.imap.worker import AccountWorker
 

@@ -381,8 +381,9 @@ def _trust_lines(
 ) -> Iterator[CheckLine]:
     """What the latest provider emails would get from the authenticity check (the
     folder is selected read-only by :func:`_waiting`; nothing is marked)."""
+    from ..config.model import ParseOptions
     from ..parse.authenticity import Verifier
-    from ..parse.message import ParseOptions, parse_email
+    from ..parse.message import parse_email
 
     if account.authenticate == "off":
         yield line(

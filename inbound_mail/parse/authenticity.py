@@ -68,7 +68,6 @@ from ..models import ParseOutcome, Rejected, SmsRecord
 
 __all__ = [
     "AUTH_MODES",
-    "DEFAULT_DKIM_DOMAINS",
     "Deferred",
     "KeyResolver",
     "TrustPolicy",

@@ -11,8 +11,9 @@ real mail does not change).  Anything else is an *unknown charset*: the parser's
 usual fallback (UTF-8, then Windows-1252) applies.
 
 :func:`neutralise` applies the same rule to a parsed message before its body and
-mail-parser's Subject decoder read it: a ``charset`` parameter or an RFC 2047 encoded word naming anything but
-a WHATWG label is renamed to :data:`UNKNOWN`, which no codec answers to.
+mail-parser's Subject decoder read it: a ``charset`` parameter or an RFC 2047
+encoded word naming anything but a WHATWG label is renamed to :data:`UNKNOWN`,
+which no codec answers to.
 """
 
 from __future__ import annotations

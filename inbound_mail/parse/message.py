@@ -140,7 +140,6 @@ from .limits import MAX_FROM_BYTES, MAX_HEADER_BYTES, check_structure, scan_head
 __all__ = [
     "DEFAULT_OPTIONS",
     "MAX_BODY_CHARS",
-    "ParseOptions",
     "normalise_text",
     "parse_email",
     "sender_address",

@@ -20,11 +20,10 @@ from dataclasses import dataclass, field
 
 from apscheduler.schedulers.base import BaseScheduler
 
-from ..config.model import AccountConfig, Config, SinkConfig, parse_duration
+from ..config.model import AccountConfig, Config, ParseOptions, SinkConfig, parse_duration
 from ..delivery import DeliveryWorker, OnAttempt, make_router
 from ..logs import log_event
 from ..parse.authenticity import KeyResolver, Verifier
-from ..parse.message import ParseOptions
 from ..sinks import Sink, create_sink
 from ..sources.imap.worker import (
     RESTING_STATES,

@@ -18,14 +18,14 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 from itertools import islice
 
-from ..config.model import Config
+from ..config.model import Config, ParseOptions
 from ..delivery import make_router
 from ..errors import StoreError
 from ..logs import log_event
 from ..models import EmailOrigin, ParseOutcome, Rejected, Skipped, SmsRecord, Tally
 from ..parse.authenticity import Deferred, Verifier
 from ..parse.limits import scan_headers
-from ..parse.message import ParseOptions, parse_email, sender_matches
+from ..parse.message import parse_email, sender_matches
 from ..store.db import Store
 from ..store.rows import IngestItem, IngestResult, Router
 from .inflight import iter_recorded, split_crashed, submit_recorded

@@ -26,9 +26,10 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, TypeVar
 
+from ..config.model import ParseOptions
 from ..faults import fault_email
 from ..models import EmailOrigin, Rejected
-from ..parse.message import ParseOptions, parse_email
+from ..parse.message import parse_email
 from ..store.db import Store
 from ..store.rows import IngestItem
 

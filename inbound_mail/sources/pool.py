@@ -42,10 +42,11 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from types import TracebackType
 
+from ..config.model import ParseOptions
 from ..faults import fault_email
 from ..logs import log_event
 from ..models import ParseOutcome
-from ..parse.message import ParseOptions, parse_email
+from ..parse.message import parse_email
 from .inflight import MAX_PARSE_CRASHES, crash_reject
 
 __all__ = [

@@ -9,12 +9,11 @@ from typing import Any
 
 import pytest
 
-from inbound_mail.config.model import ParseConfig
+from inbound_mail.config.model import ParseConfig, ParseOptions
 from inbound_mail.errors import ConfigError
 from inbound_mail.models import Rejected, Skipped, SmsRecord
 from inbound_mail.parse.message import (
     DEFAULT_OPTIONS,
-    ParseOptions,
     normalise_text,
     parse_email,
     sender_address,

@@ -12,10 +12,11 @@ import pytest
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
+from inbound_mail.config.model import ParseOptions
 from inbound_mail.config.reader import load_config
 from inbound_mail.errors import ConfigError
 from inbound_mail.models import Rejected, reject_code_for
-from inbound_mail.parse.message import ParseOptions, parse_email
+from inbound_mail.parse.message import parse_email
 from inbound_mail.service.metrics import create_metrics, reject_category
 from inbound_mail.testing.emails import build_provider_email
 from inbound_mail.testing.webhook_receiver import WebhookReceiver

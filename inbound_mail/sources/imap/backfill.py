@@ -15,12 +15,11 @@ from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 
-from ...config.model import Config
+from ...config.model import Config, ParseOptions
 from ...delivery import make_router
 from ...faults import fault_point
 from ...models import Tally
 from ...parse.authenticity import Verifier
-from ...parse.message import ParseOptions
 from ...store.rows import IngestResult
 from ..pool import ParsePool, auto_workers
 from .connection import imap_errors

@@ -57,13 +57,13 @@ from typing import Any
 
 from imapclient import IMAPClient
 
-from ...config.model import AccountConfig
+from ...config.model import AccountConfig, ParseOptions
 from ...faults import fault_point
 from ...logs import log_event
 from ...models import EmailOrigin, ParseOutcome, Rejected, SmsRecord, Tally
 from ...parse.authenticity import Deferred, Verifier
 from ...parse.limits import scan_headers
-from ...parse.message import ParseOptions, sender_matches
+from ...parse.message import sender_matches
 from ...store.db import Store
 from ...store.rows import Checkpoint, IngestItem, IngestResult, PendingAck, Router
 from ..inflight import parse_recorded, split_runs, submit_recorded

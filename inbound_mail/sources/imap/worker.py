@@ -43,7 +43,7 @@ from typing import Any, Literal
 
 from imapclient import IMAPClient
 
-from ...config.model import AccountConfig
+from ...config.model import AccountConfig, ParseOptions
 from ...errors import (
     AuthorizationExpiredError,
     ImapAuthError,
@@ -57,7 +57,6 @@ from ...faults import fault_stall
 from ...logs import log_event
 from ...oauth import TokenSource
 from ...parse.authenticity import Verifier
-from ...parse.message import ParseOptions
 from ...secrets import read_password
 from ...store.db import Store
 from ...store.rows import IngestResult, Router
