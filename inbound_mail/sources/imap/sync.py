@@ -73,6 +73,7 @@ from ...store.db import Checkpoint, IngestItem, IngestResult, PendingAck, Router
 from ..inflight import parse_recorded, split_runs, submit_recorded
 from ..pool import ParsePool
 from .acks import AckRetries, apply_acks
+from .bodies import fetch_bodies
 from .connection import server_text
 from .namespace import FolderNames, folder_names
 from .search import senders_criteria
@@ -469,13 +470,13 @@ class FolderSync:
         """Fetch ``uids`` and start their parse; the returned function waits for it."""
         if not uids:
             return list
-        fetched = self.client.fetch(uids, ["BODY.PEEK[]"])
+        fetched = fetch_bodies(self.client, uids)
         emails = []
         for uid in uids:
-            raw = fetched.get(uid, {}).get(b"BODY[]")
+            raw = fetched.get(uid)
             if raw is None:  # expunged by someone else between SEARCH and FETCH
                 continue
-            emails.append((bytes(raw), self._origin(folder, uidvalidity, uid)))
+            emails.append((raw, self._origin(folder, uidvalidity, uid)))
         if self.pool is not None and record:
             pending = submit_recorded(self.store, emails, self.pool)
 
