@@ -294,26 +294,20 @@ class Store:
     def parse_crashes(self, origins: Iterable[EmailOrigin]) -> dict[EmailOrigin, int]:
         """Those of ``origins`` that another process was parsing when it died,
         with how many processes started parsing them (see :meth:`mark_parsing`)."""
-        if not self._foreign_parsing():
-            return {}
+        if not self._one("cannot read the emails being parsed", q.ANY_PARSING):
+            return {}  # the usual case: nothing in flight, no key to compute
         by_key = {_origin_key(origin): origin for origin in origins}
         rows = self._parsing_rows(list(by_key))
         return {by_key[key]: attempts for key, (attempts, run) in rows.items() if _dead(run)}
 
     def _parsing_rows(self, keys: list[str]) -> dict[str, tuple[int, str]]:
         """origin key -> (attempts, run) of the ``parsing`` rows among ``keys``."""
-        if not keys or not self._foreign_parsing():
+        if not keys or not self._one("cannot read the emails being parsed", q.ANY_PARSING):
             return {}
         rows = self._rows(
             "cannot read the emails being parsed", q.PARSING_ROWS, (json.dumps(keys),)
         )
         return {row["origin"]: (int(row["attempts"]), str(row["run"])) for row in rows}
-
-    def _foreign_parsing(self) -> bool:
-        """Whether another run left or holds ``parsing`` rows: this run's own rows
-        (groups in flight) never count as a crash, so without others there is
-        nothing to look up."""
-        return bool(self._one("cannot read the emails being parsed", q.ANY_FOREIGN_PARSING, (RUN,)))
 
     def mark_parsing(self, origins: Iterable[EmailOrigin]) -> None:
         """Record (committed) that this process starts parsing these emails.

@@ -610,4 +610,3 @@ PARSING_ROWS = """SELECT origin, attempts, run FROM parsing
     WHERE origin IN (SELECT value FROM json_each(?))"""
 DELETE_PARSING = "DELETE FROM parsing WHERE origin = ?"
 ANY_PARSING = "SELECT EXISTS (SELECT 1 FROM parsing)"
-ANY_FOREIGN_PARSING = "SELECT EXISTS (SELECT 1 FROM parsing WHERE run != ?)"
