@@ -44,8 +44,11 @@ def fetch_bodies(client: IMAPClient, uids: Sequence[int]) -> dict[int, bytes]:
     bodies = _read_simple(data)
     if bodies is None:
         parsed = parse_fetch_response(data, client.normalise_times, True)
+        # A BODY[] of NIL (a server that cannot read the file) counts as absent, as before.
         bodies = {
-            int(uid): bytes(item[b"BODY[]"]) for uid, item in parsed.items() if b"BODY[]" in item
+            int(uid): bytes(item[b"BODY[]"])
+            for uid, item in parsed.items()
+            if item.get(b"BODY[]") is not None
         }
     return {uid: body for uid, body in bodies.items() if uid in wanted}
 
