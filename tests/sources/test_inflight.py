@@ -8,6 +8,7 @@ the mailbox.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -241,3 +242,29 @@ def test_a_parse_that_stalls_is_reported_and_becomes_a_reject_after_two_restarts
     assert cli(config, "run", "--once", env=env) == 0
     assert count(db) == 2
     assert [raw for _, raw in crash_rejects(db)] == [stalling]
+
+
+def test_a_row_left_by_an_earlier_version_still_counts(tmp_path: Path) -> None:
+    """The in-flight key is ``json.dumps`` of the origin's fields, as earlier versions wrote
+    it: a row they left (here, a dead run's) names the same email, whatever its fields hold."""
+    origins = [
+        EmailOrigin("imap", account="acc", folder="INBOX", uidvalidity=7, uid=12345),
+        EmailOrigin("maildir", path='/mail/"quoted"\\dir/€ü\udcff', key="1700.M1P2.host"),
+        EmailOrigin("mbox", path="/tmp/a\tb\x01.mbox", key="0"),
+        EmailOrigin("eml", path="/x.eml"),
+    ]
+    with Store.open(tmp_path / "sms.db") as store:
+        conn = store.database.conn
+        for origin in origins:
+            o = origin
+            key = json.dumps([o.kind, o.account, o.folder, o.uidvalidity, o.uid, o.path, o.key])
+            conn.execute(
+                "INSERT INTO parsing (origin, attempts, run, started_at) VALUES (?, 1, ?, ?)",
+                (key, "999999999-dead", "2024-01-01T00:00:00.000Z"),
+            )
+        conn.commit()
+        assert store.parse_crashes(origins) == dict.fromkeys(origins, 1)
+        store.mark_parsing(origins)  # the second attempt, counted on the same rows
+        assert conn.execute("SELECT attempts FROM parsing").fetchall() == [(2,)] * 4
+        store.ingest([IngestItem(b"", Skipped(reason="not ours"), o) for o in origins])
+        assert conn.execute("SELECT count(*) FROM parsing").fetchone()[0] == 0

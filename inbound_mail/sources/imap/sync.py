@@ -12,9 +12,14 @@ The order is what makes the feed lossless and duplicate-free:
 3. ``UID SEARCH`` for the configured senders from ``last+1:*``; UIDs at or below
    the checkpoint are dropped (the range always returns the last message), and
    so are UIDs already recorded, so an interrupted backfill continues.
-4. ``RFC822.SIZE`` first: a mail over ``max_size`` is rejected with its headers,
-   its body never fetched.  The rest is fetched with ``BODY.PEEK[]`` (which never
-   sets ``\\Seen``) in chunks bounded by count and bytes.
+4. Sizes first, from one ``UID SEARCH UID a:b LARGER n`` per chunk (``n`` the
+   smaller of :data:`SMALL_EMAIL` and ``max_size``): only the few larger emails
+   have their ``RFC822.SIZE`` fetched, and one over ``max_size`` is rejected
+   with its headers, its body never fetched.  The rest is fetched with
+   ``BODY.PEEK[]`` (which never sets ``\\Seen``) in chunks bounded by count and
+   bytes (an email the SEARCH did not name counts as ``n`` bytes: an upper bound).
+   Asking every email's size with a FETCH costs the writer a parsed response
+   line per email; the SEARCH answers in one line.
 5. Each chunk is parsed and stored in ONE transaction together with the new
    checkpoint and the acknowledgements it now owes.  Before the parse its
    emails are recorded in flight (:mod:`inbound_mail.sources.inflight`): after a crash,
@@ -69,6 +74,7 @@ from ...store.rows import Checkpoint, IngestItem, IngestResult, PendingAck, Rout
 from ..inflight import parse_recorded, split_runs, submit_recorded
 from ..pool import ParsePool
 from .acks import AckRetries, apply_acks
+from .bodies import fetch_bodies
 from .connection import server_text
 from .namespace import FolderNames, folder_names
 from .search import senders_criteria
@@ -76,6 +82,8 @@ from .search import senders_criteria
 __all__ = ["FolderSync", "SyncOptions", "SyncResult"]
 
 _CHUNK_BYTES = 8 * 1024 * 1024
+SMALL_EMAIL = 32 * 1024
+"""Emails up to this size are fetched without asking their size first (see step 4)."""
 # With a parse pool, one FETCH asks for at most this many bodies: the next FETCH
 # runs while the workers parse the last one.
 _POOL_FETCH = 250
@@ -395,17 +403,19 @@ class FolderSync:
     def _fetch_items(
         self, folder: str, uidvalidity: int, uids: list[int], *, record: bool
     ) -> list[IngestItem]:
-        sizes = self.client.fetch(uids, ["RFC822.SIZE"])
-        present = [uid for uid in uids if b"RFC822.SIZE" in sizes.get(uid, {})]  # others expunged
-        small = [uid for uid in present if int(sizes[uid][b"RFC822.SIZE"]) <= self.account.max_size]
-        large = [uid for uid in present if uid not in small]
+        sizes, gone = self._large_sizes(uids)
+        small = [
+            uid for uid in uids if uid not in gone and sizes.get(uid, 0) <= self.account.max_size
+        ]
+        large = [uid for uid in uids if sizes.get(uid, 0) > self.account.max_size]
         items: list[IngestItem] = []
         count = _POOL_FETCH if self.pool is not None and record else len(small)
+        bound = min(SMALL_EMAIL, self.account.max_size)
         # Every FETCH is sent before the first parse is awaited: with a pool, the
         # workers parse one group while the next is fetched.
         parsing = [
             self._fetch_bodies(folder, uidvalidity, group, record=record)
-            for group in _by_bytes(small, sizes, count)
+            for group in _by_bytes(small, lambda uid: sizes.get(uid, bound), count)
         ]
         for parsed in parsing:
             items += parsed()
@@ -414,6 +424,27 @@ class FolderSync:
         for uid in uids:
             self.fetch_failures.pop((folder, uidvalidity, uid), None)
         return items
+
+    def _large_sizes(self, uids: list[int]) -> tuple[dict[int, int], set[int]]:
+        """The size of each email of ``uids`` over ``min(SMALL_EMAIL, max_size)`` bytes,
+        and the UIDs among those that were expunged before their size was read.
+
+        One SEARCH names the large ones; only they are FETCHed for ``RFC822.SIZE``.
+        An email expunged after the SEARCH is simply missing from the body FETCH.
+        """
+        bound = min(SMALL_EMAIL, self.account.max_size)
+        wanted = set(uids)
+        found = self.client.search(["UID", f"{min(uids)}:{max(uids)}", "LARGER", bound])
+        large = sorted(uid for uid in (int(u) for u in found) if uid in wanted)
+        if not large:
+            return {}, set()
+        fetched = self.client.fetch(large, ["RFC822.SIZE"])
+        sizes = {
+            uid: int(fetched[uid][b"RFC822.SIZE"])
+            for uid in large
+            if b"RFC822.SIZE" in fetched.get(uid, {})
+        }
+        return sizes, {uid for uid in large if uid not in sizes}
 
     def _fetch_failed(self, folder: str, uidvalidity: int, uids: list[int], exc: Exception) -> None:
         """Count the failure against each UID; give up on a UID that fails alone too often."""
@@ -441,13 +472,13 @@ class FolderSync:
         """Fetch ``uids`` and start their parse; the returned function waits for it."""
         if not uids:
             return list
-        fetched = self.client.fetch(uids, ["BODY.PEEK[]"])
+        fetched = fetch_bodies(self.client, uids)
         emails = []
         for uid in uids:
-            raw = fetched.get(uid, {}).get(b"BODY[]")
+            raw = fetched.get(uid)
             if raw is None:  # expunged by someone else between SEARCH and FETCH
                 continue
-            emails.append((bytes(raw), self._origin(folder, uidvalidity, uid)))
+            emails.append((raw, self._origin(folder, uidvalidity, uid)))
         if self.pool is not None and record:
             pending = submit_recorded(self.store, emails, self.pool)
 
@@ -464,7 +495,7 @@ class FolderSync:
         return lambda: items
 
     def _fetch_oversized(
-        self, folder: str, uidvalidity: int, uids: list[int], sizes: dict[int, Any]
+        self, folder: str, uidvalidity: int, uids: list[int], sizes: dict[int, int]
     ) -> list[IngestItem]:
         if not uids:
             return []
@@ -472,7 +503,7 @@ class FolderSync:
         items = []
         for uid in uids:
             header = bytes(fetched.get(uid, {}).get(b"BODY[HEADER]", b""))
-            size = int(sizes[uid][b"RFC822.SIZE"])
+            size = sizes[uid]
             outcome = self._oversized_outcome(header, size)
             if outcome is not None:
                 items.append(IngestItem(header, outcome, self._origin(folder, uidvalidity, uid)))
@@ -582,18 +613,18 @@ def _windows(low: int, uid_next: int) -> Iterator[tuple[int, int | None]]:
     yield low, None
 
 
-def _by_bytes(uids: list[int], sizes: dict[int, Any], count: int) -> list[list[int]]:
+def _by_bytes(uids: list[int], size: Callable[[int], int], count: int) -> list[list[int]]:
     """Split a chunk so one FETCH never holds more than ~8 MiB of bodies in memory,
-    nor more than ``count`` of them."""
+    nor more than ``count`` of them.  ``size`` is each email's size or a bound on it."""
     groups: list[list[int]] = [[]]
     total = 0
     for uid in uids:
-        size = int(sizes[uid][b"RFC822.SIZE"])
-        if groups[-1] and (total + size > _CHUNK_BYTES or len(groups[-1]) >= count):
+        nbytes = size(uid)
+        if groups[-1] and (total + nbytes > _CHUNK_BYTES or len(groups[-1]) >= count):
             groups.append([])
             total = 0
         groups[-1].append(uid)
-        total += size
+        total += nbytes
     return [group for group in groups if group]
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -109,3 +110,38 @@ def test_search_in_windows_finds_every_email(
     config = write_config(tmp_path / "c.toml", [mailbox.account(fetch_batch=4)], db=db)
     backfill(config, "--account", mailbox.user)
     assert count(db) == 30
+
+
+@ON_EVERY_SERVER
+def test_sizes_come_from_one_search_and_only_large_emails_are_sized(
+    mailbox: Mailbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``RFC822.SIZE`` is fetched for the emails a ``SEARCH LARGER`` names, not for all."""
+    import imapclient
+
+    import inbound_mail.sources.imap.sync as sync
+
+    monkeypatch.setattr(sync, "SMALL_EMAIL", 2048)
+    sized: list[int] = []
+    real_fetch = imapclient.IMAPClient.fetch
+
+    def fetch(self: imapclient.IMAPClient, messages: Any, data: Any, modifiers: Any = None) -> Any:
+        if "RFC822.SIZE" in data:
+            sized.extend(messages)
+        return real_fetch(self, messages, data, modifiers)
+
+    monkeypatch.setattr(imapclient.IMAPClient, "fetch", fetch)
+    day = "Mon, 01 Jan 2024 10:00:00 +0000"
+    mid = sms(2, day).replace(b"backfill 2", b"backfill 2 " + b"m" * 4000)
+    big = sms(4, day).replace(b"backfill 4", b"backfill 4 " + b"b" * 20000)
+    mailbox.deliver_files([sms(1, day), mid, sms(3, day), big, sms(5, day)])
+    db = tmp_path / "sms.db"
+    account = mailbox.account(fetch_batch=10, max_size=16384)
+    config = write_config(tmp_path / "c.toml", [account], db=db)
+    backfill(config, "--account", mailbox.user)
+    uids = mailbox.uids()
+    assert sized == [uids[1], uids[3]], "only the two emails over SMALL_EMAIL were sized"
+    texts = sorted(text[:10] for (text,) in rows(db, "SELECT text FROM messages"))
+    assert texts == ["backfill 1", "backfill 2", "backfill 3", "backfill 5"]
+    ((reason,),) = rows(db, "SELECT reason FROM rejects")
+    assert "over accounts[0].max_size = 16384" in reason
