@@ -29,7 +29,7 @@ from ..parse.message import parse_email, sender_matches
 from ..store.db import Store
 from ..store.rows import IngestItem, IngestResult, Router
 from .inflight import iter_recorded, split_crashed, submit_recorded
-from .pool import CHUNK, ParsePool
+from .pool import GROUP, ParsePool
 
 __all__ = [
     "DEFAULT_BATCH",
@@ -156,9 +156,10 @@ def _import_pooled(
     should_stop: Callable[[], bool] | None,
     verifier: Verifier | None,
 ) -> Tally:
-    """:func:`import_emails` with a pool: a stream of small groups, each recorded in
-    flight and shipped as it is read, at most ``pool.depth`` of them in flight
-    (bounded memory), their items stored in order, a transaction per ``batch_size``."""
+    """:func:`import_emails` with a pool: a stream of groups of ``GROUP`` emails, each
+    recorded in flight and shipped as it is read, at most ``pool.depth`` of them in
+    flight (bounded memory), their items stored in order, a transaction per
+    ``batch_size``."""
     total = Tally()
     in_flight: deque[Callable[[], list[IngestItem]]] = deque()
     items: list[IngestItem] = []
@@ -178,7 +179,7 @@ def _import_pooled(
 
     while True:
         while reading and len(in_flight) < pool.depth:
-            group = list(islice(iterator, CHUNK))
+            group = list(islice(iterator, GROUP))
             if not group:
                 reading = False
                 break

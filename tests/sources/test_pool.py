@@ -23,7 +23,7 @@ from inbound_mail.models import EmailOrigin
 from inbound_mail.parse.message import DEFAULT_OPTIONS
 from inbound_mail.sources.importer import import_emails
 from inbound_mail.sources.inflight import CRASH_REASON
-from inbound_mail.sources.pool import CHUNK, INLINE_BELOW, MAX_AUTO_WORKERS, ParsePool, auto_workers
+from inbound_mail.sources.pool import GROUP, INLINE_BELOW, MAX_AUTO_WORKERS, ParsePool, auto_workers
 from inbound_mail.store.db import Store
 from inbound_mail.testing.wait import wait_until
 from testsupport.mailbox import Mailbox
@@ -89,7 +89,7 @@ def test_a_pool_stores_what_the_inline_path_stores(tmp_path: Path) -> None:
 
 
 def test_an_import_with_a_pool_stopped_stores_what_it_shipped(tmp_path: Path) -> None:
-    total = 2 * 16 * CHUNK  # twice what a pool of 2 keeps in flight
+    total = 2 * 6 * GROUP  # twice what a pool of 2 keeps in flight
     emails = [(sms(n), EmailOrigin("eml", path=f"/x/{n}.eml")) for n in range(total)]
     with Store.open(tmp_path / "sms.db") as store, ParsePool(DEFAULT_OPTIONS, 2) as pool:
         parsed = [0]
@@ -101,7 +101,7 @@ def test_an_import_with_a_pool_stopped_stores_what_it_shipped(tmp_path: Path) ->
             emails, store, DEFAULT_OPTIONS, pool=pool, on_parsed=tick,
             should_stop=lambda: parsed[0] >= 150,
         )  # fmt: skip
-        assert 150 <= first.new <= 150 + pool.depth * CHUNK < total
+        assert 150 <= first.new <= 150 + pool.depth * GROUP < total
         assert store.database.conn.execute("SELECT count(*) FROM parsing").fetchone()[0] == 0
         rest = import_emails(emails, store, DEFAULT_OPTIONS, pool=pool)
         assert (rest.new, rest.duplicates) == (total - first.new, first.new)
