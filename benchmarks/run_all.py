@@ -5,8 +5,8 @@ Each script writes ``benchmarks/results/NAME.json``; this one runs them in turn
 suite's ``benchmarks/results/faults.json`` (written by
 ``INBOUND_MAIL_FAULT_RESULTS=1 pytest -m faults``).
 
-    .venv/bin/python benchmarks/run_all.py             # full sizes, ~10 minutes
-    .venv/bin/python benchmarks/run_all.py --quick     # smoke run, ~2 minutes
+    .venv/bin/python benchmarks/run_all.py             # full sizes, ~15 minutes
+    .venv/bin/python benchmarks/run_all.py --quick     # smoke run, ~3 minutes
     .venv/bin/python benchmarks/run_all.py --report    # just print the table from results/
 """
 
