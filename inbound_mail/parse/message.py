@@ -16,7 +16,7 @@ email is rejected ("cannot parse the MIME structure: ...", "internal parser
 error: ...") if its From header names a configured sender, else skipped.
 
 Bounded work
-    Before mail-parser sees the bytes, :mod:`inbound_mail.parse.limits` reads
+    Before the full parse, :mod:`inbound_mail.parse.limits` reads
     the top header block alone: the sender is checked there first, under the
     same strict rule as below (a From header over
     :data:`~inbound_mail.parse.limits.MAX_FROM_BYTES` is skipped unparsed), so
