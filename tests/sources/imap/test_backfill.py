@@ -132,9 +132,9 @@ def test_sizes_come_from_one_search_and_only_large_emails_are_sized(
 
     monkeypatch.setattr(imapclient.IMAPClient, "fetch", fetch)
     day = "Mon, 01 Jan 2024 10:00:00 +0000"
-    mid = sms(2, day).replace(b"backfill 2", b"backfill 2 " + b"m" * 4000)
-    big = sms(4, day).replace(b"backfill 4", b"backfill 4 " + b"b" * 20000)
-    mailbox.deliver_files([sms(1, day), mid, sms(3, day), big, sms(5, day)])
+    mid = sms(2, date=day).replace(b"backfill 2", b"backfill 2 " + b"m" * 4000)
+    big = sms(4, date=day).replace(b"backfill 4", b"backfill 4 " + b"b" * 20000)
+    mailbox.deliver_files([sms(1, date=day), mid, sms(3, date=day), big, sms(5, date=day)])
     db = tmp_path / "sms.db"
     account = mailbox.account(fetch_batch=10, max_size=16384)
     config = write_config(tmp_path / "c.toml", [account], db=db)
