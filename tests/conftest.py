@@ -18,14 +18,14 @@ Waiting for something is ``inbound_mail.testing.wait.wait_until`` (never a bare 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
 from inbound_mail.store.db import Store
-from testsupport.cyrus import CyrusServer
+from testsupport.cyrus import CyrusFactory, CyrusServer
 from testsupport.dkim import DkimKey
 from testsupport.dns import DnsServer
 from testsupport.dovecot import DovecotFactory, DovecotServer
@@ -80,13 +80,17 @@ def mailbox(imap_server: MailServer, request: pytest.FixtureRequest) -> Mailbox:
     return imap_server.new_mailbox(prefix or "user")
 
 
-@pytest.fixture
-def fresh_dovecot(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DovecotFactory]:
-    """Start a server of this test's own: ``fresh_dovecot(idle=False, extra_conf=...)``."""
-    servers: list[DovecotServer] = []
+_Server = TypeVar("_Server", DovecotServer, CyrusServer)
 
-    def start(**options: Any) -> DovecotServer:
-        server = DovecotServer(tmp_path_factory.mktemp("fresh-dovecot"), **options)
+
+def _fresh_servers(
+    tmp_path_factory: pytest.TempPathFactory, server_class: type[_Server], name: str
+) -> Iterator[Callable[..., _Server]]:
+    """A factory of servers of one test's own, each closed when the test ends."""
+    servers: list[_Server] = []
+
+    def start(**options: Any) -> _Server:
+        server = server_class(tmp_path_factory.mktemp(name), **options)
         servers.append(server)
         server.start()
         return server
@@ -94,6 +98,18 @@ def fresh_dovecot(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DovecotF
     yield start
     for server in servers:
         server.close()
+
+
+@pytest.fixture
+def fresh_dovecot(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DovecotFactory]:
+    """Start a server of this test's own: ``fresh_dovecot(idle=False, extra_conf=...)``."""
+    yield from _fresh_servers(tmp_path_factory, DovecotServer, "fresh-dovecot")
+
+
+@pytest.fixture
+def fresh_cyrus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CyrusFactory]:
+    """Start a Cyrus of this test's own: ``fresh_cyrus(layout="upstream", idle=False)``."""
+    yield from _fresh_servers(tmp_path_factory, CyrusServer, "fresh-cyrus")
 
 
 @pytest.fixture(scope="session")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import socket
 import ssl
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,21 +33,6 @@ def _client(mailbox: Mailbox, **kwargs: Any) -> imapclient.IMAPClient:
     client.socket().setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     client.login(mailbox.user, mailbox.password)
     return client
-
-
-@pytest.fixture
-def fresh_cyrus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CyrusFactory]:
-    servers: list[CyrusServer] = []
-
-    def start(**options: Any) -> CyrusServer:
-        server = CyrusServer(tmp_path_factory.mktemp("fresh-cyrus"), **options)
-        servers.append(server)
-        server.start()
-        return server
-
-    yield start
-    for server in servers:
-        server.close()
 
 
 @LAYOUTS

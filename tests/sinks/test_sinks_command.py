@@ -109,14 +109,14 @@ def test_death_by_signal_is_permanent() -> None:
 def test_timeout_kills_the_process_group(tmp_path: Path) -> None:
     pid_file = tmp_path / "child.pid"
     code = f"""
-import subprocess, sys, time
-child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+import signal, subprocess, sys
+child = subprocess.Popen([sys.executable, "-c", "import signal; signal.pause()"])
 open({str(pid_file)!r}, "w").write(str(child.pid))
 sys.stderr.write("started"); sys.stderr.flush()
-time.sleep(60)
+signal.pause()
 """
     sink = CommandSink("cmd", python(code), timeout=1.0)
-    # The error says the timeout fired (the program itself would sleep for 60 s).
+    # The error says the timeout fired (the program and its child wait for a signal forever).
     with pytest.raises(TemporaryDeliveryError, match="timed out after 1s; process group killed"):
         sink.deliver(SMS, CONTEXT)
     child = int(pid_file.read_text())
