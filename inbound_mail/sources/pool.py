@@ -145,6 +145,7 @@ class ParsePool:
         self.workers = max(1, workers)
         self._executor: ProcessPoolExecutor | None = None
         self.crashes = 0  # workers lost: for tests and logs
+        self.outstanding = 0  # groups submitted whose outcomes are not collected yet
 
     @property
     def depth(self) -> int:
@@ -152,6 +153,19 @@ class ParsePool:
         keep parsing while the writer commits a 10,000-email transaction (~0.5 s at
         ~10,000 parses/s on two workers), ~5 MB of emails with two workers."""
         return max(6, self.workers * 3)
+
+    def start(self) -> None:
+        """Start the workers now, in the background, rather than at the first task:
+        the forkserver imports the parser (a few tenths of a second) while the
+        writer logs in, searches and fetches.  Nothing to do when parsing inline."""
+        if self.workers <= 1 or self._executor is not None:
+            return
+        executor = self._new_executor()
+        # A spawn waits for the forkserver to fork the worker: not the writer's wait.
+        threading.Thread(
+            target=_spawn_workers, args=(executor, self.workers), name="parse-pool-start",
+            daemon=True,
+        ).start()  # fmt: skip
 
     def submit(self, raws: Sequence[bytes], *, alone: frozenset[int] = frozenset()) -> Parsing:
         """Start parsing ``raws`` (already recorded in flight); the outcomes come
@@ -177,21 +191,24 @@ class ParsePool:
 
     # -- internals ----------------------------------------------------------
     def _submit(self, raws: list[bytes]) -> Future[list[ParseOutcome]]:
-        if self._executor is None:
-            context = multiprocessing.get_context("forkserver")
-            # The server imports the parser once; each worker is forked from it ready.
-            context.set_forkserver_preload(["inbound_mail.sources.pool"])
-            self._executor = ProcessPoolExecutor(
-                self.workers,
-                mp_context=context,
-                initializer=_init_worker,
-                initargs=(self.options, os.getpid()),
-            )
+        executor = self._executor or self._new_executor()
         try:
-            return self._executor.submit(_parse_task, raws)
+            return executor.submit(_parse_task, raws)
         except BrokenProcessPool:
             self._broken()
             return self._submit(raws)
+
+    def _new_executor(self) -> ProcessPoolExecutor:
+        context = multiprocessing.get_context("forkserver")
+        # The server imports the parser once; each worker is forked from it ready.
+        context.set_forkserver_preload(["inbound_mail.sources.pool"])
+        self._executor = ProcessPoolExecutor(
+            self.workers,
+            mp_context=context,
+            initializer=_init_worker,
+            initargs=(self.options, os.getpid()),
+        )
+        return self._executor
 
     def _broken(self) -> None:
         """Forget a broken executor (its futures all fail); the next task starts a new one."""
@@ -215,8 +232,24 @@ class ParsePool:
         return crash_reject(MAX_PARSE_CRASHES)
 
 
+def _spawn_workers(executor: ProcessPoolExecutor, workers: int) -> None:
+    """Give each of ``workers`` processes a no-op task: the executor spawns a process
+    per task while none is idle.  A pool broken or closed meanwhile is the writer's
+    to see at its next task."""
+    try:
+        for _ in range(workers):
+            executor.submit(os.getpid)
+    except (BrokenProcessPool, RuntimeError):  # RuntimeError: shut down already
+        pass
+
+
 class Parsing:
-    """One group being parsed; :meth:`outcomes` waits for it."""
+    """One group being parsed; :meth:`outcomes` waits for it.
+
+    The writer parses (a small group, mail from another sender) only when no other
+    group is in flight, and at once: if that parse kills the process, the only
+    emails recorded in flight are this group's, so a restart counts the crash
+    against them alone, as on the inline path.  Otherwise everything is shipped."""
 
     def __init__(self, pool: ParsePool, raws: Sequence[bytes], alone: frozenset[int]) -> None:
         self._pool = pool
@@ -225,12 +258,13 @@ class Parsing:
         indexes = range(len(self._raws))
         if pool.workers <= 1:
             shipped: list[int] = []
+        elif pool.outstanding:  # other groups in flight: the writer parses nothing
+            shipped = list(indexes)
         elif len(self._raws) < INLINE_BELOW:  # a crashed one never runs in the writer
             shipped = [i for i in indexes if i in alone]
         else:
             shipped = [i for i in indexes if i in alone or _for_parser(self._raws[i], pool.options)]
         chosen = set(shipped)
-        self._inline = [i for i in indexes if i not in chosen]
         run: list[int] = []
         for i in shipped:
             if i in alone:
@@ -242,23 +276,29 @@ class Parsing:
                 run = []
         if run:
             self._tasks.append((run, pool._submit([self._raws[j] for j in run])))
+        pool.outstanding += 1
+        self._results: list[ParseOutcome | None] = [None] * len(self._raws)
+        for i in indexes:  # while the workers parse the rest
+            if i not in chosen:
+                raw = self._raws[i]
+                fault_email("crash-parse", raw)
+                fault_email("stall-parse", raw)
+                self._results[i] = parse_email(raw, pool.options)
 
     def outcomes(self) -> list[ParseOutcome]:
-        """Every email's outcome, in order (inline ones are parsed now, in the writer)."""
-        results: list[ParseOutcome | None] = [None] * len(self._raws)
-        for i in self._inline:
-            raw = self._raws[i]
-            fault_email("crash-parse", raw)
-            fault_email("stall-parse", raw)
-            results[i] = parse_email(raw, self._pool.options)
-        for indexes, future in self._tasks:
-            try:
-                outcomes = future.result()
-            except BrokenProcessPool:
-                self._pool._broken()
-                outcomes = [self._pool._alone(self._raws[i]) for i in indexes]
-            for i, outcome in zip(indexes, outcomes, strict=True):
-                results[i] = outcome
+        """Every email's outcome, in order."""
+        results = self._results
+        try:
+            for indexes, future in self._tasks:
+                try:
+                    outcomes = future.result()
+                except BrokenProcessPool:
+                    self._pool._broken()
+                    outcomes = [self._pool._alone(self._raws[i]) for i in indexes]
+                for i, outcome in zip(indexes, outcomes, strict=True):
+                    results[i] = outcome
+        finally:
+            self._pool.outstanding -= 1
         self._raws = []
         self._tasks = []
         return [outcome for outcome in results if outcome is not None]

@@ -15,6 +15,7 @@ and gives a connect or a command 3 s.
 
 from __future__ import annotations
 
+import os
 import signal
 import sqlite3
 import subprocess
@@ -26,6 +27,7 @@ from typing import Any
 from checker import Figures, Ledger, record_figures
 
 from inbound_mail.config.model import AccountConfig
+from inbound_mail.testing.emails import build_provider_email
 from inbound_mail.testing.wait import wait_until
 from inbound_mail.testing.webhook_receiver import WebhookReceiver
 from testsupport.mailbox import Mailbox
@@ -228,3 +230,17 @@ class FaultRun:
 
 FaultRunFactory = Callable[[Mailbox], FaultRun]
 """The ``fault_runs`` fixture: a FaultRun on any mailbox."""
+
+
+def plant_unreadable_email(fault_run: FaultRun) -> None:
+    """A Maildir file whose name claims 5000 bytes: Dovecot fails every FETCH that touches it
+    ("Cached message size larger than expected") and drops the connection, on every try."""
+    mailbox = fault_run.mailbox
+    assert mailbox.server.runtime_dir is not None
+    maildir = mailbox.server.runtime_dir / "mail" / mailbox.user / "Maildir"
+    raw = build_provider_email("+393470000009", "+393331234333", "20240501120000", "unreadable")
+    path = maildir / "new" / f"{time.time_ns()}.Pcorrupt.inbound-mail-test,S=5000"
+    path.write_bytes(raw)
+    owner = maildir.stat()
+    os.chown(path, owner.st_uid, owner.st_gid)
+    mailbox.server.doveadm("mailbox", "status", "-u", mailbox.user, "messages", "INBOX")

@@ -13,7 +13,7 @@ import subprocess
 import sys
 
 import pytest
-from harness import FaultRun
+from harness import FaultRun, plant_unreadable_email
 
 from inbound_mail.testing.emails import build_provider_email
 
@@ -67,3 +67,17 @@ def test_kill_the_writer_of_a_backfill_with_its_pool_running(fault_run: FaultRun
     assert count(fault_run.db, "rejects") == 0
     fault_run.start()
     fault_run.finish()
+
+
+def test_a_fetch_that_fails_stores_the_group_fetched_before_it(fault_run: FaultRun) -> None:
+    """With a pool the next group is fetched before the last is stored: when that
+    FETCH fails, the group already fetched is still stored before the error ends
+    the pass."""
+    fault_run.configure(fetch_batch=100)
+    fault_run.send_files(200)
+    plant_unreadable_email(fault_run)  # in the third group
+    fault_run.send_files(50)
+    failed = backfill(fault_run, None)
+    assert failed.returncode != 0
+    assert count(fault_run.db) == 200
+    assert count(fault_run.db, "parsing") == 0

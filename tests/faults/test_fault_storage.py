@@ -5,13 +5,12 @@ from __future__ import annotations
 import errno
 import os
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
-from harness import FaultRun
+from harness import FaultRun, plant_unreadable_email
 
 from inbound_mail.cli import cli
 from inbound_mail.testing.emails import build_provider_email
@@ -154,20 +153,6 @@ def test_poison_emails_are_rejected_and_the_next_ones_flow(fault_run: FaultRun) 
     assert "NUL" in reasons[1]
     flags = fault_run.mailbox.flags()
     assert sum("\\Seen" not in f for f in flags.values()) == 4, "rejected mail is left alone"
-
-
-def plant_unreadable_email(fault_run: FaultRun) -> None:
-    """A Maildir file whose name claims 5000 bytes: Dovecot fails every FETCH that touches it
-    ("Cached message size larger than expected") and drops the connection, on every try."""
-    mailbox = fault_run.mailbox
-    assert mailbox.server.runtime_dir is not None
-    maildir = mailbox.server.runtime_dir / "mail" / mailbox.user / "Maildir"
-    raw = build_provider_email("+393470000009", "+393331234333", "20240501120000", "unreadable")
-    path = maildir / "new" / f"{time.time_ns()}.Pcorrupt.inbound-mail-test,S=5000"
-    path.write_bytes(raw)
-    owner = maildir.stat()
-    os.chown(path, owner.st_uid, owner.st_gid)
-    mailbox.server.doveadm("mailbox", "status", "-u", mailbox.user, "messages", "INBOX")
 
 
 def test_an_email_the_server_cannot_return_does_not_block_the_others(

@@ -21,10 +21,12 @@ from inbound_mail.config.reader import load_config
 from inbound_mail.errors import ConfigError
 from inbound_mail.models import EmailOrigin
 from inbound_mail.parse.message import DEFAULT_OPTIONS
+from inbound_mail.sources.imap.backfill import BackfillRequest, run_backfill
 from inbound_mail.sources.importer import import_emails
 from inbound_mail.sources.inflight import CRASH_REASON
 from inbound_mail.sources.pool import GROUP, INLINE_BELOW, MAX_AUTO_WORKERS, ParsePool, auto_workers
 from inbound_mail.store.db import Store
+from inbound_mail.store.rows import IngestResult
 from inbound_mail.testing.wait import wait_until
 from testsupport.mailbox import Mailbox
 
@@ -141,6 +143,76 @@ def test_backfill_a_worker_killed_by_one_email_costs_that_email_only(
     assert count(db, "parsing") == 0
 
 
+def test_backfill_fetches_and_ships_the_next_group_before_storing_the_last(
+    mailbox: Mailbox, tmp_path: Path
+) -> None:
+    """The workers parse group i+1 while the writer stores group i: at each commit
+    but the last, the next group is already recorded in flight.  Without a pool
+    (``--workers 1``) nothing is in flight at a commit.  Either way every email is
+    stored once, in UID order."""
+    total, batch = 5 * INLINE_BELOW, 2 * INLINE_BELOW
+    mailbox.deliver_files([sms(n) for n in range(total)])
+    for workers, expect_ahead in ((2, True), (1, False)):
+        db = tmp_path / f"w{workers}.db"
+        account = mailbox.account(fetch_batch=batch)
+        config = load_config(write_config(tmp_path / "c.toml", [account], db=db))
+        in_flight: list[int] = []
+
+        def committed(
+            folder: str, result: IngestResult, db: Path = db, seen: list[int] = in_flight
+        ) -> None:
+            seen.append(count(db, "parsing"))
+
+        request = BackfillRequest(account=account.name, workers=workers, deliver=False)
+        totals = run_backfill(config, request, on_batch=committed)
+        assert [tally.new for tally in totals.values()] == [total]
+        assert count(db) == total and count(db, "parsing") == 0
+        uids = [uid for (uid,) in rows(db, "SELECT uid FROM emails ORDER BY id")]
+        assert uids == sorted(uids)
+        assert len(in_flight) == 3  # 64 + 64 + 32
+        if expect_ahead:
+            assert in_flight[:-1] == [batch, total - 2 * batch] and in_flight[-1] == 0
+        else:
+            assert in_flight == [0, 0, 0]
+
+
+_SUBMIT_TWO = """
+import sys
+from pathlib import Path
+from inbound_mail.parse.message import DEFAULT_OPTIONS
+from inbound_mail.sources.pool import ParsePool
+folder = Path(sys.argv[1])
+groups = [[p.read_bytes() for p in sorted(folder.glob(g + "*.eml"))] for g in sys.argv[2:]]
+with ParsePool(DEFAULT_OPTIONS, 2) as pool:
+    parsing = [pool.submit(group) for group in groups]
+    outcomes = [outcome for p in parsing for outcome in p.outcomes()]
+    codes = [getattr(outcome, "code", type(outcome).__name__) for outcome in outcomes]
+    print(pool.crashes, *codes)
+"""
+
+
+def test_the_writer_parses_only_while_no_other_group_is_in_flight(tmp_path: Path) -> None:
+    """A small group (or mail from another sender) is parsed in the writer only when
+    nothing else is recorded in flight: if the parse kills the writer, a restart
+    must count the crash against that group's emails alone.  Behind another group
+    it is shipped, so a crashing email kills workers, never the writer."""
+    folder = tmp_path / "emails"
+    folder.mkdir()
+    for n in range(INLINE_BELOW):
+        (folder / f"a{n:03d}.eml").write_bytes(sms(n))
+    (folder / "b0.eml").write_bytes(crashing(100))
+    (folder / "b1.eml").write_bytes(b"X-Inbound-Mail-Fault: crash-parse\r\n" + stranger(101))
+    script = [sys.executable, "-c", _SUBMIT_TWO, str(folder)]
+    env = {**os.environ, **CRASH}
+    behind = subprocess.run([*script, "a", "b"], capture_output=True, env=env, timeout=300)
+    assert behind.returncode == 0, behind.stderr.decode()
+    crashes, *codes = behind.stdout.decode().split()
+    assert codes == ["SmsRecord"] * INLINE_BELOW + ["parser_crash"] * 2
+    assert int(crashes) == 2 * 2  # each crashing email killed two workers, alone
+    alone = subprocess.run([*script, "b"], capture_output=True, env=env, timeout=300)
+    assert alone.returncode == -signal.SIGKILL  # parsed in the writer: it died
+
+
 def test_workers_setting_has_a_range(tmp_path: Path) -> None:
     assert auto_workers(3) == 3
     assert 1 <= auto_workers(0) <= MAX_AUTO_WORKERS
@@ -184,3 +256,16 @@ def test_ctrl_c_on_the_process_group_commits_and_stops(tmp_path: Path) -> None:
     again = cli(config, "import", str(folder), "--workers", "2")
     assert again.returncode == 0 and count(db) == total
     assert f"{total - stored} new, {stored} duplicates".encode() in again.stderr
+
+
+def test_a_pool_started_ahead_parses_and_closes(tmp_path: Path) -> None:
+    """``start`` spawns the workers in the background; a pool closed before its first
+    task, or started twice, ends cleanly."""
+    with ParsePool(DEFAULT_OPTIONS, 2) as unused:
+        unused.start()
+    with ParsePool(DEFAULT_OPTIONS, 2) as pool:
+        pool.start()
+        pool.start()
+        outcomes = pool.submit([sms(n) for n in range(INLINE_BELOW)]).outcomes()
+    assert [type(outcome).__name__ for outcome in outcomes] == ["SmsRecord"] * INLINE_BELOW
+    assert pool.crashes == 0

@@ -55,6 +55,8 @@ def run_backfill(
     options = ParseOptions.from_config(config.parse, account.senders)
     workers = config.parse.workers if request.workers is None else request.workers
     pool = ParsePool(options, auto_workers(workers))
+    if not request.dry_run:  # a dry run parses in this process: it records nothing
+        pool.start()  # the workers start while this process logs in and searches
     worker = AccountWorker(
         account,
         db_path=Path(config.database.path),

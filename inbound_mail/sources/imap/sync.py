@@ -55,6 +55,7 @@ from __future__ import annotations
 import imaplib
 import logging
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import date
@@ -207,12 +208,45 @@ class FolderSync:
             uids = self._new_uids(folder, result.uidvalidity, low, high, options)
             if self.on_found and uids:
                 self.on_found(folder, len(uids))
-            for chunk in self._chunks(uids):
-                if self.should_stop():
-                    break
-                held = self.held_back
-                batch = self._fetch_and_store(folder, result.uidvalidity, chunk, options, readonly)
-                result.tally.add_batch(batch, deferred=self.held_back - held)
+            groups = self._groups(folder, result.uidvalidity, uids, options)
+            self._store_groups(folder, result, groups, options, readonly)
+
+    def _store_groups(
+        self,
+        folder: str,
+        result: SyncResult,
+        groups: Iterator[list[int]],
+        options: SyncOptions,
+        readonly: bool,
+    ) -> None:
+        """Fetch, parse and store each group of UIDs in turn.  With a parse pool the
+        next group is fetched and shipped before the last one is stored, so the
+        workers parse while the writer commits; groups are still stored (and the
+        checkpoint moved) in UID order, one transaction each."""
+        ahead = 1 if self.pool is not None and self.pool.workers > 1 and not options.dry_run else 0
+        started: deque[Callable[[], IngestResult]] = deque()
+        for uids in groups:
+            if self.should_stop():
+                break
+            try:
+                group = self._start_group(folder, result.uidvalidity, uids, options, readonly)
+            except Exception:
+                # The groups already fetched are stored before the error ends the pass.
+                while started:
+                    self._finish_group(folder, result, started.popleft())
+                raise
+            started.append(group)
+            while len(started) > ahead:
+                self._finish_group(folder, result, started.popleft())
+        while started:  # a stop too leaves nothing fetched unstored
+            self._finish_group(folder, result, started.popleft())
+
+    def _finish_group(
+        self, folder: str, result: SyncResult, finish: Callable[[], IngestResult]
+    ) -> None:
+        held = self.held_back
+        batch = finish()
+        result.tally.add_batch(batch, deferred=self.held_back - held)
 
     # -- steps -------------------------------------------------------------
     def _apply_owed_acks(self, folder: str, uidvalidity: int) -> int:
@@ -319,40 +353,48 @@ class FolderSync:
             criteria += ["SENTBEFORE", options.before]
         return sorted(int(uid) for uid in self.client.search(criteria))
 
-    def _chunks(self, uids: list[int]) -> list[list[int]]:
+    def _groups(
+        self, folder: str, uidvalidity: int, uids: list[int], options: SyncOptions
+    ) -> Iterator[list[int]]:
+        """``uids`` in chunks of ``fetch_batch``, each cut into the groups stored
+        in one transaction each."""
         size = self.account.fetch_batch
-        return [uids[i : i + size] for i in range(0, len(uids), size)]
+        for start in range(0, len(uids), size):
+            chunk = uids[start : start + size]
+            if any((folder, uidvalidity, uid) in self.fetch_failures for uid in chunk):
+                # One at a time, so an email the server cannot return costs only itself.
+                yield from ([uid] for uid in chunk)
+            elif options.dry_run:
+                yield chunk
+            else:
+                # Each email the parser died on alone, in UID order: the checkpoint never
+                # passes one before it is stored (inbound_mail.sources.inflight).
+                origins = [self._origin(folder, uidvalidity, uid) for uid in chunk]
+                crashed = {origin.uid for origin in self.store.parse_crashes(origins)}
+                yield from split_runs(chunk, crashed.__contains__)
 
-    def _fetch_and_store(
+    def _start_group(
         self, folder: str, uidvalidity: int, uids: list[int], options: SyncOptions, readonly: bool
-    ) -> IngestResult:
-        if any((folder, uidvalidity, uid) in self.fetch_failures for uid in uids):
-            # One at a time, so an email the server cannot return costs only itself.
-            groups = [[uid] for uid in uids]
-        elif options.dry_run:
-            groups = [uids]
-        else:
-            # Each email the parser died on alone, in UID order: the checkpoint never
-            # passes one before it is stored (inbound_mail.sources.inflight).
-            origins = [self._origin(folder, uidvalidity, uid) for uid in uids]
-            crashed = {origin.uid for origin in self.store.parse_crashes(origins)}
-            groups = split_runs(uids, lambda uid: uid in crashed)
-        result = IngestResult()
-        for group in groups:
-            if self.should_stop():
-                break
-            result.merge(self._fetch_group(folder, uidvalidity, group, options, readonly))
-        return result
-
-    def _fetch_group(
-        self, folder: str, uidvalidity: int, uids: list[int], options: SyncOptions, readonly: bool
-    ) -> IngestResult:
+    ) -> Callable[[], IngestResult]:
+        """Fetch ``uids`` and start their parse; the returned function waits for it,
+        then authenticates, stores and acknowledges."""
         try:
-            items = self._fetch_items(folder, uidvalidity, uids, record=not options.dry_run)
+            parsed = self._fetch_items(folder, uidvalidity, uids, record=not options.dry_run)
         except Exception as exc:
             self._fetch_failed(folder, uidvalidity, uids, exc)
             raise
         fault_point("after-fetch")
+        return lambda: self._store_group(folder, uidvalidity, uids, parsed(), options, readonly)
+
+    def _store_group(
+        self,
+        folder: str,
+        uidvalidity: int,
+        uids: list[int],
+        items: list[IngestItem],
+        options: SyncOptions,
+        readonly: bool,
+    ) -> IngestResult:
         checked = self._authenticate(folder, uidvalidity, items)
         # Recorded in flight, parsed, then held back: no crash to count at a restart.
         kept = {item.origin for item in checked}
@@ -402,13 +444,14 @@ class FolderSync:
 
     def _fetch_items(
         self, folder: str, uidvalidity: int, uids: list[int], *, record: bool
-    ) -> list[IngestItem]:
+    ) -> Callable[[], list[IngestItem]]:
+        """Fetch ``uids`` (every FETCH is sent now) and start their parse; the returned
+        function waits for the items, in UID order."""
         sizes, gone = self._large_sizes(uids)
         small = [
             uid for uid in uids if uid not in gone and sizes.get(uid, 0) <= self.account.max_size
         ]
         large = [uid for uid in uids if sizes.get(uid, 0) > self.account.max_size]
-        items: list[IngestItem] = []
         count = _POOL_FETCH if self.pool is not None and record else len(small)
         bound = min(SMALL_EMAIL, self.account.max_size)
         # Every FETCH is sent before the first parse is awaited: with a pool, the
@@ -417,12 +460,15 @@ class FolderSync:
             self._fetch_bodies(folder, uidvalidity, group, record=record)
             for group in _by_bytes(small, lambda uid: sizes.get(uid, bound), count)
         ]
-        for parsed in parsing:
-            items += parsed()
-        items += self._fetch_oversized(folder, uidvalidity, large, sizes)
-        items.sort(key=lambda item: item.origin.uid or 0)
+        oversized = self._fetch_oversized(folder, uidvalidity, large, sizes)
         for uid in uids:
             self.fetch_failures.pop((folder, uidvalidity, uid), None)
+
+        def items() -> list[IngestItem]:
+            found = [item for parsed in parsing for item in parsed()] + oversized
+            found.sort(key=lambda item: item.origin.uid or 0)
+            return found
+
         return items
 
     def _large_sizes(self, uids: list[int]) -> tuple[dict[int, int], set[int]]:
