@@ -69,15 +69,20 @@ def test_kill_the_writer_of_a_backfill_with_its_pool_running(fault_run: FaultRun
     fault_run.finish()
 
 
-def test_a_fetch_that_fails_stores_the_group_fetched_before_it(fault_run: FaultRun) -> None:
-    """With a pool the next group is fetched before the last is stored: when that
-    FETCH fails, the group already fetched is still stored before the error ends
-    the pass."""
+def test_an_email_the_server_cannot_return_does_not_end_a_backfill(fault_run: FaultRun) -> None:
+    """Dovecot fails every FETCH (and the size SEARCH) that touches the planted email
+    and drops the connection: the backfill reconnects and goes on, the email ends as
+    an `unfetchable` reject, left in the mailbox, and everything else is stored."""
     fault_run.configure(fetch_batch=100)
     fault_run.send_files(200)
     plant_unreadable_email(fault_run)  # in the third group
     fault_run.send_files(50)
-    failed = backfill(fault_run, None)
-    assert failed.returncode != 0
-    assert count(fault_run.db) == 200
+    done = backfill(fault_run, None)
+    assert done.returncode == 0, done.stderr.decode()[-3000:]
+    assert count(fault_run.db) == 250
+    assert rows(fault_run.db, "SELECT code FROM rejects") == [("unfetchable",)]
     assert count(fault_run.db, "parsing") == 0
+    assert b"backfill.fetch_failed" in done.stderr
+    assert b"INBOX: 251 read, 250 new, 0 duplicates, 0 skipped, 1 rejected" in done.stderr
+    fault_run.start()
+    fault_run.finish()

@@ -5,10 +5,16 @@ Nothing in the mailbox changes (folders are opened read-only) unless
 recorded UIDs are skipped, so an interrupted backfill continues where it
 stopped and never stores anything twice.  Folder names resolve through the
 server's NAMESPACE like the daemon's (:mod:`inbound_mail.sources.imap.namespace`).
+
+A FETCH the server fails does not end the run: it reconnects and goes on, and an
+email the server can never return is fetched alone and, after
+:data:`~inbound_mail.sources.imap.sync.MAX_FETCH_FAILURES` failures, stored as an
+``unfetchable`` reject (left in the mailbox), as the daemon does.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -17,7 +23,9 @@ from pathlib import Path
 
 from ...config.model import Config, ParseOptions
 from ...delivery import make_router
+from ...errors import ImapError
 from ...faults import fault_point
+from ...logs import log_event
 from ...models import Tally
 from ...parse.authenticity import Verifier
 from ...store.rows import IngestResult
@@ -26,7 +34,13 @@ from .connection import imap_errors
 from .sync import FolderSync, SyncOptions, SyncResult
 from .worker import AccountWorker
 
-__all__ = ["BackfillRequest", "run_backfill"]
+__all__ = ["MAX_RETRIES", "BackfillRequest", "run_backfill"]
+
+#: Reconnects after a failed FETCH, per run.  Each failure counts against the UIDs
+#: asked for: one email the server cannot return costs at most
+#: 1 + MAX_FETCH_FAILURES of them before it is stored as a reject and passed.
+MAX_RETRIES = 100
+_log = logging.getLogger("inbound_mail.backfill")
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,18 +94,47 @@ def run_backfill(
             on_batch(folder, result)
 
     totals: dict[str, Tally] = {}
-    with (
-        pool,
-        worker.connected_syncer(on_batch=batch_done, on_found=on_found) as (client, syncer),
-        imap_errors(account),
-    ):
-        folders = list(request.folders) or (
-            _all_folders(client) if request.all_folders else list(account.folders)
-        )
-        for folder in folders:
-            # Keyed by the server's name: `Sub` is `INBOX.Sub` under such a namespace.
-            result = _backfill_folder(syncer, folder, sync_options)
-            totals[result.folder] = result.tally
+    folders: list[str] | None = None
+    with pool:
+        for attempt in range(MAX_RETRIES + 1):
+            failures = worker.fetch_failures.total
+            syncer: FolderSync | None = None
+            try:
+                with (
+                    worker.connected_syncer(on_batch=batch_done, on_found=on_found) as (
+                        client,
+                        syncer,
+                    ),
+                    imap_errors(account),
+                ):
+                    if folders is None:
+                        folders = list(request.folders) or (
+                            _all_folders(client) if request.all_folders else list(account.folders)
+                        )
+                    while folders:
+                        # Keyed by the server's name: `Sub` is `INBOX.Sub` under such a namespace.
+                        result = _backfill_folder(syncer, folders[0], sync_options)
+                        totals.setdefault(result.folder, Tally()).merge(result.tally)
+                        folders.pop(0)
+                return totals
+            except ImapError as exc:
+                # A FETCH the server failed (an email it cannot return, a dropped
+                # connection): reconnect and go on, as the daemon does.  The emails
+                # stored stay stored; a UID that keeps failing is fetched alone and,
+                # after MAX_FETCH_FAILURES, stored as an `unfetchable` reject.
+                if worker.fetch_failures.total == failures or attempt == MAX_RETRIES:
+                    raise
+                if syncer is not None and syncer.current is not None:
+                    done = syncer.current
+                    totals.setdefault(done.folder, Tally()).merge(done.tally)
+                log_event(
+                    _log,
+                    logging.WARNING,
+                    "backfill.fetch_failed",
+                    account=account.name,
+                    error=exc.reason,
+                    action="reconnecting; the rest of the folder follows",
+                )
     return totals
 
 

@@ -90,7 +90,15 @@ SMALL_EMAIL = 32 * 1024
 _POOL_FETCH = 250
 MAX_FETCH_FAILURES = 3
 SEARCH_WINDOW = 10_000
-FetchFailures = dict[tuple[str, int, int], int]
+
+
+class FetchFailures(dict[tuple[str, int, int], int]):
+    """(folder, uidvalidity, uid) -> FETCHes of that email that failed; ``total``
+    counts every failure ever recorded (``backfill`` retries a pass that failed so)."""
+
+    total: int = 0
+
+
 _log = logging.getLogger("inbound_mail.imap")
 
 
@@ -154,12 +162,13 @@ class FolderSync:
         self.should_stop = should_stop
         # (folder, uidvalidity, uid) -> failed FETCHes; owned by the worker, so
         # the count survives the reconnect that a failed FETCH usually causes.
-        self.fetch_failures: FetchFailures = {} if fetch_failures is None else fetch_failures
+        self.fetch_failures = FetchFailures() if fetch_failures is None else fetch_failures
         self.on_parsed = on_parsed  # after every email parsed: progress for the watchdog
         # Per folder, owned by the worker: a refused `after` keeps its backoff
         # across the reconnects.
         self.ack_retries = AckRetries() if ack_retries is None else ack_retries
         self._names: FolderNames | None = None
+        self.current: SyncResult | None = None  # the pass in progress, or the last one
 
     @property
     def names(self) -> FolderNames:
@@ -178,10 +187,12 @@ class FolderSync:
         ``folder`` is resolved through the server's namespace first; the result,
         the checkpoint and the records name the server's folder.
         """
+        self.current = None
         readonly = options.dry_run or not options.apply_after or self.account.after == "none"
         folder = self.resolve(folder)
         selected = self.client.select_folder(folder, readonly=readonly)
         result = SyncResult(folder=folder, uidvalidity=int(selected[b"UIDVALIDITY"]))
+        self.current = result  # what a pass that fails has done so far
         self._deferred.pop((folder, result.uidvalidity), None)
         arrivals = _Arrivals.after_select(self.client, selected)
         self._pass(folder, result, selected, options, readonly)
@@ -494,6 +505,7 @@ class FolderSync:
 
     def _fetch_failed(self, folder: str, uidvalidity: int, uids: list[int], exc: Exception) -> None:
         """Count the failure against each UID; give up on a UID that fails alone too often."""
+        self.fetch_failures.total += 1
         for uid in uids:
             key = (folder, uidvalidity, uid)
             self.fetch_failures[key] = self.fetch_failures.get(key, 0) + 1
@@ -508,7 +520,11 @@ class FolderSync:
             f"({type(exc).__name__}: {exc}); it is left in the mailbox, untouched"
         )
         origin = self._origin(folder, uidvalidity, uids[0])
-        self.store.ingest([IngestItem(b"", Rejected(reason=reason, code="unfetchable"), origin)])
+        stored = self.store.ingest(
+            [IngestItem(b"", Rejected(reason=reason, code="unfetchable"), origin)]
+        )
+        if self.current is not None:
+            self.current.tally.add_batch(stored)
         log_event(_log, logging.ERROR, "imap.unfetchable", account=self.account.name,
                   folder=folder, uid=uids[0], reason=reason)  # fmt: skip
 

@@ -161,7 +161,7 @@ class AccountWorker:
         self.on_batch = on_batch
         self.health = AccountHealth()
         self.sync_requested = threading.Event()
-        self.fetch_failures: FetchFailures = {}
+        self.fetch_failures = FetchFailures()
         self.ack_retries = AckRetries(lambda attempt: reconnect_delay(attempt, base=ACK_RETRY_BASE))
         self._attempt = 0
         self._tokens: TokenSource | None = None
