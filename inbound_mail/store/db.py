@@ -267,7 +267,7 @@ class Store:
                 else:
                     result.skipped += 1
             batch.flush(cur, checkpoint, acks)
-            # Parsed and stored: no longer in flight (the table is empty but after a crash).
+            # Parsed and stored: no longer in flight.
             if cur.execute(q.ANY_PARSING).fetchone()[0]:
                 origins = [*(i.origin for i in items), *not_stored]
                 cur.executemany(q.DELETE_PARSING, [(_origin_key(o),) for o in origins])
@@ -277,15 +277,17 @@ class Store:
     def parse_crashes(self, origins: Iterable[EmailOrigin]) -> dict[EmailOrigin, int]:
         """Those of ``origins`` that another process was parsing when it died,
         with how many processes started parsing them (see :meth:`mark_parsing`)."""
-        if not self._one("cannot read the emails being parsed", q.ANY_PARSING):
-            return {}  # the usual case: nothing in flight, no key to compute
+        if not self._one("cannot read the emails being parsed", q.OTHER_RUN_PARSING, (RUN,)):
+            return {}  # the usual case: no other run left any, no key to compute
         by_key = {_origin_key(origin): origin for origin in origins}
         rows = self._parsing_rows(list(by_key))
         return {by_key[key]: attempts for key, (attempts, run) in rows.items() if _dead(run)}
 
     def _parsing_rows(self, keys: list[str]) -> dict[str, tuple[int, str]]:
-        """origin key -> (attempts, run) of the ``parsing`` rows among ``keys``."""
-        if not keys or not self._one("cannot read the emails being parsed", q.ANY_PARSING):
+        """origin key -> (attempts, run) of the ``parsing`` rows among ``keys`` that
+        another run left (this run's own rows never count as a crash)."""
+        doing = "cannot read the emails being parsed"
+        if not keys or not self._one(doing, q.OTHER_RUN_PARSING, (RUN,)):
             return {}
         rows = self._rows(
             "cannot read the emails being parsed", q.PARSING_ROWS, (json.dumps(keys),)

@@ -610,3 +610,5 @@ PARSING_ROWS = """SELECT origin, attempts, run FROM parsing
     WHERE origin IN (SELECT value FROM json_each(?))"""
 DELETE_PARSING = "DELETE FROM parsing WHERE origin = ?"
 ANY_PARSING = "SELECT EXISTS (SELECT 1 FROM parsing)"
+# Rows another run left: only those can be crashes (this run's own never are).
+OTHER_RUN_PARSING = "SELECT EXISTS (SELECT 1 FROM parsing WHERE run != ?)"
