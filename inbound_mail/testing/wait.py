@@ -12,7 +12,8 @@ T = TypeVar("T")
 
 
 def wait_until(
-    predicate: Callable[[], T],
+    # ``T | None``: a predicate that answers None until ready returns a plain T here.
+    predicate: Callable[[], T | None],
     timeout: float = 10.0,
     interval: float = 0.02,
     *,

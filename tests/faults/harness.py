@@ -23,13 +23,12 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from checker import Figures, Ledger, record_figures
-
 from inbound_mail.config.model import AccountConfig
 from inbound_mail.testing.wait import wait_until
 from inbound_mail.testing.webhook_receiver import WebhookReceiver
 from testsupport.mailbox import Mailbox
 
+from .checker import Figures, Ledger, record_figures
 from helpers import DaemonProcess, count, rows, write_config
 
 __all__ = ["FAST_ACCOUNT", "FAST_SINK", "FaultRun", "FaultRunFactory"]

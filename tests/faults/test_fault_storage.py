@@ -11,12 +11,13 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
-from harness import FaultRun
 
 from inbound_mail.cli import cli
 from inbound_mail.testing.emails import build_provider_email
 from inbound_mail.testing.wait import wait_until
+from testsupport.dovecot import DovecotServer
 
+from .harness import FaultRun
 from helpers import count, rows
 
 pytestmark = pytest.mark.faults
@@ -167,6 +168,7 @@ def plant_unreadable_email(fault_run: FaultRun) -> None:
     path.write_bytes(raw)
     owner = maildir.stat()
     os.chown(path, owner.st_uid, owner.st_gid)
+    assert isinstance(mailbox.server, DovecotServer)  # the fault suite's; doveadm is Dovecot's
     mailbox.server.doveadm("mailbox", "status", "-u", mailbox.user, "messages", "INBOX")
 
 

@@ -10,6 +10,7 @@ import signal
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -29,7 +30,7 @@ from helpers import (
     write_config,
 )
 
-FAST = {"idle_deadline": 5.0, "connect_timeout": 5.0, "poll_interval": 1.0}
+FAST: dict[str, Any] = {"idle_deadline": 5.0, "connect_timeout": 5.0, "poll_interval": 1.0}
 
 
 sms = partial(provider_email, word="hello")
@@ -42,7 +43,7 @@ def noise(n: int) -> bytes:
     ).encode()
 
 
-def account_for(mailbox: Mailbox, **overrides: object) -> AccountConfig:
+def account_for(mailbox: Mailbox, **overrides: Any) -> AccountConfig:
     return mailbox.account(**{**FAST, **overrides})
 
 
@@ -59,7 +60,8 @@ def test_mail_appended_while_idle_is_pushed_and_stored(mailbox: Mailbox, tmp_pat
         for n in range(3):
             mailbox.append(sms(n))
             # Stored long before a poll (poll_interval 60 s) could have found it: pushed.
-            wait_until(lambda n=n: count(db) == n + 1, 10)
+            # (mypy cannot infer a lambda with a default argument, n=n: misc.)
+            wait_until(lambda n=n: count(db) == n + 1, 10)  # type: ignore[misc]
     assert texts(db) == ["hello 0", "hello 1", "hello 2"]
     assert all("\\Seen" in flags for flags in mailbox.flags().values())
 
