@@ -187,7 +187,7 @@ def test_missing_binaries_name_what_to_install(
 
 def test_bad_layout_is_refused(tmp_path: Path) -> None:
     with pytest.raises(CyrusError, match="layout 'gmail'"):
-        CyrusServer(tmp_path, layout="gmail")  # type: ignore[arg-type]
+        CyrusServer(tmp_path, layout="gmail")  # type: ignore[arg-type]  # a bad one, on purpose
 
 
 _UNPRIVILEGED_SCRIPT = """

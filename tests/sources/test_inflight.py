@@ -145,7 +145,7 @@ def test_an_import_stopped_mid_batch_leaves_nothing_in_flight(tmp_path: Path) ->
                 store,
                 DEFAULT_OPTIONS,
                 on_parsed=tick,
-                should_stop=lambda parsed=parsed: parsed[0] >= 2,  # type: ignore[misc]
+                should_stop=lambda parsed=parsed: parsed[0] >= 2,  # type: ignore[misc]  # mypy: lambda default
             )
             assert tally.new + tally.duplicates == 2
             assert store.database.conn.execute("SELECT count(*) FROM parsing").fetchone()[0] == 0

@@ -133,7 +133,7 @@ def test_a_refused_move_never_blocks_new_mail_and_is_retried_with_backoff(
 
         for n in range(1, 6):  # each one is a pass of its own, with an ack owed
             mailbox.append(sms(n))
-            wait_until(lambda n=n: count(db) == n + 1, 15)  # type: ignore[misc]
+            wait_until(lambda n=n: count(db) == n + 1, 15)  # type: ignore[misc]  # mypy: lambda default
         wait_until(lambda: health.acks_owed == 6, 10)
         assert health.reconnects == 0, "a refused ack never ends the session"
         assert health.ack_failures <= 3, "retried with backoff, not at every pass"
@@ -145,7 +145,7 @@ def test_a_refused_move_never_blocks_new_mail_and_is_retried_with_backoff(
         wait_until(lambda: health.ack_failures > failures, 30)
 
         refusals = [r for r in caplog.records if r.getMessage() == "imap.ack_refused"]
-        fields = refusals[0].inbound_mail_fields  # type: ignore[attr-defined]
+        fields = refusals[0].inbound_mail_fields  # type: ignore[attr-defined]  # logging extra=
         assert fields["folder"] == "INBOX"
         assert fields["action"] == f"move to {mailbox.folder(REFUSED)!r}"
         assert "create failed" in fields["answer"] and "b'" not in fields["answer"]
