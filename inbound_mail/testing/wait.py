@@ -12,7 +12,7 @@ T = TypeVar("T")
 
 
 def wait_until(
-    # ``T | None``: a predicate that answers None until ready returns a plain T here.
+    # ``T | None``: a predicate answering None until ready types the result as a plain T.
     predicate: Callable[[], T | None],
     timeout: float = 10.0,
     interval: float = 0.02,
