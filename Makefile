@@ -37,7 +37,7 @@ test-fast: venv
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy inbound_mail testsupport
+	$(BIN)/mypy inbound_mail testsupport tests benchmarks
 
 demo: deps venv
 	$(BIN)/python -m testsupport.demo

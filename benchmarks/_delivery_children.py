@@ -91,7 +91,7 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
         commits[0] += 1
         record_attempts(self, attempts)
 
-    Store.record_attempts = counted  # type: ignore[method-assign]
+    Store.record_attempts = counted  # type: ignore[method-assign]  # counts, as above
     delivery = DeliveryWorker(Path(spec["db"]), _config(spec))
     started = time.perf_counter()
     result = delivery.run_once()
@@ -320,7 +320,7 @@ def latency(spec: dict[str, Any]) -> dict[str, Any]:
             time.sleep(rng.uniform(0.02, 0.04))
             item = _item(index)
             store.ingest([item], route=lambda _r: [SINK])
-            sent[item.outcome.id] = time.monotonic()  # type: ignore[union-attr]
+            sent[item.outcome.id] = time.monotonic()  # type: ignore[union-attr]  # an SmsRecord
             delivery.wake()
         deadline = time.monotonic() + 30
         while delivery.totals.delivered < len(sent) and time.monotonic() < deadline:

@@ -230,7 +230,7 @@ def _append(client: Any, index: int, gap: tuple[float, float] | None) -> tuple[s
     email = build_provider_email(
         "+393301234567", "+393331234333", "20240501120000", f"push {index} {time.time_ns()}"
     )
-    sms_id = parse_email(email).id  # type: ignore[union-attr]
+    sms_id = parse_email(email).id  # type: ignore[union-attr]  # a valid SMS: a record
     client.append("INBOX", email)
     return sms_id, time.monotonic()
 

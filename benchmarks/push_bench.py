@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import Table, machine, percentile, print_machine, save_results
 from _push import SPACED, measure_push
 
-from testsupport.cyrus import CyrusServer, cyrus_imapd_dir
+from testsupport.cyrus import CyrusLayout, CyrusServer, cyrus_imapd_dir
 from testsupport.dovecot import DovecotServer
 
 GOAL_P99_MS = 150.0
@@ -51,8 +51,8 @@ def start(kind: str, root: Path) -> Iterator[Any]:
         with DovecotServer(root, users={}) as dovecot:
             yield dovecot
     else:
-        layout = "debian" if kind == "cyrus-debian" else "upstream"
-        with CyrusServer(root, layout=layout, users={}) as cyrus:  # type: ignore[arg-type]
+        layout: CyrusLayout = "debian" if kind == "cyrus-debian" else "upstream"
+        with CyrusServer(root, layout=layout, users={}) as cyrus:
             yield cyrus
 
 

@@ -58,7 +58,7 @@ def _email(key: DkimKey, tag: str) -> tuple[str, bytes]:
             "+393301234567", "+393331234333", "20240501120000", f"trust {tag} {time.time_ns()}"
         )
     )
-    return parse_email(raw).id, raw  # type: ignore[union-attr]
+    return parse_email(raw).id, raw  # type: ignore[union-attr]  # a valid SMS: a record
 
 
 def _round(

@@ -292,6 +292,7 @@ def test_a_configured_refresh_token_is_used_until_the_store_holds_one(rig: Rig) 
     given = rig.tmp / "refresh-token"
     given.write_text(seed)
     given.chmod(0o600)
+    assert seed_account.oauth2 is not None
     account = replace(seed_account, oauth2=replace(seed_account.oauth2, refresh_token_file=given))
     tokens = TokenSource(account, rig.db)
     tokens.access_token()

@@ -34,7 +34,7 @@ from testsupport.mailbox import Mailbox
 from helpers import DaemonProcess, record, wait_until, write_config
 
 HOUR = RetryPolicy(retry_base=3600.0, retry_cap=3600.0, max_attempts=100, max_age=7 * 86400)
-FAST_ACCOUNT = {"idle_deadline": 5.0, "connect_timeout": 5.0, "poll_interval": 1.0}
+FAST_ACCOUNT: dict[str, Any] = {"idle_deadline": 5.0, "connect_timeout": 5.0, "poll_interval": 1.0}
 
 
 def queue(db: Path, n: int, sinks: tuple[str, ...] = ("hook",), start: int = 0) -> None:
@@ -264,7 +264,12 @@ def test_run_once_does_not_let_a_slow_sink_hold_up_the_others(
     )
     daemon = Daemon(load_config(config))
     done = threading.Event()
-    thread = threading.Thread(target=lambda: (daemon.run_once(), done.set()), daemon=True)
+
+    def run_once_then_done() -> None:
+        daemon.run_once()
+        done.set()
+
+    thread = threading.Thread(target=run_once_then_done, daemon=True)
     thread.start()
     try:
         receiver.wait_for(1, 20)  # the slow sink's request is in flight, unanswered

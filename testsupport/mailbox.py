@@ -7,6 +7,9 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
+    from contextlib import AbstractContextManager
+    from pathlib import Path
+
     from inbound_mail.config.model import AccountConfig, TlsMode
 
 __all__ = ["MailServer", "Mailbox"]
@@ -18,11 +21,19 @@ class MailServer(Protocol):
     (see :meth:`folder`)."""
 
     host: str
+    root: Path
+    ca_file: Path
 
     @property
     def imap_port(self) -> int: ...
     @property
     def imaps_port(self) -> int: ...
+    @property
+    def runtime_dir(self) -> Path | None: ...
+    def session(self, user: str) -> AbstractContextManager[Any]:
+        """A logged-in ``imapclient.IMAPClient`` on the plain port, logged out after."""
+        ...
+
     def folder(self, name: str) -> str:
         """The server's name of folder ``name``: ``Processed`` may be ``INBOX.Processed``."""
         ...

@@ -12,7 +12,8 @@ T = TypeVar("T")
 
 
 def wait_until(
-    predicate: Callable[[], T],
+    # ``T | None``: a predicate answering None until ready types the result as a plain T.
+    predicate: Callable[[], T | None],
     timeout: float = 10.0,
     interval: float = 0.02,
     *,

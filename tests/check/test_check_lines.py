@@ -18,6 +18,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from inbound_mail.cli import cli
+from inbound_mail.config.model import TlsMode
 from inbound_mail.config.reader import load_config
 from inbound_mail.errors import ConfigError
 from inbound_mail.testing.webhook_receiver import WebhookReceiver
@@ -82,9 +83,9 @@ def other_name(mailbox: Mailbox) -> Iterator[dict[str, FaultProxy]]:
 
 @pytest.mark.parametrize("tls", ["implicit", "starttls"])
 def test_a_certificate_for_other_names_shows_them_not_ca_file(
-    mailbox: Mailbox, other_name: dict[str, FaultProxy], tmp_path: Path, tls: str
+    mailbox: Mailbox, other_name: dict[str, FaultProxy], tmp_path: Path, tls: TlsMode
 ) -> None:
-    account = mailbox.account(tls=tls, host="127.0.0.2", port=other_name[tls].port)  # type: ignore[arg-type]
+    account = mailbox.account(tls=tls, host="127.0.0.2", port=other_name[tls].port)
     config = write_config(tmp_path / "c.toml", [account], db=tmp_path / "s.db")
     result = invoke(config, "check")
     assert result.exit_code == 1

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from inbound_mail.config.model import AccountConfig
 from inbound_mail.config.reader import load_config
 from inbound_mail.errors import ConfigError
 from inbound_mail.oauth import default_auth_flow
@@ -16,7 +17,7 @@ from inbound_mail.oauth import default_auth_flow
 ACCOUNT = '[[accounts]]\nname = "m"\nhost = "outlook.office365.com"\nusername = "sms@example.com"\n'
 
 
-def _load(tmp_path: Path, text: str) -> object:
+def _load(tmp_path: Path, text: str) -> AccountConfig:
     path = tmp_path / "c.toml"
     path.write_text(ACCOUNT + text, encoding="utf-8")
     return load_config(path).accounts[0]
@@ -28,13 +29,14 @@ def test_microsoft_preset_delegated(tmp_path: Path) -> None:
         'auth = "oauth2"\n[accounts.oauth2]\nprovider = "microsoft"\nclient_id = "abc"\n'
         'tenant = "contoso.onmicrosoft.com"\n',
     )
-    oauth = account.oauth2  # type: ignore[attr-defined]
+    oauth = account.oauth2
+    assert oauth is not None
     base = "https://login.microsoftonline.com/contoso.onmicrosoft.com/oauth2/v2.0/"
     assert oauth.token_url == base + "token"
     assert oauth.device_authorization_url == base + "devicecode"
     assert oauth.scope == ("https://outlook.office.com/IMAP.AccessAsUser.All", "offline_access")
     assert default_auth_flow(oauth) == "device"
-    assert account.password_file is None  # type: ignore[attr-defined]
+    assert account.password_file is None
 
 
 def test_microsoft_preset_app_only(tmp_path: Path) -> None:
@@ -44,7 +46,8 @@ def test_microsoft_preset_app_only(tmp_path: Path) -> None:
         'tenant = "1b2c3d4e-0000-0000-0000-000000000000"\nflow = "client_credentials"\n'
         'client_secret_env = "M365_SECRET"\n',
     )
-    oauth = account.oauth2  # type: ignore[attr-defined]
+    oauth = account.oauth2
+    assert oauth is not None
     assert oauth.scope == ("https://outlook.office365.com/.default",)
     assert oauth.token_url.startswith("https://login.microsoftonline.com/1b2c3d4e-")
 
@@ -55,7 +58,8 @@ def test_google_preset(tmp_path: Path) -> None:
         'auth = "oauth2"\n[accounts.oauth2]\nprovider = "google"\nclient_id = "x.apps"\n'
         'client_secret_file = "secret"\n',
     )
-    oauth = account.oauth2  # type: ignore[attr-defined]
+    oauth = account.oauth2
+    assert oauth is not None
     assert oauth.token_url == "https://oauth2.googleapis.com/token"
     assert oauth.authorization_url == "https://accounts.google.com/o/oauth2/v2/auth"
     assert oauth.scope == ("https://mail.google.com/",)

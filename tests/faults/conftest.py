@@ -11,12 +11,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from harness import FaultRun, FaultRunFactory
 
 from inbound_mail.testing.webhook_receiver import WebhookReceiver
 from testsupport.dovecot import DovecotServer
 from testsupport.mailbox import Mailbox
 from testsupport.proxy import FaultProxy
+
+from .harness import FaultRun, FaultRunFactory
 
 
 @pytest.fixture

@@ -24,14 +24,14 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from checker import Figures, Ledger, record_figures
-
 from inbound_mail.config.model import AccountConfig
 from inbound_mail.testing.emails import build_provider_email
 from inbound_mail.testing.wait import wait_until
 from inbound_mail.testing.webhook_receiver import WebhookReceiver
+from testsupport.dovecot import DovecotServer
 from testsupport.mailbox import Mailbox
 
+from .checker import Figures, Ledger, record_figures
 from helpers import DaemonProcess, count, rows, write_config
 
 __all__ = ["FAST_ACCOUNT", "FAST_SINK", "FaultRun", "FaultRunFactory"]
@@ -243,4 +243,5 @@ def plant_unreadable_email(fault_run: FaultRun) -> None:
     path.write_bytes(raw)
     owner = maildir.stat()
     os.chown(path, owner.st_uid, owner.st_gid)
+    assert isinstance(mailbox.server, DovecotServer)  # the fault suite's; doveadm is Dovecot's
     mailbox.server.doveadm("mailbox", "status", "-u", mailbox.user, "messages", "INBOX")

@@ -7,10 +7,10 @@ each test checks that the kill really happened where it was armed.
 from __future__ import annotations
 
 import pytest
-from harness import FaultRun
 
 from inbound_mail.testing.wait import wait_until
 
+from .harness import FaultRun
 from helpers import DaemonProcess, count, rows
 
 pytestmark = pytest.mark.faults

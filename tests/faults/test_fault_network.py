@@ -6,12 +6,12 @@ from __future__ import annotations
 import time
 
 import pytest
-from harness import FaultRun, FaultRunFactory
 
 from inbound_mail.testing.wait import wait_until
 from testsupport.dovecot import DovecotFactory
 from testsupport.proxy import FaultProxy
 
+from .harness import FaultRun, FaultRunFactory
 from helpers import count, rows
 
 pytestmark = pytest.mark.faults

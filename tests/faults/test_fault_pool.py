@@ -13,10 +13,10 @@ import subprocess
 import sys
 
 import pytest
-from harness import FaultRun, plant_unreadable_email
 
 from inbound_mail.testing.emails import build_provider_email
 
+from .harness import FaultRun, plant_unreadable_email
 from helpers import count, rows
 
 pytestmark = pytest.mark.faults

@@ -6,10 +6,10 @@ from __future__ import annotations
 import uuid
 
 import pytest
-from harness import FaultRun
 
 from inbound_mail.testing.webhook_receiver import Answer
 
+from .harness import FaultRun
 from helpers import count
 
 pytestmark = pytest.mark.faults

@@ -17,8 +17,6 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
-from checker import Figures, record_figures
-from harness import FaultRun
 from hypothesis import HealthCheck, Phase, seed, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -34,6 +32,9 @@ from imapclient.exceptions import IMAPClientError
 from inbound_mail.testing.wait import wait_until
 from inbound_mail.testing.webhook_receiver import WebhookReceiver
 from testsupport.dovecot import DovecotServer
+
+from .checker import Figures, record_figures
+from .harness import FaultRun
 
 pytestmark = pytest.mark.faults
 

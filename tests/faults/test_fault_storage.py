@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
-from harness import FaultRun, plant_unreadable_email
 
 from inbound_mail.cli import cli
 from inbound_mail.testing.emails import build_provider_email
 from inbound_mail.testing.wait import wait_until
 
+from .harness import FaultRun, plant_unreadable_email
 from helpers import count, rows
 
 pytestmark = pytest.mark.faults

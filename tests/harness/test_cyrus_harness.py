@@ -38,7 +38,7 @@ def _client(mailbox: Mailbox, **kwargs: Any) -> imapclient.IMAPClient:
 @LAYOUTS
 def test_logs_in_over_implicit_tls_and_starttls_with_the_test_ca(mailbox: Mailbox) -> None:
     server = mailbox.server
-    context = ssl.create_default_context(cafile=server.ca_file)  # type: ignore[attr-defined]
+    context = ssl.create_default_context(cafile=server.ca_file)
     implicit = imapclient.IMAPClient(
         server.host, server.imaps_port, ssl=True, ssl_context=context, timeout=10
     )
@@ -118,10 +118,10 @@ def test_set_uidvalidity_gives_a_new_one_and_keeps_every_folder(mailbox: Mailbox
     mailbox.append(_raw(1))
     mailbox.append(_raw(2), flags=["\\Seen"])
     mailbox.append(_raw(3), folder=mailbox.folder("Archive"))
-    with mailbox.server.session(mailbox.user) as client:  # type: ignore[attr-defined]
+    with mailbox.server.session(mailbox.user) as client:
         before = client.select_folder("INBOX", readonly=True)[b"UIDVALIDITY"]
     new = mailbox.set_uidvalidity(12345)
-    with mailbox.server.session(mailbox.user) as client:  # type: ignore[attr-defined]
+    with mailbox.server.session(mailbox.user) as client:
         after = client.select_folder("INBOX", readonly=True)[b"UIDVALIDITY"]
     assert after == new != before
     assert sorted(mailbox.flags().values(), key=len) == [frozenset(), {"\\Seen"}]
@@ -187,7 +187,7 @@ def test_missing_binaries_name_what_to_install(
 
 def test_bad_layout_is_refused(tmp_path: Path) -> None:
     with pytest.raises(CyrusError, match="layout 'gmail'"):
-        CyrusServer(tmp_path, layout="gmail")  # type: ignore[arg-type]
+        CyrusServer(tmp_path, layout="gmail")  # type: ignore[arg-type]  # a bad one, on purpose
 
 
 _UNPRIVILEGED_SCRIPT = """

@@ -12,7 +12,7 @@ from imapclient.exceptions import IMAPClientAbortError
 
 from inbound_mail.testing.wait import wait_until
 from testsupport.dovecot import DovecotError, DovecotFactory, DovecotServer
-from testsupport.mailbox import Mailbox
+from testsupport.mailbox import Mailbox, MailServer
 
 from helpers import run_unprivileged
 
@@ -40,7 +40,7 @@ def _group_members(pgid: int) -> dict[int, str]:
     return members
 
 
-def _idle_client(server: DovecotServer, user: str) -> imapclient.IMAPClient:
+def _idle_client(server: MailServer, user: str) -> imapclient.IMAPClient:
     client = imapclient.IMAPClient(server.host, server.imap_port, ssl=False, timeout=10)
     client.login(user, server.password(user))
     client.select_folder("INBOX")

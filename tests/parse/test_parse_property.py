@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -63,7 +64,7 @@ def _charset_for(text: str, wanted: str) -> str:
     layout=LAYOUTS,
 )
 def test_built_email_parses_back(
-    originator: str, destination: str, date_time: str, text: str, layout: dict[str, str]
+    originator: str, destination: str, date_time: str, text: str, layout: dict[str, Any]
 ) -> None:
     variant = layout["variant"]
     raw = build_provider_email(
@@ -71,8 +72,8 @@ def test_built_email_parses_back(
         destination,
         date_time,
         text,
-        encoding=layout["encoding"],  # type: ignore[arg-type]
-        label_style=layout["label_style"],  # type: ignore[arg-type]
+        encoding=layout["encoding"],
+        label_style=layout["label_style"],
         crlf=bool(layout["crlf"]),
         html=variant == "html",
         alternative=variant == "alternative",

@@ -11,6 +11,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from inbound_mail.cli import cli
+from inbound_mail.config.model import AuthMode
 from inbound_mail.config.reader import load_config
 from inbound_mail.models import Rejected, SmsRecord
 from inbound_mail.parse.authenticity import Deferred, KeyResolver, TrustPolicy, Verifier
@@ -139,8 +140,8 @@ def jsonl_texts(path: Path) -> list[str]:
     return [json.loads(line)["text"] for line in path.read_text().splitlines()]
 
 
-def verifier(dns: DnsServer, mode: str = "require", timeout: float = 2.0) -> Verifier:
-    policy = TrustPolicy(mode, (AUTHSERV,))  # type: ignore[arg-type]
+def verifier(dns: DnsServer, mode: AuthMode = "require", timeout: float = 2.0) -> Verifier:
+    policy = TrustPolicy(mode, (AUTHSERV,))
     return Verifier(policy, KeyResolver([dns.address], timeout=timeout))
 
 

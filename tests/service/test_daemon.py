@@ -10,12 +10,13 @@ import signal
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from inbound_mail.config.model import AccountConfig
 from inbound_mail.testing.emails import build_provider_email
-from testsupport.dovecot import DovecotServer
+from testsupport.dovecot import DovecotFactory, DovecotServer
 from testsupport.mailbox import Mailbox
 
 from helpers import (
@@ -29,7 +30,7 @@ from helpers import (
     write_config,
 )
 
-FAST = {"idle_deadline": 5.0, "connect_timeout": 5.0, "poll_interval": 1.0}
+FAST: dict[str, Any] = {"idle_deadline": 5.0, "connect_timeout": 5.0, "poll_interval": 1.0}
 
 
 sms = partial(provider_email, word="hello")
@@ -42,7 +43,7 @@ def noise(n: int) -> bytes:
     ).encode()
 
 
-def account_for(mailbox: Mailbox, **overrides: object) -> AccountConfig:
+def account_for(mailbox: Mailbox, **overrides: Any) -> AccountConfig:
     return mailbox.account(**{**FAST, **overrides})
 
 
@@ -59,7 +60,7 @@ def test_mail_appended_while_idle_is_pushed_and_stored(mailbox: Mailbox, tmp_pat
         for n in range(3):
             mailbox.append(sms(n))
             # Stored long before a poll (poll_interval 60 s) could have found it: pushed.
-            wait_until(lambda n=n: count(db) == n + 1, 10)
+            wait_until(lambda n=n: count(db) == n + 1, 10)  # type: ignore[misc]  # mypy: lambda default
     assert texts(db) == ["hello 0", "hello 1", "hello 2"]
     assert all("\\Seen" in flags for flags in mailbox.flags().values())
 
@@ -97,7 +98,9 @@ def test_kick_during_idle_reconnects_and_loses_nothing(mailbox: Mailbox, tmp_pat
     assert texts(db) == ["hello 1"]
 
 
-def test_server_down_for_several_retries_then_catch_up(fresh_dovecot, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_server_down_for_several_retries_then_catch_up(
+    fresh_dovecot: DovecotFactory, tmp_path: Path
+) -> None:
     server: DovecotServer = fresh_dovecot()
     mailbox = server.new_mailbox("outage")
     db = tmp_path / "sms.db"
@@ -214,7 +217,7 @@ def test_untrusted_certificate_is_refused(mailbox: Mailbox, tmp_path: Path) -> N
         once.close()
 
 
-def test_server_without_idle_is_polled(fresh_dovecot, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_server_without_idle_is_polled(fresh_dovecot: DovecotFactory, tmp_path: Path) -> None:
     server: DovecotServer = fresh_dovecot(idle=False)
     mailbox = server.new_mailbox("poll")
     db = tmp_path / "sms.db"

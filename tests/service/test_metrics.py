@@ -15,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from inbound_mail.config.model import ParseOptions
 from inbound_mail.config.reader import load_config
 from inbound_mail.errors import ConfigError
-from inbound_mail.models import Rejected, reject_code_for
+from inbound_mail.models import RejectCode, Rejected, reject_code_for
 from inbound_mail.parse.message import parse_email
 from inbound_mail.service.metrics import create_metrics, reject_category
 from inbound_mail.testing.emails import build_provider_email
@@ -155,7 +155,7 @@ def test_rejects_are_classified_by_their_code_where_it_says_why(tmp_path: Path) 
     config = load_config(
         write_config(tmp_path / "c.toml", db=db, extra='[metrics]\nlisten = "127.0.0.1:0"\n')
     )
-    coded = {
+    coded: dict[RejectCode, str] = {
         "over_limit": "the header block is 70000 bytes; at most 65536 (worded otherwise later)",
         "parser_crash": "a future wording of a parser crash",
         "oversized": "a future wording of max_size",
@@ -164,7 +164,7 @@ def test_rejects_are_classified_by_their_code_where_it_says_why(tmp_path: Path) 
         "malformed": "a reason no code names",
     }
     items = [
-        IngestItem(b"raw", Rejected(reason=reason, code=code), EmailOrigin("eml", path=f"/{n}"))  # type: ignore[arg-type]
+        IngestItem(b"raw", Rejected(reason=reason, code=code), EmailOrigin("eml", path=f"/{n}"))
         for n, (code, reason) in enumerate(coded.items())
     ]
     with Store.open(db) as store:

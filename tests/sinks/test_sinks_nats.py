@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_sinks_clients import assert_bad_option
 
 from inbound_mail.check.sinks import check_sink
 from inbound_mail.config.model import RetryPolicy, SinkConfig
@@ -20,7 +19,7 @@ from inbound_mail.sinks.nats import subject_matches
 from inbound_mail.testing.wait import wait_until
 from testsupport.nats_server import NatsServer
 
-from helpers import last_errors, queue, statuses
+from helpers import assert_bad_option, last_errors, queue, statuses
 from helpers import sink_record as record
 
 CONTEXT = AttemptContext(delivery_id=1, attempt=1)

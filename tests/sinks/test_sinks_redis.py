@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_sinks_clients import assert_bad_option
 
 from inbound_mail.check.sinks import check_sink
 from inbound_mail.config.model import RetryPolicy, SinkConfig
@@ -24,7 +23,7 @@ from inbound_mail.sinks.redis import RedisSink
 from inbound_mail.testing.wait import wait_until
 from testsupport.redis_server import RedisServer
 
-from helpers import last_errors, queue, statuses
+from helpers import assert_bad_option, last_errors, queue, statuses
 from helpers import sink_record as record
 
 CONTEXT = AttemptContext(delivery_id=1, attempt=1)

@@ -185,7 +185,8 @@ def test_secret_from_file_env_or_credential_signs(
     monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path))
     value = {"secret_file": str(secret_path), "secret_env": "HOOK_SECRET",
              "secret_credential": "hook-secret"}[source]  # fmt: skip
-    sink = create_sink(sink_config(receiver.url, format="json", **{source: value}))
+    option: dict[str, Any] = {source: value}  # Any: a str could not be the ``retry``
+    sink = create_sink(sink_config(receiver.url, format="json", **option))
     sink.deliver(record(), CONTEXT)
     (request,) = receiver.requests
     assert Webhook(SECRET).verify(request.body, request.headers) == record().to_dict()

@@ -15,6 +15,7 @@ import subprocess
 import sys
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 from inbound_mail.models import EmailOrigin, Skipped
 from inbound_mail.parse.message import DEFAULT_OPTIONS
@@ -35,7 +36,7 @@ from helpers import (
     write_config,
 )
 
-FAST = {"idle_deadline": 5.0, "connect_timeout": 5.0, "poll_interval": 1.0}
+FAST: dict[str, Any] = {"idle_deadline": 5.0, "connect_timeout": 5.0, "poll_interval": 1.0}
 CRASH = {"INBOUND_MAIL_FAULT": "crash-parse"}
 
 
@@ -76,7 +77,7 @@ def test_imap_email_that_kills_the_parser_twice_becomes_a_reject(
     db = tmp_path / "sms.db"
     uids = [mailbox.append(sms(1)), mailbox.append(crashing(2))]
     uids += [mailbox.append(sms(n)) for n in (3, 4)]
-    config = write_config(tmp_path / "c.toml", [mailbox.account(**FAST)], db=db)  # type: ignore[arg-type]
+    config = write_config(tmp_path / "c.toml", [mailbox.account(**FAST)], db=db)
     for _ in range(MAX_PARSE_CRASHES):  # the process dies while parsing email 2, twice
         assert cli(config, "run", "--once", env=CRASH) == -9
         assert crash_rejects(db) == []
@@ -96,7 +97,7 @@ def test_backfill_counts_parser_crashes_too(mailbox: Mailbox, tmp_path: Path) ->
     db = tmp_path / "sms.db"
     mailbox.append(crashing(5))
     mailbox.append(sms(6))
-    config = write_config(tmp_path / "c.toml", [mailbox.account(**FAST)], db=db)  # type: ignore[arg-type]
+    config = write_config(tmp_path / "c.toml", [mailbox.account(**FAST)], db=db)
     # --workers 1: the writer parses, so the process dies (a pool: tests/test_pool.py).
     args = ("backfill", "--account", mailbox.user, "--workers", "1")
     for _ in range(MAX_PARSE_CRASHES):
@@ -144,7 +145,7 @@ def test_an_import_stopped_mid_batch_leaves_nothing_in_flight(tmp_path: Path) ->
                 store,
                 DEFAULT_OPTIONS,
                 on_parsed=tick,
-                should_stop=lambda parsed=parsed: parsed[0] >= 2,  # type: ignore[misc]
+                should_stop=lambda parsed=parsed: parsed[0] >= 2,  # type: ignore[misc]  # mypy: lambda default
             )
             assert tally.new + tally.duplicates == 2
             assert store.database.conn.execute("SELECT count(*) FROM parsing").fetchone()[0] == 0
@@ -201,7 +202,7 @@ def test_progress_ticks_once_per_parsed_email(mailbox: Mailbox, tmp_path: Path) 
     for n in range(5):
         mailbox.append(sms(10 + n))
     ticks: list[int] = []
-    account = mailbox.account(**FAST)  # type: ignore[arg-type]
+    account = mailbox.account(**FAST)
     client = connect(account, mailbox.password)
     try:
         with Store.open(tmp_path / "sms.db") as store:

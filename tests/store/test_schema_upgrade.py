@@ -40,7 +40,8 @@ def test_a_v1_database_keeps_every_id_reject_delivery_and_ack(tmp_path: Path) ->
             "missing field(s): To",
             "missing_field",  # coded by its reason on upgrade, as the parser codes it now
         )
-        assert store.get_reject(1)["raw"] == b"raw r"  # type: ignore[index]
+        stored = store.get_reject(1)
+        assert stored is not None and stored["raw"] == b"raw r"
         [owed] = store.pending_deliveries("hook")
         assert owed.record.id in V1_SMS and owed.record.authenticated is None
         assert [d["status"] for d in store.deliveries()] == ["pending", "delivered"]

@@ -13,6 +13,7 @@ import threading
 from datetime import date
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -48,7 +49,7 @@ namespace inbox {
   separator = .
 }
 """
-FAST = {"idle_deadline": 5.0, "connect_timeout": 5.0}
+FAST: dict[str, Any] = {"idle_deadline": 5.0, "connect_timeout": 5.0}
 # A folder name every server of the suite refuses to create (Dovecot: "Mailbox
 # name too long", Cyrus: "Invalid mailbox name"), as Debian's Cyrus refused
 # "Processed" before names were resolved through NAMESPACE.
@@ -132,7 +133,7 @@ def test_a_refused_move_never_blocks_new_mail_and_is_retried_with_backoff(
 
         for n in range(1, 6):  # each one is a pass of its own, with an ack owed
             mailbox.append(sms(n))
-            wait_until(lambda n=n: count(db) == n + 1, 15)  # type: ignore[misc]
+            wait_until(lambda n=n: count(db) == n + 1, 15)  # type: ignore[misc]  # mypy: lambda default
         wait_until(lambda: health.acks_owed == 6, 10)
         assert health.reconnects == 0, "a refused ack never ends the session"
         assert health.ack_failures <= 3, "retried with backoff, not at every pass"
@@ -144,13 +145,15 @@ def test_a_refused_move_never_blocks_new_mail_and_is_retried_with_backoff(
         wait_until(lambda: health.ack_failures > failures, 30)
 
         refusals = [r for r in caplog.records if r.getMessage() == "imap.ack_refused"]
-        fields = refusals[0].inbound_mail_fields  # type: ignore[attr-defined]
+        fields = refusals[0].inbound_mail_fields  # type: ignore[attr-defined]  # logging extra=
         assert fields["folder"] == "INBOX"
         assert fields["action"] == f"move to {mailbox.folder(REFUSED)!r}"
         assert "create failed" in fields["answer"] and "b'" not in fields["answer"]
         assert "accounts[0].after" in fields["fix"]
 
-        report = wait_until(lambda: (r := collect_status(load_config(config))).problems and r, 10)
+        report = wait_until(
+            lambda: r if (r := collect_status(load_config(config))).problems else None, 10
+        )
         (problem,) = [p for p in report.problems if "acknowledgements owed" in p.message]
         assert problem.level == "WARNING" and report.exit_code == 1
         assert "acknowledgements owed: 6 (INBOX: move to " in problem.message
@@ -188,7 +191,7 @@ def test_a_refused_move_never_blocks_new_mail_and_is_retried_with_backoff(
     assert mailbox.message_count(mailbox.folder("Done")) == 6
 
 
-def _fields(account: AccountConfig) -> dict[str, object]:
+def _fields(account: AccountConfig) -> dict[str, Any]:
     return {name: getattr(account, name) for name in account.__dataclass_fields__}
 
 

@@ -67,10 +67,10 @@ def test_back_to_back_burst_every_email_stored_within_two_seconds(
         ready.set()
         append(0)
         for n in range(BURST):
-            wait_until(lambda n=n: n in appended, 5, message=f"email {n} appended")  # type: ignore[misc]
+            wait_until(lambda n=n: n in appended, 5, message=f"email {n} appended")  # type: ignore[misc]  # mypy: lambda default
             deadline = appended[n] + 2.0
             wait_until(
-                lambda n=n: count(db) >= n + 1,  # type: ignore[misc]
+                lambda n=n: count(db) >= n + 1,  # type: ignore[misc]  # mypy: lambda default
                 max(0.0, deadline - time.monotonic()),
                 interval=0.005,
                 message=f"email {n} of the burst stored within 2 s of its APPEND",
