@@ -28,11 +28,11 @@ from ..parse.limits import scan_headers
 from ..parse.message import parse_email, sender_matches
 from ..store.db import Store
 from ..store.rows import IngestItem, IngestResult, Router
+from . import DEFAULT_BATCH
 from .inflight import iter_recorded, split_crashed, submit_recorded
 from .pool import GROUP, ParsePool
 
 __all__ = [
-    "DEFAULT_BATCH",
     "DEFAULT_MAX_SIZE",
     "ReleaseResult",
     "import_emails",
@@ -44,10 +44,6 @@ DEFAULT_MAX_SIZE = 1024 * 1024  # as accounts[].max_size
 HEADER_LIMIT = 256 * 1024  # the header block kept of an oversized email, at most
 _END_OF_HEADER = re.compile(rb"\r?\n\r?\n")
 
-# Big transactions: the random-keyed indexes make every commit rewrite most of
-# their leaf pages, so fewer commits is what makes a large import fast
-# (benchmarks/README.md).  10k provider emails are ~50 MB of parsed records at most.
-DEFAULT_BATCH = 10_000
 _log = logging.getLogger("inbound_mail.import")
 
 

@@ -23,8 +23,8 @@ names none of the configured senders (mail from another sender is classified
 by the parser's gate from its headers alone, without the full parse: shipping it
 would cost more than that).
 
-Workers are started with ``forkserver`` (never ``fork`` after threads), once
-per pool; each has its own DNS cache if it ever verifies (the writer verifies).
+Workers (:mod:`.parse_worker`) are started with ``forkserver`` (never ``fork``
+after threads), once per pool; each has its own DNS cache if it ever verifies (the writer verifies).
 """
 
 from __future__ import annotations
@@ -33,10 +33,6 @@ import logging
 import multiprocessing
 import os
 import re
-import select
-import signal
-import threading
-import time
 from collections.abc import Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -48,6 +44,7 @@ from ..logs import log_event
 from ..models import ParseOutcome
 from ..parse.message import parse_email
 from .inflight import MAX_PARSE_CRASHES, crash_reject
+from .parse_worker import init_worker, parse_task
 
 __all__ = [
     "CHUNK",
@@ -83,57 +80,6 @@ def auto_workers(setting: int = 0) -> int:
     if setting > 0:
         return setting
     return max(1, min(os.cpu_count() or 1, MAX_AUTO_WORKERS))
-
-
-# In a worker: the options, set once when it starts (a dict, so no `global`).
-_worker: dict[str, ParseOptions] = {}
-
-
-def _init_worker(options: ParseOptions, writer: int) -> None:
-    _worker["options"] = options
-    # Ctrl-C reaches the whole process group: the writer decides what it means
-    # (commit what is parsed, then stop), so a worker must not die of it.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    # A worker blocks on its task queue, of which it holds both ends: if the writer
-    # is killed (kill -9, the OOM killer), nothing would ever end it.  So it ends
-    # itself when the writer is gone.
-    threading.Thread(target=_exit_with, args=(writer,), daemon=True).start()
-
-
-def _exit_with(writer: int) -> None:
-    try:
-        handle: int | None = os.pidfd_open(writer)
-    except OSError:  # gone already, or no pidfd here: poll instead
-        handle = None
-    if handle is not None:
-        # Readable once the writer has exited (a zombie not reaped yet counts: its
-        # parent may be waiting for our end of their shared output pipes).
-        select.select([handle], [], [])
-    else:
-        while _alive(writer):
-            time.sleep(1.0)
-    os._exit(0)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _parse_task(raws: list[bytes]) -> list[ParseOutcome]:
-    """In a worker: parse each email (the fault hooks fire here, as in the writer)."""
-    options = _worker["options"]
-    outcomes = []
-    for raw in raws:
-        fault_email("crash-parse", raw)
-        fault_email("stall-parse", raw)
-        outcomes.append(parse_email(raw, options))
-    return outcomes
 
 
 class ParsePool:
@@ -179,16 +125,17 @@ class ParsePool:
     def _submit(self, raws: list[bytes]) -> Future[list[ParseOutcome]]:
         if self._executor is None:
             context = multiprocessing.get_context("forkserver")
-            # The server imports the parser once; each worker is forked from it ready.
-            context.set_forkserver_preload(["inbound_mail.sources.pool"])
+            # The server imports the parser once (and nothing else: not the store, the
+            # sinks, the CLI); each worker is forked from it ready.
+            context.set_forkserver_preload(["inbound_mail.sources.parse_worker"])
             self._executor = ProcessPoolExecutor(
                 self.workers,
                 mp_context=context,
-                initializer=_init_worker,
+                initializer=init_worker,
                 initargs=(self.options, os.getpid()),
             )
         try:
-            return self._executor.submit(_parse_task, raws)
+            return self._executor.submit(parse_task, raws)
         except BrokenProcessPool:
             self._broken()
             return self._submit(raws)
