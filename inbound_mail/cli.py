@@ -189,7 +189,6 @@ def import_(
     imported; the exit status is then 1.  Ctrl-C commits the emails read so far and stops:
     running the same import again stores the rest, without duplicates."""
     from .config.model import ParseOptions
-    from .delivery import make_router
     from .parse.authenticity import Verifier
     from .sources.importer import import_emails
     from .sources.local import count_emails, iter_emails
@@ -197,7 +196,11 @@ def import_(
     from .store.db import Store
 
     config = state.config()
-    route = None if no_deliver else make_router(config.sinks)
+    route = None
+    if not no_deliver:
+        from .delivery import make_router  # the outbox's machinery: only when delivering
+
+        route = make_router(config.sinks)
     options = ParseOptions.from_config(config.parse)
     pool = ParsePool(options, auto_workers(config.parse.workers if workers is None else workers))
     tty = sys.stderr.isatty()

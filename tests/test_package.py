@@ -172,22 +172,25 @@ def test_the_cli_help_loads_no_machinery(tmp_path: Path) -> None:
     assert _among(modules, unwanted) == []
 
 
-def test_import_loads_no_daemon_and_no_trust_check_when_nothing_authenticates(
+def test_import_loads_no_daemon_no_trust_check_and_no_outbox_it_does_not_use(
     tmp_path: Path,
 ) -> None:
+    """Nothing authenticates (``authenticate = "off"``) and nothing is delivered."""
     from inbound_mail.testing.emails import build_provider_email
 
     for n in range(3):
         raw = build_provider_email(f"+3934700000{n}", "+393400000000", "20240501120000", f"hi {n}")
         (tmp_path / f"{n}.eml").write_bytes(raw)
     (tmp_path / "config.toml").write_text('[parse]\nauthenticate = "off"\n', encoding="utf-8")
-    argv = ["--config", "config.toml", "--db", "x.db", "import", "--workers", "1", "."]
+    argv = ["--config", "config.toml", "--db", "x.db", "import", "--no-deliver", "--workers", "1"]
+    argv.append(".")
     modules = _loaded_after(
         f"from inbound_mail.cli import cli\ncli({argv!r}, standalone_mode=False)", tmp_path
     )
     assert "inbound_mail.sources.importer" in modules and "mailparser" in modules
     unwanted = _DAEMON_ONLY | _TRUST_CHECK | {"sqlite_utils", "regex", "imapclient"}
     unwanted |= {f"inbound_mail.{m}" for m in ("service", "check", "oauth", "sources.imap")}
+    unwanted |= {"inbound_mail.delivery", "inbound_mail.sinks"}
     assert _among(modules, unwanted) == []
 
 

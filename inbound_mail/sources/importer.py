@@ -19,7 +19,6 @@ from dataclasses import dataclass, replace
 from itertools import islice
 
 from ..config.model import Config, ParseOptions
-from ..delivery import make_router
 from ..errors import StoreError
 from ..logs import log_event
 from ..models import EmailOrigin, ParseOutcome, Rejected, Skipped, SmsRecord, Tally
@@ -270,6 +269,8 @@ def release_reject(config: Config, store: Store, reject_id: int) -> ReleaseResul
         path=reject["path"],
         key=reject["key"],
     )
+    from ..delivery import make_router  # here: import_emails gets its route from the caller
+
     result = store.release(
         reject_id, IngestItem(bytes(reject["raw"]), record, origin), route=make_router(config.sinks)
     )

@@ -16,7 +16,6 @@ from datetime import date
 from pathlib import Path
 
 from ...config.model import Config, ParseOptions
-from ...delivery import make_router
 from ...faults import fault_point
 from ...models import Tally
 from ...parse.authenticity import Verifier
@@ -55,12 +54,17 @@ def run_backfill(
     options = ParseOptions.from_config(config.parse, account.senders)
     workers = config.parse.workers if request.workers is None else request.workers
     pool = ParsePool(options, auto_workers(workers))
+    route = None
+    if request.deliver:
+        from ...delivery import make_router  # the outbox's machinery: only when delivering
+
+        route = make_router(config.sinks)
     worker = AccountWorker(
         account,
         db_path=Path(config.database.path),
         parse_options=options,
         stop=stop or threading.Event(),
-        route=make_router(config.sinks) if request.deliver else None,
+        route=route,
         verifier=Verifier.from_config(config.parse, account),
         pool=pool,
     )
