@@ -24,7 +24,8 @@ by the parser's gate from its headers alone, without the full parse: shipping it
 would cost more than that).
 
 Workers (:mod:`.parse_worker`) are started with ``forkserver`` (never ``fork``
-after threads), once per pool; each has its own DNS cache if it ever verifies (the writer verifies).
+after threads), once per pool; each has its own DNS cache if it ever verifies
+(the writer verifies).
 """
 
 from __future__ import annotations
@@ -125,8 +126,10 @@ class ParsePool:
     def _submit(self, raws: list[bytes]) -> Future[list[ParseOutcome]]:
         if self._executor is None:
             context = multiprocessing.get_context("forkserver")
-            # The server imports the parser once (and nothing else: not the store, the
-            # sinks, the CLI); each worker is forked from it ready.
+            # The server imports the parser once (and only what parsing needs); each
+            # worker is forked from it ready.  A worker also re-runs the imports of the
+            # main script (multiprocessing's rule): the console script's inbound_mail.cli
+            # must stay light.
             context.set_forkserver_preload(["inbound_mail.sources.parse_worker"])
             self._executor = ProcessPoolExecutor(
                 self.workers,
