@@ -13,18 +13,22 @@ import threading
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from . import __version__
-from .config.model import Config
-from .config.reader import default_config_path, load_config
 from .errors import InboundMailError
 from .logs import setup_logging
 from .models import REJECT_CODES
 from .output import FORMATS, escape_control, is_terminal, write_rows
-from .sources.importer import DEFAULT_BATCH
+from .sources import DEFAULT_BATCH
+
+if TYPE_CHECKING:
+    from .config.model import Config
+
+# Only what building the commands needs is imported above; each command imports its
+# own machinery, so ``--help`` loads none of it and ``import`` none of the daemon's.
 
 MESSAGE_COLUMNS = ("received_at", "originator", "destination", "text", "id")
 REJECT_COLUMNS = ("id", "rejected_at", "code", "origin", "reason")
@@ -61,6 +65,8 @@ class _State:
     def config(self) -> Config:
         """The config file if one is given or found, else the built-in defaults."""
         if self._config is None:
+            from .config.reader import default_config_path, load_config
+
             self.config_path = self.config_path or default_config_path()
             self._config = load_config(self.config_path, db_override=self.db)
             self.apply_logging(self._config)
@@ -68,6 +74,8 @@ class _State:
 
     def reload(self) -> Config:
         """The same config file read again (the daemon's SIGHUP)."""
+        from .config.reader import load_config
+
         return load_config(self.config_path, db_override=self.db)
 
     def apply_logging(self, config: Config) -> None:
@@ -181,7 +189,6 @@ def import_(
     imported; the exit status is then 1.  Ctrl-C commits the emails read so far and stops:
     running the same import again stores the rest, without duplicates."""
     from .config.model import ParseOptions
-    from .delivery import make_router
     from .parse.authenticity import Verifier
     from .sources.importer import import_emails
     from .sources.local import count_emails, iter_emails
@@ -189,7 +196,11 @@ def import_(
     from .store.db import Store
 
     config = state.config()
-    route = None if no_deliver else make_router(config.sinks)
+    route = None
+    if not no_deliver:
+        from .delivery import make_router  # the outbox's machinery: only when delivering
+
+        route = make_router(config.sinks)
     options = ParseOptions.from_config(config.parse)
     pool = ParsePool(options, auto_workers(config.parse.workers if workers is None else workers))
     tty = sys.stderr.isatty()

@@ -28,7 +28,6 @@ No token or client secret ever appears in a log line, an error or the database.
 
 from __future__ import annotations
 
-import http.server
 import json
 import logging
 import os
@@ -44,8 +43,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import parse_qs, urlsplit
-
-import httpx
 
 from .config.model import AccountConfig, OAuth2Config
 from .errors import AuthorizationExpiredError, CredentialError, OAuthError
@@ -428,6 +425,8 @@ def _http_module(client: Any) -> Any:
     for base in type(client).__mro__:
         if base.__name__ == "Client" and base.__module__.startswith("httpx"):
             return sys.modules[base.__module__.split(".")[0]]
+    import httpx  # here: loaded with Authlib's client, only by accounts that use OAuth2
+
     return httpx
 
 
@@ -633,6 +632,8 @@ class _Listener:
     """A one-shot HTTP listener on 127.0.0.1 that catches the provider's redirect."""
 
     def __init__(self, port: int) -> None:
+        import http.server  # here: only `inbound-mail auth` listens; the daemon never does
+
         self.answer: str | None = None
         self.arrived = threading.Event()
         outer = self

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import ast
 import importlib
+import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -105,3 +107,103 @@ def test_no_module_re_exports_a_name_it_imports() -> None:
         if again := listed & imported:
             offenders[name] = sorted(again)
     assert offenders == {}
+
+
+# -- start-up: what each entry point loads (issue 15: at 10k emails fixed costs decide) ---------
+# Asserted on module sets, never on durations (those are the benchmarks' job).
+_DAEMON_ONLY = {"apscheduler", "prometheus_client", "redis", "nats", "httpx", "authlib"}
+_TRUST_CHECK = {"dkim", "dns", "authres"}
+
+
+def _loaded_after(code: str, cwd: Path) -> set[str]:
+    """The modules a fresh interpreter holds after running ``code``."""
+    snippet = f"{code}\nimport json, sys\nprint(json.dumps(sorted(sys.modules)))\n"
+    result = subprocess.run(
+        [sys.executable, "-c", snippet],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=cwd,
+        env={k: v for k, v in os.environ.items() if k != "INBOUND_MAIL_CONFIG"},
+    )
+    assert result.returncode == 0, result.stderr
+    modules: list[str] = json.loads(result.stdout.splitlines()[-1])
+    return set(modules)
+
+
+def _among(modules: set[str], names: set[str]) -> list[str]:
+    """Which of ``names`` (modules or packages, with their submodules) are in ``modules``."""
+    return sorted(m for m in modules if any(m == n or m.startswith(n + ".") for n in names))
+
+
+def test_a_parse_worker_loads_only_the_parser(tmp_path: Path) -> None:
+    """The pool's forkserver preloads this module and forks every worker from it."""
+    modules = _loaded_after("import inbound_mail.sources.parse_worker", tmp_path)
+    assert "mailparser" in modules
+    unwanted = _DAEMON_ONLY | _TRUST_CHECK | {"sqlite_utils", "sqlite3", "click", "regex"}
+    unwanted |= {"imapclient", "importlib.metadata"}
+    unwanted |= {f"inbound_mail.{m}" for m in ("store", "sinks", "delivery", "cli", "service")}
+    unwanted |= {f"inbound_mail.{m}" for m in ("config.reader", "parse.authenticity", "oauth")}
+    unwanted |= {f"inbound_mail.sources.{m}" for m in ("pool", "importer", "inflight", "imap")}
+    assert _among(modules, unwanted) == []
+
+
+def test_a_submodule_does_not_load_the_public_api(tmp_path: Path) -> None:
+    modules = _loaded_after("import inbound_mail.errors", tmp_path)
+    assert (
+        _among(modules, {"inbound_mail.config", "inbound_mail.sinks", "inbound_mail.models"}) == []
+    )
+
+
+def test_the_public_api_loads_on_first_use(tmp_path: Path) -> None:
+    modules = _loaded_after(
+        "import inbound_mail\nassert inbound_mail.Sink.__module__ == 'inbound_mail.sinks'\n"
+        "assert set(inbound_mail.__all__) <= set(dir(inbound_mail))",
+        tmp_path,
+    )
+    assert "inbound_mail.sinks" in modules
+    assert "inbound_mail.config.reader" not in modules  # nobody asked for load_config
+
+
+def test_the_cli_help_loads_no_machinery(tmp_path: Path) -> None:
+    modules = _loaded_after(
+        "from inbound_mail.cli import cli\ntry:\n    cli(['--help'])\nexcept SystemExit:\n    pass",
+        tmp_path,
+    )
+    unwanted = _DAEMON_ONLY | _TRUST_CHECK | {"sqlite_utils", "sqlite3", "mailparser", "regex"}
+    unwanted |= {"imapclient", "importlib.metadata"}
+    unwanted |= {f"inbound_mail.{m}" for m in ("config", "store", "sinks", "delivery", "parse")}
+    unwanted |= {f"inbound_mail.{m}" for m in ("service", "check", "oauth", "sources.importer")}
+    assert _among(modules, unwanted) == []
+
+
+def test_import_loads_no_daemon_no_trust_check_and_no_outbox_it_does_not_use(
+    tmp_path: Path,
+) -> None:
+    """Nothing authenticates (``authenticate = "off"``) and nothing is delivered."""
+    from inbound_mail.testing.emails import build_provider_email
+
+    for n in range(3):
+        raw = build_provider_email(f"+3934700000{n}", "+393400000000", "20240501120000", f"hi {n}")
+        (tmp_path / f"{n}.eml").write_bytes(raw)
+    (tmp_path / "config.toml").write_text('[parse]\nauthenticate = "off"\n', encoding="utf-8")
+    argv = ["--config", "config.toml", "--db", "x.db", "import", "--no-deliver", "--workers", "1"]
+    argv.append(".")
+    modules = _loaded_after(
+        f"from inbound_mail.cli import cli\ncli({argv!r}, standalone_mode=False)", tmp_path
+    )
+    assert "inbound_mail.sources.importer" in modules and "mailparser" in modules
+    unwanted = _DAEMON_ONLY | _TRUST_CHECK | {"sqlite_utils", "regex", "imapclient"}
+    unwanted |= {f"inbound_mail.{m}" for m in ("service", "check", "oauth", "sources.imap")}
+    unwanted |= {"inbound_mail.delivery", "inbound_mail.sinks"}
+    assert _among(modules, unwanted) == []
+
+
+def test_backfill_loads_no_daemon_and_no_trust_check_up_front(tmp_path: Path) -> None:
+    """dkimpy and dnspython load when a verifier first checks a signature; httpx when an
+    account first fetches an OAuth2 token."""
+    modules = _loaded_after("import inbound_mail.sources.imap.backfill", tmp_path)
+    assert "imapclient" in modules
+    unwanted = _DAEMON_ONLY | _TRUST_CHECK | {"sqlite_utils", "regex", "http.server"}
+    unwanted |= {"inbound_mail.service", "inbound_mail.check"}
+    assert _among(modules, unwanted) == []

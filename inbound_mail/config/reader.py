@@ -21,8 +21,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
-import regex
-
 from ..errors import ConfigError
 from .model import (
     DNS_TIMEOUT_RANGE,
@@ -674,6 +672,8 @@ def _check_after(value: object) -> str:
 
 
 def _check_regex(value: object) -> str:
+    import regex  # here: only a config with a text_regex pays for loading it
+
     try:
         regex.compile(_check_str(value))  # what SinkFilter.matches runs
     except regex.error as exc:

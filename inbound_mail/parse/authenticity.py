@@ -48,13 +48,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from email.parser import BytesHeaderParser
 from email.policy import compat32
-from typing import Any, Literal
-
-import authres
-import dkim
-import dns.exception
-import dns.nameserver
-import dns.resolver
+from typing import TYPE_CHECKING, Any, Literal
 
 from ..config.model import (
     DEFAULT_DKIM_DOMAINS,
@@ -65,6 +59,9 @@ from ..config.model import (
 )
 from ..errors import DnsTemporaryError
 from ..models import ParseOutcome, Rejected, SmsRecord
+
+if TYPE_CHECKING:
+    import dns.resolver
 
 __all__ = [
     "AUTH_MODES",
@@ -179,6 +176,11 @@ class KeyResolver:
 
     def _get_resolver(self) -> dns.resolver.Resolver:
         if self._resolver is None:
+            # dnspython (and dkimpy, authres below) load on the first check: ``import``,
+            # ``backfill`` and ``--help`` never pay for them when no account authenticates.
+            import dns.nameserver
+            import dns.resolver
+
             if self.servers:
                 resolver = dns.resolver.Resolver(configure=False)
                 resolver.nameservers = [
@@ -216,6 +218,9 @@ class KeyResolver:
         return value
 
     def _lookup(self, name: str, timeout: float) -> tuple[bytes | None, float]:
+        import dns.exception
+        import dns.resolver
+
         resolver = self._get_resolver()
         self.lookups += 1
         try:
@@ -328,6 +333,8 @@ class Verifier:
         return ("temperror" if temporary else "fail"), lines
 
     def _one_signature(self, raw: bytes, index: int, from_domain: str) -> tuple[str, str]:
+        import dkim
+
         try:
             verifier = dkim.DKIM(raw, logger=_QUIET, timeout=self.resolver.timeout)
             prep = verifier.verify_headerprep(index)
@@ -448,6 +455,8 @@ def _top_block(headers: list[tuple[str, Any]]) -> tuple[list[str], int]:
 
 
 def _parse_ar(value: str) -> Any:
+    import authres
+
     try:
         return authres.AuthenticationResultsHeader.parse_value(value)
     except Exception:  # authres raises its own SyntaxError and others on hostile input

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping, Sequence
-from importlib.metadata import entry_points
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
@@ -134,11 +133,15 @@ class SinkFactory(Protocol):
 
 def available_sink_types() -> list[str]:
     """The names of every installed sink type, sorted."""
+    from importlib.metadata import entry_points  # here: slow to import; only sinks need it
+
     return sorted({ep.name for ep in entry_points(group=ENTRY_POINT_GROUP)})
 
 
 def create_sink(config: SinkConfig) -> Sink:
     """Load the entry point named ``config.type`` and build the sink."""
+    from importlib.metadata import entry_points  # as above
+
     matches = [ep for ep in entry_points(group=ENTRY_POINT_GROUP) if ep.name == config.type]
     if not matches:
         available = ", ".join(available_sink_types()) or "none installed"

@@ -19,7 +19,6 @@ from dataclasses import dataclass, replace
 from itertools import islice
 
 from ..config.model import Config, ParseOptions
-from ..delivery import make_router
 from ..errors import StoreError
 from ..logs import log_event
 from ..models import EmailOrigin, ParseOutcome, Rejected, Skipped, SmsRecord, Tally
@@ -28,11 +27,11 @@ from ..parse.limits import scan_headers
 from ..parse.message import parse_email, sender_matches
 from ..store.db import Store
 from ..store.rows import IngestItem, IngestResult, Router
+from . import DEFAULT_BATCH
 from .inflight import iter_recorded, split_crashed, submit_recorded
 from .pool import GROUP, ParsePool
 
 __all__ = [
-    "DEFAULT_BATCH",
     "DEFAULT_MAX_SIZE",
     "ReleaseResult",
     "import_emails",
@@ -44,10 +43,6 @@ DEFAULT_MAX_SIZE = 1024 * 1024  # as accounts[].max_size
 HEADER_LIMIT = 256 * 1024  # the header block kept of an oversized email, at most
 _END_OF_HEADER = re.compile(rb"\r?\n\r?\n")
 
-# Big transactions: the random-keyed indexes make every commit rewrite most of
-# their leaf pages, so fewer commits is what makes a large import fast
-# (benchmarks/README.md).  10k provider emails are ~50 MB of parsed records at most.
-DEFAULT_BATCH = 10_000
 _log = logging.getLogger("inbound_mail.import")
 
 
@@ -274,6 +269,8 @@ def release_reject(config: Config, store: Store, reject_id: int) -> ReleaseResul
         path=reject["path"],
         key=reject["key"],
     )
+    from ..delivery import make_router  # here: import_emails gets its route from the caller
+
     result = store.release(
         reject_id, IngestItem(bytes(reject["raw"]), record, origin), route=make_router(config.sinks)
     )

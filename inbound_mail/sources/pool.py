@@ -21,10 +21,13 @@ What does not go to the pool: a group under :data:`INLINE_BELOW` emails (the
 daemon's one email per push gets no hop), and an email whose top header block
 names none of the configured senders (mail from another sender is classified
 by the parser's gate from its headers alone, without the full parse: shipping it
-would cost more than that).
+would cost more than that) -- both only while no other group is in flight (see
+:class:`Parsing`).  A backfill keeps two groups in flight (the next is fetched
+and shipped before the last is stored), an import up to :attr:`ParsePool.depth`.
 
-Workers are started with ``forkserver`` (never ``fork`` after threads), once
-per pool; each has its own DNS cache if it ever verifies (the writer verifies).
+Workers (:mod:`.parse_worker`) are started with ``forkserver`` (never ``fork``
+after threads), once per pool; each has its own DNS cache if it ever verifies
+(the writer verifies).
 """
 
 from __future__ import annotations
@@ -33,10 +36,7 @@ import logging
 import multiprocessing
 import os
 import re
-import select
-import signal
 import threading
-import time
 from collections.abc import Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -48,6 +48,7 @@ from ..logs import log_event
 from ..models import ParseOutcome
 from ..parse.message import parse_email
 from .inflight import MAX_PARSE_CRASHES, crash_reject
+from .parse_worker import init_worker, parse_task
 
 __all__ = [
     "CHUNK",
@@ -83,57 +84,6 @@ def auto_workers(setting: int = 0) -> int:
     if setting > 0:
         return setting
     return max(1, min(os.cpu_count() or 1, MAX_AUTO_WORKERS))
-
-
-# In a worker: the options, set once when it starts (a dict, so no `global`).
-_worker: dict[str, ParseOptions] = {}
-
-
-def _init_worker(options: ParseOptions, writer: int) -> None:
-    _worker["options"] = options
-    # Ctrl-C reaches the whole process group: the writer decides what it means
-    # (commit what is parsed, then stop), so a worker must not die of it.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    # A worker blocks on its task queue, of which it holds both ends: if the writer
-    # is killed (kill -9, the OOM killer), nothing would ever end it.  So it ends
-    # itself when the writer is gone.
-    threading.Thread(target=_exit_with, args=(writer,), daemon=True).start()
-
-
-def _exit_with(writer: int) -> None:
-    try:
-        handle: int | None = os.pidfd_open(writer)
-    except OSError:  # gone already, or no pidfd here: poll instead
-        handle = None
-    if handle is not None:
-        # Readable once the writer has exited (a zombie not reaped yet counts: its
-        # parent may be waiting for our end of their shared output pipes).
-        select.select([handle], [], [])
-    else:
-        while _alive(writer):
-            time.sleep(1.0)
-    os._exit(0)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _parse_task(raws: list[bytes]) -> list[ParseOutcome]:
-    """In a worker: parse each email (the fault hooks fire here, as in the writer)."""
-    options = _worker["options"]
-    outcomes = []
-    for raw in raws:
-        fault_email("crash-parse", raw)
-        fault_email("stall-parse", raw)
-        outcomes.append(parse_email(raw, options))
-    return outcomes
 
 
 class ParsePool:
@@ -193,19 +143,22 @@ class ParsePool:
     def _submit(self, raws: list[bytes]) -> Future[list[ParseOutcome]]:
         executor = self._executor or self._new_executor()
         try:
-            return executor.submit(_parse_task, raws)
+            return executor.submit(parse_task, raws)
         except BrokenProcessPool:
             self._broken()
             return self._submit(raws)
 
     def _new_executor(self) -> ProcessPoolExecutor:
         context = multiprocessing.get_context("forkserver")
-        # The server imports the parser once; each worker is forked from it ready.
-        context.set_forkserver_preload(["inbound_mail.sources.pool"])
+        # The server imports the parser once (and only what parsing needs); each
+        # worker is forked from it ready.  A worker also re-runs the imports of the
+        # main script (multiprocessing's rule): the console script's inbound_mail.cli
+        # must stay light.
+        context.set_forkserver_preload(["inbound_mail.sources.parse_worker"])
         self._executor = ProcessPoolExecutor(
             self.workers,
             mp_context=context,
-            initializer=_init_worker,
+            initializer=init_worker,
             initargs=(self.options, os.getpid()),
         )
         return self._executor

@@ -36,9 +36,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from json.encoder import encode_basestring_ascii
 from pathlib import Path
-from typing import Any, cast
-
-from sqlite_utils import Database
+from typing import TYPE_CHECKING, Any, cast
 
 from ..errors import StoreError
 from ..models import EmailOrigin, Rejected, SmsRecord
@@ -63,6 +61,9 @@ from .rows import (
     sql_limit,
 )
 from .schema import connect, connect_readonly, rollback, translate_error
+
+if TYPE_CHECKING:
+    from sqlite_utils import Database
 
 __all__ = ["SCHEDULE_KEY", "RetryResult", "Store"]
 
@@ -139,7 +140,7 @@ class Store:
         """Use :meth:`open`."""
         self.path = path
         self._conn = conn
-        self._db = Database(conn, recursive_triggers=False, execute_plugins=False)
+        self._db: Database | None = None
         self._retention_days = raw_retention_days
         self._clock = clock
 
@@ -174,6 +175,11 @@ class Store:
     @property
     def database(self) -> Database:
         """The connection as a :class:`sqlite_utils.Database`, for ad-hoc queries."""
+        if self._db is None:
+            # Made on first use: sqlite-utils is slow to import, and ingestion never needs it.
+            from sqlite_utils import Database
+
+            self._db = Database(self._conn, recursive_triggers=False, execute_plugins=False)
         return self._db
 
     def close(self) -> None:
@@ -207,7 +213,10 @@ class Store:
     def _rows(self, doing: str, query: str, params: Sequence[Any] = ()) -> Iterator[dict[str, Any]]:
         """Dict rows, with sqlite3 errors (even those raised mid-iteration) translated."""
         try:
-            yield from self._db.query(query, params)
+            cursor = self._conn.execute(query, params)
+            keys = [column[0] for column in cursor.description]
+            for row in cursor:
+                yield dict(zip(keys, row, strict=True))
         except sqlite3.Error as exc:
             raise translate_error(exc, self.path, doing) from exc
 

@@ -22,7 +22,6 @@ from datetime import date
 from pathlib import Path
 
 from ...config.model import Config, ParseOptions
-from ...delivery import make_router
 from ...errors import ImapError
 from ...faults import fault_point
 from ...logs import log_event
@@ -71,12 +70,17 @@ def run_backfill(
     pool = ParsePool(options, auto_workers(workers))
     if not request.dry_run:  # a dry run parses in this process: it records nothing
         pool.start()  # the workers start while this process logs in and searches
+    route = None
+    if request.deliver:
+        from ...delivery import make_router  # the outbox's machinery: only when delivering
+
+        route = make_router(config.sinks)
     worker = AccountWorker(
         account,
         db_path=Path(config.database.path),
         parse_options=options,
         stop=stop or threading.Event(),
-        route=make_router(config.sinks) if request.deliver else None,
+        route=route,
         verifier=Verifier.from_config(config.parse, account),
         pool=pool,
     )
