@@ -288,6 +288,16 @@ def test_maildir_message_renamed_between_passes_is_read_once(
     assert skipped == []
 
 
+def test_maildir_message_gone_after_its_pass_listed_it_is_skipped(tmp_path: Path) -> None:
+    root = make_maildir(tmp_path / "Maildir", {f"new/k{n}": email(n) for n in range(3)})
+    skipped: list[tuple[Path, str]] = []
+    emails = iter_emails([root], on_skip=lambda path, reason: skipped.append((path, reason)))
+    assert next(emails)[0] == email(0)
+    os.rename(root / "new" / "k1", root / "cur" / "k1:2,S")  # listed as new/k1: read nowhere
+    assert [raw for raw, _ in emails] == [email(2)]
+    assert skipped == [(root / "new" / "k1", "vanished while reading")]
+
+
 def test_maildir_pass_ends_on_a_whole_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Two files of one key (a copy left by a crashed reader) are read in the same pass,
     so renaming the first after its pass could not bring it back in the next."""
