@@ -5,7 +5,7 @@ The kind of a path is decided by content, never by extension:
 - a directory holding ``cur/`` and ``new/`` is a Maildir (its Maildir++
   sub-folders, ``.Name/``, are read after it), read by message name, ``new/``
   and ``cur/`` together, in passes that each list it again and keep the next
-  50,000 names: memory does not grow with its size (see ``_maildir_entries``);
+  20,000 names: memory does not grow with its size (see ``_maildir_entries``);
 - any other directory is walked recursively in sorted name order, skipping
   hidden entries and not following directory symlinks;
 - a file whose first line starts with ``From `` is an mbox;
@@ -314,12 +314,14 @@ def _count_mbox(handle: BinaryIO) -> int:
 # -- Maildirs -------------------------------------------------------------------------
 #: Messages a Maildir listing holds at once (a module constant the tests lower).  A
 #: pass keeps the smallest of these and cuts when it holds one and a half times as
-#: many: at ~120 bytes a line for Dovecot's names that is ~9 MB at most, whatever the
-#: Maildir holds, against ~160 MB for a million messages listed whole.  Every batch
-#: costs one more scan of ``new/`` and ``cur/`` (~1 s for a million entries, against
-#: ~15 s to import the 50,000 messages it lists), so 100k messages take 2 scans and
-#: a million 20: a larger batch would buy fewer scans with memory that grows again.
-_MAILDIR_BATCH = 50_000
+#: many: at ~80-120 bytes a line (short names, Dovecot's) that is 2.5-3.5 MB at most,
+#: whatever the Maildir holds, against ~8 MB for 100k messages listed whole and ~160
+#: MB for a million.  Small enough that an import's memory is the same at 10k and at
+#: 100k messages (issue 15), where the listing is a few passes; each pass is one more
+#: scan of ``new/`` and ``cur/`` (~0.7 s for a million entries here, against ~7 s to
+#: import the 20,000 messages it lists), so a million messages take 50 scans (~35 s):
+#: a larger batch would buy fewer scans with memory that grows again.
+_MAILDIR_BATCH = 20_000
 
 
 def _read_maildir(
