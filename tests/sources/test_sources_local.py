@@ -10,6 +10,7 @@ import pytest
 
 from inbound_mail.errors import SourceError
 from inbound_mail.models import EmailOrigin
+from inbound_mail.sources import local
 from inbound_mail.sources.local import count_emails, iter_emails
 
 
@@ -221,6 +222,133 @@ def test_large_maildir_is_listed_in_little_memory(tmp_path: Path) -> None:
     assert keys == [f"{1700000000 + n}.M{n}P1.host" for n in range(5_000)]
     # The keys kept by the test are counted too (~70 bytes each).
     assert peak < 5_000 * 250, f"peak {peak} bytes to read 5,000 messages"
+
+
+def maildir_line(name: str) -> tuple[str, str, str]:
+    """Where one sort of every message puts ``sub/name``: by key, then sub-folder, then name."""
+    sub, base = name.split("/")
+    return base.split(":", 1)[0], sub, base
+
+
+@pytest.mark.parametrize("batch", [1, 2, 3, 7, 50_000])
+def test_maildir_read_in_passes_keeps_the_order_of_one_sort(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, batch: int
+) -> None:
+    """However small the batch a pass keeps, every message comes once, in the order of
+    one sort of them all, and the sub-folders after."""
+    monkeypatch.setattr(local, "_MAILDIR_BATCH", batch)
+    names = [
+        "new/1700000002.M2P2.host", "cur/1700000001.M1P1.host:2,S", "cur/17:2,",
+        "new/1", "cur/1:2,S", "new/1:2,",  # one key in new/ and cur/, and twice in new/
+        "new/a", "new/a.b", "cur/a-b:2,F", "new/A", "cur/\u00e9t\u00e9:2,S", "new/z\u00ff",
+        *(f"cur/7:2,{flags}" for flags in ("", "D", "F", "FS", "R", "RS", "S", "ST", "T")),
+        *(f"{'new' if n % 3 else 'cur'}/{1600000000 + n * 7919 % 101}.M{n}P9.host"
+          + ("" if n % 3 else ":2,S") for n in range(40)),
+    ]  # fmt: skip
+    assert len(set(names)) == len(names)
+    root = make_maildir(tmp_path / "Maildir", {name: email(n) for n, name in enumerate(names)})
+    make_maildir(root / ".Archive", {"cur/0.M0P0.host:2,": email(1000), "new/00": email(1001)})
+    make_maildir(root / ".Archive" / ".Old", {"new/0": email(1002)})
+    found = read(root)
+    ordered = sorted(names, key=maildir_line)
+    assert [raw for raw, _ in found] == [
+        *(email(names.index(name)) for name in ordered),
+        email(1000), email(1001), email(1002),
+    ]  # fmt: skip
+    assert [origin.key for _, origin in found][: len(names)] == [
+        maildir_line(name)[0] for name in ordered
+    ]
+    assert count_emails([root]) == len(names) + 3
+
+
+def test_maildir_message_renamed_between_passes_is_read_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A live Maildir: a reader marks messages seen (new/ -> cur/) or deleted (flags
+    added) while the import runs: each is read once, from where it is when its pass
+    lists it, never again under its new name."""
+    monkeypatch.setattr(local, "_MAILDIR_BATCH", 2)
+    root = make_maildir(tmp_path / "Maildir", {
+        "new/k0": email(0), "new/k1": email(1), "cur/k2:2,S": email(2),
+        "new/k3": email(3), "cur/k4:2,S": email(4), "new/k5": email(5),
+    })  # fmt: skip
+    skipped: list[tuple[Path, str]] = []
+    emails = iter_emails([root], on_skip=lambda path, reason: skipped.append((path, reason)))
+    first = [next(emails), next(emails)]  # the first pass: k0, k1
+    assert [origin.key for _, origin in first] == ["k0", "k1"]
+    # Between passes: the two read are renamed, one to a name that sorts after its old one;
+    # two not read yet move too.
+    os.rename(root / "new" / "k1", root / "cur" / "k1:2,S")
+    os.rename(root / "new" / "k0", root / "cur" / "k0:2,T")
+    os.rename(root / "new" / "k3", root / "cur" / "k3:2,S")
+    os.rename(root / "cur" / "k4:2,S", root / "cur" / "k4:2,ST")
+    rest = list(emails)
+    assert [origin.key for _, origin in first + rest] == [f"k{n}" for n in range(6)]
+    assert [raw for raw, _ in first + rest] == [email(n) for n in range(6)]
+    assert skipped == []
+
+
+def test_maildir_message_gone_after_its_pass_listed_it_is_skipped(tmp_path: Path) -> None:
+    root = make_maildir(tmp_path / "Maildir", {f"new/k{n}": email(n) for n in range(3)})
+    skipped: list[tuple[Path, str]] = []
+    emails = iter_emails([root], on_skip=lambda path, reason: skipped.append((path, reason)))
+    assert next(emails)[0] == email(0)
+    os.rename(root / "new" / "k1", root / "cur" / "k1:2,S")  # listed as new/k1: read nowhere
+    assert [raw for raw, _ in emails] == [email(2)]
+    assert skipped == [(root / "new" / "k1", "vanished while reading")]
+
+
+def test_maildir_pass_ends_on_a_whole_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two files of one key (a copy left by a crashed reader) are read in the same pass,
+    so renaming the first after its pass could not bring it back in the next."""
+    monkeypatch.setattr(local, "_MAILDIR_BATCH", 2)
+    root = make_maildir(tmp_path / "Maildir", {
+        "cur/k0:2,S": email(0), "cur/k1:2,R": email(1), "cur/k1:2,S": email(2),
+    })  # fmt: skip
+    emails = iter_emails([root])
+    first = [next(emails)[0], next(emails)[0]]  # a batch of 2 would end inside k1
+    os.rename(root / "cur" / "k1:2,R", root / "cur" / "k1:2,T")
+    assert first + [raw for raw, _ in emails] == [email(0), email(1), email(2)]
+
+
+def test_maildir_folder_that_cannot_be_listed_is_reported_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(local, "_MAILDIR_BATCH", 1)
+    root = make_maildir(tmp_path / "Maildir", {f"cur/{n}:2,S": email(n) for n in range(4)})
+    errors: list[tuple[Path, str]] = []
+    emails = iter_emails([root], on_error=lambda path, reason: errors.append((path, reason)))
+    assert next(emails)[1].key == "0"
+    (root / "new").rmdir()  # every later pass fails to list it
+    assert [origin.key for _, origin in emails] == ["1", "2", "3"]
+    assert errors == [(root / "new", "cannot list the folder: No such file or directory")]
+
+
+def test_maildir_listing_memory_does_not_grow_with_the_maildir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Passes keep one batch of names, not one per message: with a batch of 100 the
+    peak is the same for 500 messages and for 5,000 (listed whole: ~550 KB)."""
+    monkeypatch.setattr(local, "_MAILDIR_BATCH", 100)
+    raw = email(1)
+    peaks = []
+    for size in (500, 5_000):
+        root = tmp_path / f"Maildir{size}"
+        for sub in ("cur", "new", "tmp"):
+            (root / sub).mkdir(parents=True)
+        for n in range(size):
+            name = f"{1700000000 + n * 7919 % size}.M{n}P1.host"
+            (root / ("cur" if n % 2 else "new") / f"{name}:2,S").write_bytes(raw)
+        tracemalloc.start()
+        try:
+            seen = sum(1 for _ in iter_emails([root]))
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert seen == size
+        peaks.append(peak)
+    assert peaks[1] < 100_000, peaks
+    assert peaks[1] < peaks[0] + 20_000, peaks
 
 
 def test_count_matches_iteration_at_block_boundaries(tmp_path: Path) -> None:
