@@ -312,16 +312,17 @@ def _count_mbox(handle: BinaryIO) -> int:
 
 
 # -- Maildirs -------------------------------------------------------------------------
-#: Messages a Maildir listing holds at once (a module constant the tests lower).  A
-#: pass keeps the smallest of these and cuts when it holds one and a half times as
-#: many: at ~80-120 bytes a line (short names, Dovecot's) that is 2.5-3.5 MB at most,
-#: whatever the Maildir holds, against ~8 MB for 100k messages listed whole and ~160
-#: MB for a million.  Small enough that an import's memory is the same at 10k and at
-#: 100k messages (issue 15), where the listing is a few passes; each pass is one more
-#: scan of ``new/`` and ``cur/`` (~0.7 s for a million entries here, against ~7 s to
-#: import the 20,000 messages it lists), so a million messages take 50 scans (~35 s):
-#: a larger batch would buy fewer scans with memory that grows again.
+#: Messages a Maildir listing holds at once, at least (a module constant the tests
+#: lower).  A pass keeps the smallest of these and cuts when it holds one and a half
+#: times as many: at ~80-120 bytes a line (short names, Dovecot's) that is 2.5-3.5 MB,
+#: against ~8 MB for 100k messages listed whole, so an import's memory is the same at
+#: 10k and at 100k messages (issue 15).  Each pass is one more scan of ``new/`` and
+#: ``cur/`` (~0.7 s for a million entries here): past ``_MAILDIR_BATCH *
+#: _MAILDIR_PASSES`` messages the batch grows instead, so that a listing never takes
+#: more than about that many scans (a million messages: 9 scans and ~15 MB, against
+#: one scan and ~200 MB for a whole listing, or 50 scans at a fixed batch).
 _MAILDIR_BATCH = 20_000
+_MAILDIR_PASSES = 8
 
 
 def _read_maildir(
@@ -365,8 +366,12 @@ def _maildir_entries(path: Path, error: ErrorCallback) -> Iterator[tuple[Path, s
 
     new, cur = os.path.join(path, "new", ""), os.path.join(path, "cur", "")
     start: str | None = ""
+    keep = _MAILDIR_BATCH
     while start is not None:
-        batch, start = _maildir_pass(path, start, once)
+        batch, start, listed = _maildir_pass(path, start, once, keep)
+        # A pass scans every entry: in a large Maildir the batch grows, so that
+        # at most _MAILDIR_PASSES more passes follow the first.
+        keep = max(_MAILDIR_BATCH, -(-listed // _MAILDIR_PASSES))
         for index, line in enumerate(batch):
             batch[index] = ""  # each name is freed once yielded
             key, tail = line.split("\0", 1)
@@ -382,17 +387,20 @@ def _maildir_entries(path: Path, error: ErrorCallback) -> Iterator[tuple[Path, s
             yield from _maildir_entries(child, error)
 
 
-def _maildir_pass(path: Path, start: str, error: ErrorCallback) -> tuple[list[str], str | None]:
-    """The Maildir's messages from line ``start`` on, sorted, at most about one
-    batch of them, and where the next pass starts (None: this one reached the end).
+def _maildir_pass(
+    path: Path, start: str, error: ErrorCallback, keep: int
+) -> tuple[list[str], str | None, int]:
+    """The Maildir's messages from line ``start`` on, sorted, at most about ``keep``
+    of them; where the next pass starts (None: this one reached the end); and how
+    many entries ``new/`` and ``cur/`` hold.
 
     A message is one string, ``key\\0`` + ``c`` or ``n`` (its sub-folder) + the rest
     of its name after the key, ordered as the (key, sub-folder, name) it stands
     for (NUL sorts first and no file name holds one) at the least memory: the key
     is the part before ``:2,FLAGS``, stable when a reader marks the message seen.
     """
-    keep = _MAILDIR_BATCH
     low = start.split("\0", 1)[0]
+    listed = 0
     stop: str | None = None  # once cut, every line from here on is left to a later pass
     high: str | None = None  # the key of ``stop``: no line of a larger one is kept
     batch: list[str] = []
@@ -401,6 +409,7 @@ def _maildir_pass(path: Path, start: str, error: ErrorCallback) -> tuple[list[st
         try:
             with os.scandir(path / sub) as entries:
                 for entry in entries:
+                    listed += 1
                     name = entry.name
                     # Cheap tests first, on the name and then on the key: a pass looks
                     # at every message and keeps few.  A name below the first key holds
@@ -424,7 +433,7 @@ def _maildir_pass(path: Path, start: str, error: ErrorCallback) -> tuple[list[st
     batch.sort()
     if len(batch) > keep:
         stop = _cut(batch, keep)
-    return batch, stop
+    return batch, stop, listed
 
 
 def _count_maildir(path: Path) -> int:

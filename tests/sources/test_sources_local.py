@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import tracemalloc
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -237,6 +238,7 @@ def test_maildir_read_in_passes_keeps_the_order_of_one_sort(
     """However small the batch a pass keeps, every message comes once, in the order of
     one sort of them all, and the sub-folders after."""
     monkeypatch.setattr(local, "_MAILDIR_BATCH", batch)
+    monkeypatch.setattr(local, "_MAILDIR_PASSES", 10**9)  # the batch never grows
     names = [
         "new/1700000002.M2P2.host", "cur/1700000001.M1P1.host:2,S", "cur/17:2,",
         "new/1", "cur/1:2,S", "new/1:2,",  # one key in new/ and cur/, and twice in new/
@@ -268,6 +270,7 @@ def test_maildir_message_renamed_between_passes_is_read_once(
     added) while the import runs: each is read once, from where it is when its pass
     lists it, never again under its new name."""
     monkeypatch.setattr(local, "_MAILDIR_BATCH", 2)
+    monkeypatch.setattr(local, "_MAILDIR_PASSES", 10**9)  # the batch never grows
     root = make_maildir(tmp_path / "Maildir", {
         "new/k0": email(0), "new/k1": email(1), "cur/k2:2,S": email(2),
         "new/k3": email(3), "cur/k4:2,S": email(4), "new/k5": email(5),
@@ -302,6 +305,7 @@ def test_maildir_pass_ends_on_a_whole_key(tmp_path: Path, monkeypatch: pytest.Mo
     """Two files of one key (a copy left by a crashed reader) are read in the same pass,
     so renaming the first after its pass could not bring it back in the next."""
     monkeypatch.setattr(local, "_MAILDIR_BATCH", 2)
+    monkeypatch.setattr(local, "_MAILDIR_PASSES", 10**9)  # the batch never grows
     root = make_maildir(tmp_path / "Maildir", {
         "cur/k0:2,S": email(0), "cur/k1:2,R": email(1), "cur/k1:2,S": email(2),
     })  # fmt: skip
@@ -315,6 +319,7 @@ def test_maildir_folder_that_cannot_be_listed_is_reported_once(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(local, "_MAILDIR_BATCH", 1)
+    monkeypatch.setattr(local, "_MAILDIR_PASSES", 10**9)  # the batch never grows
     root = make_maildir(tmp_path / "Maildir", {f"cur/{n}:2,S": email(n) for n in range(4)})
     errors: list[tuple[Path, str]] = []
     emails = iter_emails([root], on_error=lambda path, reason: errors.append((path, reason)))
@@ -330,6 +335,7 @@ def test_maildir_listing_memory_does_not_grow_with_the_maildir(
     """Passes keep one batch of names, not one per message: with a batch of 100 the
     peak is the same for 500 messages and for 5,000 (listed whole: ~550 KB)."""
     monkeypatch.setattr(local, "_MAILDIR_BATCH", 100)
+    monkeypatch.setattr(local, "_MAILDIR_PASSES", 10**9)  # the batch never grows
     raw = email(1)
     peaks = []
     for size in (500, 5_000):
@@ -359,3 +365,27 @@ def test_count_matches_iteration_at_block_boundaries(tmp_path: Path) -> None:
             out.write(b"From x\r\n" + email(n, b"y" * (n % 97) + b"\r\n", nl=b"\r\n") + b"\r\n")
     assert count_emails([mbox]) == len(read(mbox)) == 3000
     assert os.path.getsize(mbox) > 3 * 256 * 1024
+
+
+def test_a_large_maildir_is_listed_in_a_bounded_number_of_passes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past _MAILDIR_BATCH * _MAILDIR_PASSES messages the batch grows: the first pass
+    and at most _MAILDIR_PASSES more, whatever the Maildir holds; the order stays."""
+    monkeypatch.setattr(local, "_MAILDIR_BATCH", 2)
+    monkeypatch.setattr(local, "_MAILDIR_PASSES", 3)
+    names = {f"{'cur' if n % 2 else 'new'}/{1700000000 + n * 7919 % 97}.M{n}P1.host": email(n)
+             for n in range(60)}  # fmt: skip
+    root = make_maildir(tmp_path / "Maildir", names)
+    scans: list[str] = []
+    scandir = os.scandir
+
+    def counted(path: Any) -> Any:
+        scans.append(str(path))
+        return scandir(path)
+
+    monkeypatch.setattr(os, "scandir", counted)
+    found = [raw for raw, _ in iter_emails([root])]
+    ordered = sorted(names, key=lambda name: maildir_line(name))
+    assert found == [names[name] for name in ordered]
+    assert scans.count(str(root / "new")) <= 1 + 3
