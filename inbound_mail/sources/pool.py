@@ -100,8 +100,9 @@ class ParsePool:
     @property
     def depth(self) -> int:
         """Groups of :data:`GROUP` emails to keep in flight: enough that the workers
-        keep parsing while the writer commits a 10,000-email transaction (~0.5 s at
-        ~10,000 parses/s on two workers), ~5 MB of emails with two workers."""
+        keep parsing while the writer commits a transaction (2,000 emails by
+        default, up to 100,000 with ``--batch-size``), ~5 MB of emails with two
+        workers."""
         return max(6, self.workers * 3)
 
     def start(self) -> None:
