@@ -377,6 +377,12 @@ def _maildir_entries(path: Path, error: ErrorCallback) -> Iterator[tuple[Path, s
             key, tail = line.split("\0", 1)
             yield path, key, f"{cur if tail[0] == 'c' else new}{key}{tail[1:]}"
         del batch
+    for child in _maildir_subfolders(path, error):
+        yield from _maildir_entries(child, error)
+
+
+def _maildir_subfolders(path: Path, error: ErrorCallback) -> Iterator[Path]:
+    """The Maildir++ sub-folders (``.Name/``) of a Maildir, by name."""
     for entry in _scandir(path, error):
         child = path / entry.name
         if (
@@ -384,7 +390,7 @@ def _maildir_entries(path: Path, error: ErrorCallback) -> Iterator[tuple[Path, s
             and entry.is_dir(follow_symlinks=False)
             and _is_maildir(child)
         ):
-            yield from _maildir_entries(child, error)
+            yield child
 
 
 def _maildir_pass(
@@ -447,15 +453,7 @@ def _count_maildir(path: Path) -> int:
         for entry in _listing(path / sub, ignore):
             if not entry.name.startswith(".") and entry.is_file():
                 total += 1
-    for entry in _scandir(path, ignore):
-        child = path / entry.name
-        if (
-            entry.name.startswith(".")
-            and entry.is_dir(follow_symlinks=False)
-            and _is_maildir(child)
-        ):
-            total += _count_maildir(child)
-    return total
+    return total + sum(_count_maildir(child) for child in _maildir_subfolders(path, ignore))
 
 
 def _cut(batch: list[str], keep: int) -> str:
