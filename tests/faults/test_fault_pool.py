@@ -22,11 +22,11 @@ from helpers import count, rows
 pytestmark = pytest.mark.faults
 
 
-def backfill(run: FaultRun, fault: str | None) -> subprocess.CompletedProcess[bytes]:
+def backfill(run: FaultRun, fault: str | None, *args: str) -> subprocess.CompletedProcess[bytes]:
     env = {k: v for k, v in os.environ.items() if k != "INBOUND_MAIL_FAULT"}
     argv = [sys.executable, "-m", "inbound_mail", "--config", str(run.config_path)]
     return subprocess.run(
-        [*argv, "backfill", "--account", run.mailbox.user, "--workers", "2"],
+        [*argv, "backfill", "--account", run.mailbox.user, "--workers", "2", *args],
         stdin=subprocess.DEVNULL,
         capture_output=True,
         env={**env, **({"INBOUND_MAIL_FAULT": fault} if fault else {})},
@@ -86,3 +86,13 @@ def test_an_email_the_server_cannot_return_does_not_end_a_backfill(fault_run: Fa
     assert b"INBOX: 251 read, 250 new, 0 duplicates, 0 skipped, 1 rejected" in done.stderr
     fault_run.start()
     fault_run.finish()
+
+
+def test_a_dry_run_stops_at_an_email_the_server_cannot_return(fault_run: FaultRun) -> None:
+    """A dry run stores nothing, not even the `unfetchable` reject: it says what failed."""
+    fault_run.send_files(3)
+    plant_unreadable_email(fault_run)
+    done = backfill(fault_run, None, "--dry-run")
+    assert done.returncode != 0
+    assert b"Internal error" in done.stderr, done.stderr.decode()[-2000:]
+    assert count(fault_run.db, "rejects") == 0 and count(fault_run.db) == 0

@@ -125,8 +125,10 @@ def run_backfill(
                 # A FETCH the server failed (an email it cannot return, a dropped
                 # connection): reconnect and go on, as the daemon does.  The emails
                 # stored stay stored; a UID that keeps failing is fetched alone and,
-                # after MAX_FETCH_FAILURES, stored as an `unfetchable` reject.
-                if worker.fetch_failures.total == failures or attempt == MAX_RETRIES:
+                # after MAX_FETCH_FAILURES, stored as an `unfetchable` reject.  A dry
+                # run stores nothing, that reject included: it reports the error.
+                retry = worker.fetch_failures.total > failures and not request.dry_run
+                if not retry or attempt == MAX_RETRIES:
                     raise
                 if syncer is not None and syncer.current is not None:
                     done = syncer.current
