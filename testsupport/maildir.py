@@ -37,7 +37,8 @@ def write_messages(path: Path, raws: Iterable[bytes], own: Callable[[Path], None
     stamp = f"{int(time.time())}.P{os.getpid()}"
     count = 0
     for raw in raws:
-        name = f"{stamp}Q{next(_SEQUENCE)}.inbound-mail-test"
+        # Zero-padded: Dovecot gives new mail its UIDs in name order ("Q10000" < "Q9999").
+        name = f"{stamp}Q{next(_SEQUENCE):012d}.inbound-mail-test"
         staged = path / "tmp" / name
         staged.write_bytes(raw)
         own(staged)
