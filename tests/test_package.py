@@ -7,6 +7,7 @@ import ast
 import importlib
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -207,3 +208,19 @@ def test_backfill_loads_no_daemon_and_no_trust_check_up_front(tmp_path: Path) ->
     unwanted = _DAEMON_ONLY | _TRUST_CHECK | {"sqlite_utils", "regex", "http.server"}
     unwanted |= {"inbound_mail.service", "inbound_mail.check"}
     assert _among(modules, unwanted) == []
+
+
+def test_nothing_installs_cyrus_imapd_through_the_package_manager() -> None:
+    """Debian's cyrus-imapd and dovecot-imapd conflict: installing one removes the
+    other.  The scripts may download cyrus-imapd's .deb to unpack it, never install it."""
+    install = re.compile(r"\b(apt-get|apt|dpkg)\s+(-\S+\s+)*(install|-i)\b.*cyrus-imapd")
+    offenders = []
+    for path in [ROOT / "dev", ROOT / "Makefile", *(ROOT / "scripts").rglob("*"),
+                 *(ROOT / ".ci").rglob("*")]:  # fmt: skip
+        if not path.is_file():
+            continue
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            code = line.split("#", 1)[0]
+            if install.search(code) or re.search(r"missing\+=\([^)]*cyrus-imapd", code):
+                offenders.append(f"{path.relative_to(ROOT)}:{number}: {line.strip()}")
+    assert offenders == []
