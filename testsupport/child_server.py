@@ -11,21 +11,20 @@ config first) and says when the server is ready (``_ready``); ``error`` is the
 from __future__ import annotations
 
 import shutil
-import signal
 from pathlib import Path
 from typing import ClassVar
 
 from inbound_mail.testing.wait import wait_until
 
 from . import HarnessError
-from .process import ProcessGroup, Started
+from .process import GroupServer, ProcessGroup
 
 __all__ = ["ChildServer"]
 
 _START_TIMEOUT = 30.0
 
 
-class ChildServer(Started):
+class ChildServer(GroupServer):
     """The base of :class:`~testsupport.redis_server.RedisServer` and
     :class:`~testsupport.nats_server.NatsServer` (see the module doc)."""
 
@@ -35,7 +34,6 @@ class ChildServer(Started):
     error: ClassVar[type[HarnessError]] = HarnessError
 
     log_path: Path
-    _group: ProcessGroup | None = None
 
     def _argv(self, binary: str) -> list[str]:
         raise NotImplementedError
@@ -43,10 +41,6 @@ class ChildServer(Started):
     def _ready(self, log_start: int) -> bool:
         """Whether the server serves yet; ``log_start``: where this start's log begins."""
         raise NotImplementedError
-
-    @property
-    def running(self) -> bool:
-        return self._group is not None and self._group.running
 
     def start(self) -> None:
         """Start the server (a no-op while it runs) and wait until it is ready."""
@@ -70,19 +64,6 @@ class ChildServer(Started):
             self.stop()
             raise self.error(f"{self.program} did not start:\n{self.log_tail()}") from None
 
-    def stop(self) -> None:
-        """Shut the server down (SIGTERM: it writes what it holds and exits)."""
-        self._end(signal.SIGTERM)
-
-    def kill(self) -> None:
-        """SIGKILL, no shutdown, as a crash would."""
-        self._end(signal.SIGKILL)
-
-    def restart(self) -> None:
-        """Stop and start again, on the same port and with the same data."""
-        self.stop()
-        self.start()
-
     def close(self) -> None:
         self.stop()
 
@@ -92,8 +73,3 @@ class ChildServer(Started):
         except OSError:
             return "(no log)"
         return "\n".join(text.splitlines()[-lines:])
-
-    def _end(self, signum: signal.Signals) -> None:
-        if self._group is not None:
-            self._group.end(signum)
-            self._group = None

@@ -134,7 +134,7 @@ class CyrusServer(ImapServer):
         self._admin_password = uuid.uuid4().hex
         self._runtime: Path | None = None
         self._ports: tuple[int, int] | None = None
-        self._process: ProcessGroup | None = None
+        self._group: ProcessGroup | None = None
         self._cleanup: weakref.finalize[Any, CyrusServer] | None = None
         self._created: set[str] = set()  # users whose INBOX exists
 
@@ -382,7 +382,7 @@ DAEMON {{
             str(self._runtime / "run" / "master.pid"),
             "-D",  # foreground, output to our log
         ]
-        self._process = ProcessGroup(argv, self.log_path)
+        self._group = ProcessGroup(argv, self.log_path)
         try:
             self._wait_ready(log_start)
             for user in self._users:
@@ -392,11 +392,11 @@ DAEMON {{
             raise
 
     def _wait_ready(self, log_start: int) -> None:
-        assert self._process is not None and self._runtime is not None
+        assert self._group is not None and self._runtime is not None
         idle_socket = self._runtime / "run" / "socket" / "idle"
         deadline = time.monotonic() + _START_TIMEOUT
         while time.monotonic() < deadline:
-            if not self._process.running:
+            if not self._group.running:
                 break
             if (not self.idle or idle_socket.exists()) and greets(self.host, self.imap_port):
                 return
@@ -404,7 +404,7 @@ DAEMON {{
         new_log = self.log_path.read_bytes()[log_start:].decode("utf-8", errors="replace")
         if "Address already in use" in new_log:
             raise _PortTaken(new_log)
-        state = "did not answer" if self._process.running else "exited"
+        state = "did not answer" if self._group.running else "exited"
         raise CyrusError(
             f"cyrmaster {state} within {_START_TIMEOUT:g} s "
             f"(config {self._runtime}/imapd.conf); end of {self.log_path}:\n{self.log_tail()}"

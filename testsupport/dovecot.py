@@ -88,7 +88,7 @@ class DovecotServer(ImapServer):
         self._identity = ServerIdentity.current()
         self._runtime: Path | None = None
         self._ports: tuple[int, int] | None = None
-        self._process: ProcessGroup | None = None
+        self._group: ProcessGroup | None = None
         self._cleanup: weakref.finalize[Any, DovecotServer] | None = None
         self.ca_file = self.root / "tls" / "ca.pem"
 
@@ -234,7 +234,7 @@ class DovecotServer(ImapServer):
         log_start = self.log_path.stat().st_size if self.log_path.exists() else 0
         # -F keeps the master in the foreground, as our child.
         argv = [_binary("dovecot"), "-F", "-c", str(self.config_path)]
-        self._process = ProcessGroup(argv, self.log_path)
+        self._group = ProcessGroup(argv, self.log_path)
         try:
             self._wait_ready(log_start)
         except BaseException:
@@ -242,10 +242,10 @@ class DovecotServer(ImapServer):
             raise
 
     def _wait_ready(self, log_start: int) -> None:
-        assert self._process is not None
+        assert self._group is not None
         deadline = time.monotonic() + _START_TIMEOUT
         while time.monotonic() < deadline:
-            if not self._process.running:
+            if not self._group.running:
                 break
             # The master binds every listener before any process can greet.
             if greets(self.host, self.imap_port):
@@ -254,7 +254,7 @@ class DovecotServer(ImapServer):
         new_log = self.log_path.read_bytes()[log_start:].decode("utf-8", errors="replace")
         if "Address already in use" in new_log:
             raise _PortTaken(new_log)
-        state = "did not answer" if self._process.running else "exited"
+        state = "did not answer" if self._group.running else "exited"
         raise DovecotError(
             f"dovecot {state} within {_START_TIMEOUT:g} s "
             f"(config {self.config_path}); end of {self.log_path}:\n{self.log_tail()}"

@@ -13,7 +13,6 @@ from __future__ import annotations
 import itertools
 import os
 import re
-import signal
 import socket
 import weakref
 from collections.abc import Iterable, Iterator
@@ -27,7 +26,7 @@ import imapclient
 from inbound_mail.config.model import AccountConfig, TlsMode
 
 from . import HarnessError
-from .process import ProcessGroup, Started, free_ports
+from .process import GroupServer, free_ports
 
 __all__ = ["ImapServer", "PortTaken", "append_message"]
 
@@ -38,7 +37,7 @@ class PortTaken(HarnessError):
     """The server could not bind a port we picked: someone took it meanwhile."""
 
 
-class ImapServer(Started):
+class ImapServer(GroupServer):
     """The base of :class:`~testsupport.dovecot.DovecotServer` and
     :class:`~testsupport.cyrus.CyrusServer` (see the module doc)."""
 
@@ -51,7 +50,6 @@ class ImapServer(Started):
     _users: dict[str, str]
     _runtime: Path | None
     _ports: tuple[int, int] | None
-    _process: ProcessGroup | None
     _cleanup: weakref.finalize[Any, Any] | None
 
     # -- what a server does its own way ------------------------------------------------
@@ -81,11 +79,6 @@ class ImapServer(Started):
         return self._require_ports()[1]
 
     @property
-    def running(self) -> bool:
-        """True while the master process is alive."""
-        return self._process is not None and self._process.running
-
-    @property
     def runtime_dir(self) -> Path | None:
         """The private directory of sockets, users and mail, once started."""
         return self._runtime
@@ -93,7 +86,7 @@ class ImapServer(Started):
     @property
     def pid(self) -> int | None:
         """The master's pid (also its process group) while it runs."""
-        return self._process.pid if self._process is not None and self.running else None
+        return self._group.pid if self._group is not None and self.running else None
 
     def start(self) -> None:
         """Start the server and return once it greets IMAP clients.
@@ -119,22 +112,6 @@ class ImapServer(Started):
                 if not fresh_ports or attempt == 3:
                     raise
                 self._ports = None
-
-    def stop(self) -> None:
-        """Shut down like an administrator would: every client gets ``* BYE``, and no
-        process of the instance is left when this returns."""
-        # SIGTERM to the whole group: Dovecot's master alone waits up to 6 s for its
-        # children and leaves IDLEing imap processes running after it exits.
-        self._end(signal.SIGTERM)
-
-    def kill(self) -> None:
-        """SIGKILL the master and all its children at once, as a crash would."""
-        self._end(signal.SIGKILL)
-
-    def restart(self) -> None:
-        """Stop and start again, on the same ports and with the same mail."""
-        self.stop()
-        self.start()
 
     def close(self) -> None:
         """Stop the server and delete its private directory (sockets, mail)."""
@@ -245,11 +222,6 @@ class ImapServer(Started):
         if self._ports is None:
             raise self.error("the server has not been started: its ports are not chosen yet")
         return self._ports
-
-    def _end(self, signum: signal.Signals) -> None:
-        if self._process is not None:
-            self._process.end(signum)
-            self._process = None
 
     def _password_file(self, user: str) -> Path:
         path = self.root / "secrets" / user

@@ -138,3 +138,36 @@ class Started:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+class GroupServer(Started):
+    """A server run as one :class:`ProcessGroup`: stopping, killing or restarting it
+    signals the whole group, so no process of it is left when the call returns
+    (Dovecot's master alone waits up to 6 s for its children, and leaves IDLEing
+    imap processes running after it exits)."""
+
+    _group: ProcessGroup | None = None
+
+    @property
+    def running(self) -> bool:
+        """True while the group leader (the server's master) is alive."""
+        return self._group is not None and self._group.running
+
+    def stop(self) -> None:
+        """Shut down as an administrator would (SIGTERM to the group: clients get
+        their goodbye, data is written)."""
+        self._end(signal.SIGTERM)
+
+    def kill(self) -> None:
+        """SIGKILL the whole group at once, no shutdown, as a crash would."""
+        self._end(signal.SIGKILL)
+
+    def restart(self) -> None:
+        """Stop and start again, on the same ports and with the same data."""
+        self.stop()
+        self.start()
+
+    def _end(self, signum: signal.Signals) -> None:
+        if self._group is not None:
+            self._group.end(signum)
+            self._group = None

@@ -13,13 +13,14 @@ import select
 import signal
 import threading
 import time
+from collections.abc import Sequence
 
 from ..config.model import ParseOptions
 from ..faults import fault_email
 from ..models import ParseOutcome
 from ..parse.message import parse_email
 
-__all__ = ["alive", "exit_with", "init_worker", "parse_task"]
+__all__ = ["init_worker", "parse_all", "parse_task"]
 
 # In a worker: the options, set once when it starts (a dict, so no `global`).
 _worker: dict[str, ParseOptions] = {}
@@ -34,10 +35,10 @@ def init_worker(options: ParseOptions, writer: int) -> None:
     # A worker blocks on its task queue, of which it holds both ends: if the writer
     # is killed (kill -9, the OOM killer), nothing would ever end it.  So it ends
     # itself when the writer is gone.
-    threading.Thread(target=exit_with, args=(writer,), daemon=True).start()
+    threading.Thread(target=_exit_with, args=(writer,), daemon=True).start()
 
 
-def exit_with(writer: int) -> None:
+def _exit_with(writer: int) -> None:
     """End this process (``os._exit``) once process ``writer`` has exited."""
     try:
         handle: int | None = os.pidfd_open(writer)
@@ -48,12 +49,12 @@ def exit_with(writer: int) -> None:
         # parent may be waiting for our end of their shared output pipes).
         select.select([handle], [], [])
     else:
-        while alive(writer):
+        while _alive(writer):
             time.sleep(1.0)
     os._exit(0)
 
 
-def alive(pid: int) -> bool:
+def _alive(pid: int) -> bool:
     """Does process ``pid`` exist (ours to signal or not)?"""
     try:
         os.kill(pid, 0)
@@ -65,8 +66,12 @@ def alive(pid: int) -> bool:
 
 
 def parse_task(raws: list[bytes]) -> list[ParseOutcome]:
-    """In a worker: parse each email (the fault hooks fire here, as in the writer)."""
-    options = _worker["options"]
+    """In a worker: :func:`parse_all` with the options it was started with."""
+    return parse_all(raws, _worker["options"])
+
+
+def parse_all(raws: Sequence[bytes], options: ParseOptions) -> list[ParseOutcome]:
+    """Parse each email, in a worker or in the writer; the fault hooks fire here."""
     outcomes = []
     for raw in raws:
         fault_email("crash-parse", raw)

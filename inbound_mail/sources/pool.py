@@ -43,12 +43,10 @@ from concurrent.futures.process import BrokenProcessPool
 from types import TracebackType
 
 from ..config.model import ParseOptions
-from ..faults import fault_email
 from ..logs import log_event
 from ..models import ParseOutcome
-from ..parse.message import parse_email
 from .inflight import MAX_PARSE_CRASHES, crash_reject
-from .parse_worker import init_worker, parse_task
+from .parse_worker import init_worker, parse_all, parse_task
 
 __all__ = [
     "CHUNK",
@@ -87,8 +85,8 @@ def auto_workers(setting: int = 0) -> int:
 
 
 class ParsePool:
-    """``workers`` parse processes, started on first use; ``workers <= 1`` parses
-    inline (today's single-process path)."""
+    """``workers`` parse processes, started by :meth:`start` or at the first task;
+    ``workers <= 1`` parses inline (the single-process path)."""
 
     def __init__(self, options: ParseOptions, workers: int) -> None:
         self.options = options
@@ -232,12 +230,10 @@ class Parsing:
             self._tasks.append((run, pool._submit([self._raws[j] for j in run])))
         pool.outstanding += 1
         self._results: list[ParseOutcome | None] = [None] * len(self._raws)
-        for i in indexes:  # while the workers parse the rest
-            if i not in chosen:
-                raw = self._raws[i]
-                fault_email("crash-parse", raw)
-                fault_email("stall-parse", raw)
-                self._results[i] = parse_email(raw, pool.options)
+        inline = [i for i in indexes if i not in chosen]  # while the workers parse the rest
+        parsed = parse_all([self._raws[i] for i in inline], pool.options)
+        for i, outcome in zip(inline, parsed, strict=True):
+            self._results[i] = outcome
 
     def outcomes(self) -> list[ParseOutcome]:
         """Every email's outcome, in order."""

@@ -286,17 +286,20 @@ class Store:
     def parse_crashes(self, origins: Iterable[EmailOrigin]) -> dict[EmailOrigin, int]:
         """Those of ``origins`` that another process was parsing when it died,
         with how many processes started parsing them (see :meth:`mark_parsing`)."""
-        if not self._one("cannot read the emails being parsed", q.OTHER_RUN_PARSING, (RUN,)):
+        if not self._others_parsing():
             return {}  # the usual case: no other run left any, no key to compute
         by_key = {_origin_key(origin): origin for origin in origins}
         rows = self._parsing_rows(list(by_key))
         return {by_key[key]: attempts for key, (attempts, run) in rows.items() if _dead(run)}
 
+    def _others_parsing(self) -> bool:
+        """Whether another run left ``parsing`` rows: only those can be crashes (this
+        run's own rows never are), so without them there is nothing to look up."""
+        return bool(self._one("cannot read the emails being parsed", q.OTHER_RUN_PARSING, (RUN,)))
+
     def _parsing_rows(self, keys: list[str]) -> dict[str, tuple[int, str]]:
-        """origin key -> (attempts, run) of the ``parsing`` rows among ``keys`` that
-        another run left (this run's own rows never count as a crash)."""
-        doing = "cannot read the emails being parsed"
-        if not keys or not self._one(doing, q.OTHER_RUN_PARSING, (RUN,)):
+        """origin key -> (attempts, run) of the ``parsing`` rows among ``keys``."""
+        if not keys:
             return {}
         rows = self._rows(
             "cannot read the emails being parsed", q.PARSING_ROWS, (json.dumps(keys),)
@@ -313,7 +316,7 @@ class Store:
         keys = [_origin_key(origin) for origin in origins]
         if not keys:
             return
-        found = self._parsing_rows(keys)
+        found = self._parsing_rows(keys) if self._others_parsing() else {}
         rows = [
             {"origin": key, "run": RUN, "stamp": stamp,
              "crashed": int(key in found and _dead(found[key][1]))}
